@@ -163,8 +163,7 @@ impl BatchHeader {
 
     /// The compression codec.
     pub fn compression(&self) -> Compression {
-        Compression::from_bits((self.attributes & ATTR_CODEC_MASK) as u8)
-            .expect("checked in parse")
+        Compression::from_bits((self.attributes & ATTR_CODEC_MASK) as u8).expect("checked in parse")
     }
 
     /// True when the timestamps were set by the broker (LogAppendTime) rather than the producer.

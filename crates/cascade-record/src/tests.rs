@@ -80,13 +80,22 @@ fn rejects_bad_headers() {
     let bytes = sample();
     let mut b = bytes.clone();
     b[16] = 1;
-    assert_eq!(validate_batch(&b).unwrap_err(), DecodeError::UnsupportedMagic(1));
+    assert_eq!(
+        validate_batch(&b).unwrap_err(),
+        DecodeError::UnsupportedMagic(1)
+    );
     let mut b = bytes.clone();
     b[8..12].copy_from_slice(&10i32.to_be_bytes());
-    assert!(matches!(validate_batch(&b), Err(DecodeError::BadLength { .. })));
+    assert!(matches!(
+        validate_batch(&b),
+        Err(DecodeError::BadLength { .. })
+    ));
     let mut b = bytes.clone();
     b[8..12].copy_from_slice(&i32::MAX.to_be_bytes());
-    assert!(matches!(validate_batch(&b), Err(DecodeError::BadLength { .. })));
+    assert!(matches!(
+        validate_batch(&b),
+        Err(DecodeError::BadLength { .. })
+    ));
     assert!(matches!(
         validate_batch(&bytes[..bytes.len() - 1]),
         Err(DecodeError::Truncated { .. })
@@ -97,7 +106,10 @@ fn rejects_bad_headers() {
     ));
     let mut b = bytes.clone();
     header::set_base_offset(&mut b, -5);
-    assert!(matches!(validate_batch(&b), Err(DecodeError::InvalidHeader(_))));
+    assert!(matches!(
+        validate_batch(&b),
+        Err(DecodeError::InvalidHeader(_))
+    ));
 }
 
 #[test]
@@ -134,7 +146,10 @@ fn header_parse_matches_builder_fields() {
     });
     let bytes = b.finish();
     let h = BatchHeader::parse(&bytes).unwrap();
-    assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (42, 3, 100));
+    assert_eq!(
+        (h.producer_id, h.producer_epoch, h.base_sequence),
+        (42, 3, 100)
+    );
     assert!(!h.is_control() && !h.is_transactional() && !h.is_log_append_time());
 }
 

@@ -1,0 +1,107 @@
+//! [`LogError`]: every way a log operation can fail, with the file and position involved.
+//!
+//! The variants are shaped for the caller's next move: `InvalidBatch` and `OffsetOutOfRange`
+//! are the client's fault and change nothing; `Io` on append left the log as it was (the torn
+//! bytes were cut off again); `Corrupt` names damage found on disk; `Poisoned` means an fsync
+//! failed and the log refuses writes until it is reopened (fail-stop).
+
+use std::io;
+use std::path::PathBuf;
+
+/// Result alias for log operations.
+pub type Result<T, E = LogError> = std::result::Result<T, E>;
+
+/// An error from the storage engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    /// An IO operation on a file failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done ("write", "fsync", "open", …).
+        op: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// Data on disk failed a checksum or consistency check.
+    #[error("corrupt data in {path} at byte {position}: {reason}")]
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// Byte position of the damage in that file.
+        position: u64,
+        /// What check failed.
+        reason: String,
+    },
+    /// A batch given to `append` is not valid; nothing was written.
+    #[error("invalid batch at byte {position} of the request: {source}")]
+    InvalidBatch {
+        /// Byte position of the bad batch within the appended buffer.
+        position: usize,
+        /// Why it is invalid.
+        #[source]
+        source: cascade_record::DecodeError,
+    },
+    /// The requested offset is outside `[start, end]`.
+    #[error("offset {requested} is out of range: the log holds [{start}, {end})")]
+    OffsetOutOfRange {
+        /// The offset asked for.
+        requested: u64,
+        /// The log start offset.
+        start: u64,
+        /// The log end offset (next offset to be assigned).
+        end: u64,
+    },
+    /// A replicated append did not continue the log.
+    #[error("append at offset {got} does not continue the log, whose end is {expected}")]
+    NonContiguous {
+        /// The log end offset.
+        expected: u64,
+        /// The base offset of the batch offered.
+        got: u64,
+    },
+    /// The append is larger than one segment can hold.
+    #[error("append of {size} bytes exceeds the segment limit of {max} bytes")]
+    TooLarge {
+        /// Bytes offered.
+        size: u64,
+        /// The largest append the log accepts.
+        max: u64,
+    },
+    /// An fsync failed earlier; the log accepts no more writes.
+    #[error("log {dir} is poisoned after a failed fsync ({reason}); reopen it to recover")]
+    Poisoned {
+        /// The log's directory.
+        dir: PathBuf,
+        /// The failure that poisoned it.
+        reason: String,
+    },
+    /// A configuration value is out of range.
+    #[error("invalid log configuration: {0}")]
+    Config(String),
+}
+
+impl LogError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Self::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(
+        path: impl Into<PathBuf>,
+        position: u64,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self::Corrupt {
+            path: path.into(),
+            position,
+            reason: reason.into(),
+        }
+    }
+}

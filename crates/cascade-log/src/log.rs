@@ -1,0 +1,697 @@
+//! [`Log`]: the single writer of one partition's log.
+//!
+//! The writer owns the active segment and is the only code that appends, rolls, truncates or
+//! deletes segments; it takes `&mut self`, so one writer per log is a compile-time fact. Readers
+//! get a [`LogReader`] that shares the segment list through [`Shared`] and never take the
+//! writer's side: the writer publishes a new end only after the bytes and index entries are
+//! written, and swaps the segment list (a brief write lock, no IO under it) only on roll,
+//! retention and truncation.
+//!
+//! Durability: `append` writes but does not fsync. Under [`FlushPolicy::Always`] the owner
+//! calls [`Log::flush_if_due`] (or [`Log::sync`]) after a group of appends and acknowledges them
+//! only then, so one fsync covers the whole group; [`crate::SharedLog`] does this for threads.
+//! A failed fsync poisons the log: every later write fails with [`LogError::Poisoned`].
+
+use crate::config::{Clock, FlushPolicy, LogConfig};
+use crate::error::{LogError, Result};
+use crate::format::{CLEAN_MARKER, CleanMarker, FILE_HEADER_LEN};
+use crate::fs::{File, FileSystem};
+use crate::index::{Position, TimeIndexEntry};
+use crate::reader::LogReader;
+use crate::segment::{Segment, SegmentEnd};
+use cascade_record::{BatchHeader, header::set_base_offset, validate_batch};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+/// State shared between the writer and its readers.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub dir: PathBuf,
+    /// The segments in offset order; the last one is active. Replaced whole (copy on write).
+    pub segments: RwLock<Arc<Vec<Arc<Segment>>>>,
+    /// Bumped before any truncation changes files, so a reader can tell its read raced one.
+    pub generation: AtomicU64,
+    pub start_offset: AtomicU64,
+    pub end_offset: AtomicU64,
+    /// Offsets below this are fsynced.
+    pub durable_offset: AtomicU64,
+    pub poisoned: Mutex<Option<String>>,
+}
+
+impl Shared {
+    pub fn segments(&self) -> Arc<Vec<Arc<Segment>>> {
+        self.segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn replace_segments(&self, segs: Vec<Arc<Segment>>) {
+        let start = segs.first().map(|s| s.base).unwrap_or(0);
+        *self.segments.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(segs);
+        self.start_offset.store(start, Ordering::SeqCst);
+    }
+
+    pub fn poisoned(&self) -> Option<String> {
+        self.poisoned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset of the first record appended.
+    pub base_offset: u64,
+    /// Offset of the last record appended.
+    pub last_offset: u64,
+    /// Number of records appended.
+    pub record_count: u64,
+    /// Bytes appended.
+    pub bytes: u64,
+}
+
+/// What a retention pass deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetentionOutcome {
+    /// Segments deleted.
+    pub segments_deleted: usize,
+    /// Bytes of log deleted.
+    pub bytes_deleted: u64,
+    /// The log start offset afterwards.
+    pub start_offset: u64,
+}
+
+/// Writer-side state of the active segment.
+#[derive(Debug)]
+pub(crate) struct Active {
+    pub seg: Arc<Segment>,
+    pub next_offset: u64,
+    pub log_len: u64,
+    pub max_ts: i64,
+    pub since_time_entry: u64,
+    pub time_entries: u64,
+    pub last_time_entry: Option<TimeIndexEntry>,
+}
+
+impl Active {
+    pub fn new(seg: Arc<Segment>) -> Result<Self> {
+        let end = seg.end();
+        let time_entries = seg.time_entry_count()?;
+        let last_time_entry = match time_entries {
+            0 => None,
+            n => Some(seg.time_entry(n - 1)?),
+        };
+        Ok(Self {
+            next_offset: end.next_offset,
+            log_len: end.log_len,
+            max_ts: seg.max_timestamp(),
+            since_time_entry: 0,
+            time_entries,
+            last_time_entry,
+            seg,
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.next_offset == self.seg.base
+    }
+}
+
+/// One partition's log: the writer half. See the module docs.
+#[derive(Debug)]
+pub struct Log {
+    pub(crate) fs: Arc<dyn FileSystem>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: LogConfig,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) active: Active,
+    /// Reused buffer for index entries, so appends allocate nothing in steady state.
+    pub(crate) scratch: Vec<u8>,
+    pub(crate) last_sync: Instant,
+}
+
+impl Log {
+    /// A reader sharing this log's segments; clone it freely.
+    pub fn reader(&self) -> LogReader {
+        LogReader::new(self.shared.clone())
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// The configuration the log was opened with.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// First offset still in the log.
+    pub fn start_offset(&self) -> u64 {
+        self.shared.start_offset.load(Ordering::SeqCst)
+    }
+
+    /// Offset the next appended record gets.
+    pub fn end_offset(&self) -> u64 {
+        self.active.next_offset
+    }
+
+    /// Offsets below this are fsynced.
+    pub fn durable_offset(&self) -> u64 {
+        self.shared.durable_offset.load(Ordering::SeqCst)
+    }
+
+    /// Number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.shared.segments().len()
+    }
+
+    /// Bytes of log data over all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.shared.segments().iter().map(|s| s.size_bytes()).sum()
+    }
+
+    fn check_poisoned(&self) -> Result<()> {
+        match self.shared.poisoned() {
+            Some(reason) => Err(LogError::Poisoned {
+                dir: self.shared.dir.clone(),
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn poison(&self, reason: String) {
+        tracing::error!(dir = %self.shared.dir.display(), %reason, "log poisoned");
+        let mut p = self
+            .shared
+            .poisoned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        p.get_or_insert(reason);
+    }
+
+    /// Appends one or more batches laid end to end in `batches`, assigning their offsets.
+    ///
+    /// Every batch is validated first (CRC, record framing); if any is invalid nothing is
+    /// written. The base offset field of each batch in `batches` is overwritten with its
+    /// assigned offset; nothing else in the caller's bytes changes (the CRC does not cover the
+    /// offset). The data is visible to readers when this returns, and durable once
+    /// [`Log::durable_offset`] passes it.
+    pub fn append(&mut self, batches: &mut [u8]) -> Result<AppendInfo> {
+        self.check_poisoned()?;
+        let (count, max_ts) = validate_all(batches)?;
+        self.prepare_room(batches.len() as u64)?;
+        let mut next = self.active.next_offset;
+        let mut at = 0;
+        while at < batches.len() {
+            let h = BatchHeader::parse(&batches[at..]).expect("validated above");
+            set_base_offset(&mut batches[at..], next as i64);
+            next += h.record_count as u64;
+            at += h.total_len();
+        }
+        self.write(batches, count, max_ts)
+    }
+
+    /// Appends batches that already carry their offsets, as a follower copies a leader's log.
+    /// The first batch must start at the log end and offsets must run on densely.
+    pub fn append_replicated(&mut self, batches: &[u8]) -> Result<AppendInfo> {
+        self.check_poisoned()?;
+        let (count, max_ts) = validate_all(batches)?;
+        let mut expected = self.active.next_offset;
+        let mut at = 0;
+        while at < batches.len() {
+            let h = BatchHeader::parse(&batches[at..]).expect("validated above");
+            if h.base_offset as u64 != expected {
+                return Err(LogError::NonContiguous {
+                    expected,
+                    got: h.base_offset as u64,
+                });
+            }
+            expected = h.next_offset() as u64;
+            at += h.total_len();
+        }
+        self.prepare_room(batches.len() as u64)?;
+        self.write(batches, count, max_ts)
+    }
+
+    /// Rolls first if the append would overflow the segment or the segment is too old.
+    fn prepare_room(&mut self, size: u64) -> Result<()> {
+        let max = u64::from(u32::MAX) - FILE_HEADER_LEN as u64;
+        if size > max {
+            return Err(LogError::TooLarge { size, max });
+        }
+        if self.active.is_empty() {
+            return Ok(());
+        }
+        let too_big = self.active.log_len + size > self.config.segment_bytes;
+        let too_old = self.config.segment_age.is_some_and(|age| {
+            self.clock.now_ms() - self.active.seg.created_ms >= age.as_millis() as i64
+        });
+        if too_big || too_old {
+            self.roll()?;
+        }
+        Ok(())
+    }
+
+    /// Writes validated batches with final offsets at the end of the active segment, with their
+    /// index entries, then publishes the new end. On failure the files are cut back so that
+    /// nothing of this append remains; if even that fails the log is poisoned.
+    fn write(&mut self, batches: &[u8], count: u64, max_ts: i64) -> Result<AppendInfo> {
+        let a = &mut self.active;
+        let seg = a.seg.clone();
+        let base = a.next_offset;
+        let old_len = a.log_len;
+        self.scratch.clear();
+        self.scratch.reserve(count as usize * 4);
+        let mut at = 0;
+        while at < batches.len() {
+            let h = BatchHeader::parse(&batches[at..]).expect("validated above");
+            let pos = ((old_len + at as u64) as u32).to_le_bytes();
+            for _ in 0..h.record_count {
+                self.scratch.extend_from_slice(&pos);
+            }
+            at += h.total_len();
+        }
+        let index_at = Position::file_offset(base - seg.base);
+        let written = seg
+            .log
+            .write_all_at(batches, old_len)
+            .map_err(|e| LogError::io("write", &seg.log_path, e))
+            .and_then(|_| {
+                seg.index
+                    .write_all_at(&self.scratch, index_at)
+                    .map_err(|e| LogError::io("write", &seg.index_path, e))
+            });
+        if let Err(e) = written {
+            self.undo_write(&seg, old_len, index_at);
+            return Err(e);
+        }
+        let a = &mut self.active;
+        a.next_offset = base + count;
+        a.log_len = old_len + batches.len() as u64;
+        a.max_ts = a.max_ts.max(max_ts);
+        a.since_time_entry += batches.len() as u64;
+        if a.since_time_entry >= self.config.index_interval_bytes {
+            let entry = TimeIndexEntry {
+                max_timestamp: a.max_ts,
+                relative_offset: (a.next_offset - seg.base) as u32,
+            };
+            // The time index is sparse: a failed entry costs lookups a longer scan, not
+            // correctness, as long as no torn entry is left behind.
+            match seg.write_time_entry(a.time_entries, entry) {
+                Ok(()) => {
+                    a.time_entries += 1;
+                    a.last_time_entry = Some(entry);
+                    a.since_time_entry = 0;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "time index entry not written");
+                    if seg
+                        .time
+                        .set_len(TimeIndexEntry::file_offset(a.time_entries))
+                        .is_err()
+                    {
+                        self.poison(format!("cannot cut back time index after: {e}"));
+                    }
+                }
+            }
+        }
+        let a = &self.active;
+        seg.set_max_timestamp(a.max_ts);
+        seg.set_end(SegmentEnd {
+            next_offset: a.next_offset,
+            log_len: a.log_len,
+        });
+        self.shared
+            .end_offset
+            .store(a.next_offset, Ordering::SeqCst);
+        Ok(AppendInfo {
+            base_offset: base,
+            last_offset: a.next_offset - 1,
+            record_count: count,
+            bytes: batches.len() as u64,
+        })
+    }
+
+    fn undo_write(&self, seg: &Segment, old_len: u64, index_len: u64) {
+        let undone = seg
+            .log
+            .set_len(old_len)
+            .and_then(|_| seg.index.set_len(index_len));
+        if let Err(e) = undone {
+            self.poison(format!("cannot cut back a failed append: {e}"));
+        }
+    }
+
+    /// fsyncs everything appended so far; returns the durable end offset.
+    pub fn sync(&mut self) -> Result<u64> {
+        self.check_poisoned()?;
+        let end = self.active.next_offset;
+        if self.durable_offset() >= end {
+            return Ok(end);
+        }
+        let generation = self.shared.generation.load(Ordering::SeqCst);
+        let r = self.active.seg.log.sync_data();
+        let path = self.active.seg.log_path.clone();
+        self.complete_sync(end, generation, r, &path)
+    }
+
+    /// fsyncs if the flush policy says it is time: always after an append under `Always`,
+    /// after the interval under `Interval`, never under `Never`.
+    pub fn flush_if_due(&mut self) -> Result<()> {
+        let dirty = self.durable_offset() < self.active.next_offset;
+        let due = match self.config.flush {
+            FlushPolicy::Always => dirty,
+            FlushPolicy::Interval(d) => dirty && self.last_sync.elapsed() >= d,
+            FlushPolicy::Never => false,
+        };
+        if due {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// What a concurrent syncer needs: the end to be covered, the file to fsync, and the
+    /// generation it belongs to. Used by [`crate::SharedLog`] to fsync outside the log's lock.
+    pub(crate) fn sync_target(&self) -> Result<(u64, Arc<dyn File>, u64, PathBuf)> {
+        self.check_poisoned()?;
+        Ok((
+            self.active.next_offset,
+            self.active.seg.log.clone(),
+            self.shared.generation.load(Ordering::SeqCst),
+            self.active.seg.log_path.clone(),
+        ))
+    }
+
+    /// Records the result of an fsync that covered offsets below `end`.
+    pub(crate) fn complete_sync(
+        &mut self,
+        end: u64,
+        generation: u64,
+        result: std::io::Result<()>,
+        path: &Path,
+    ) -> Result<u64> {
+        match result {
+            Ok(()) => {
+                // A truncation in between may have removed what was synced: only a sync of the
+                // current generation may move the durable offset.
+                if generation == self.shared.generation.load(Ordering::SeqCst) {
+                    self.shared.durable_offset.fetch_max(end, Ordering::SeqCst);
+                }
+                self.last_sync = Instant::now();
+                Ok(self.durable_offset())
+            }
+            Err(e) => {
+                self.poison(format!("fsync {}: {e}", path.display()));
+                Err(LogError::io("fsync", path, e))
+            }
+        }
+    }
+
+    /// Seals the active segment and starts a new one at the log end.
+    pub fn roll(&mut self) -> Result<()> {
+        self.check_poisoned()?;
+        let seg = self.active.seg.clone();
+        let count = self.active.next_offset - seg.base;
+        if self
+            .active
+            .last_time_entry
+            .map(|e| u64::from(e.relative_offset))
+            != Some(count)
+        {
+            let entry = TimeIndexEntry {
+                max_timestamp: self.active.max_ts,
+                relative_offset: count as u32,
+            };
+            seg.write_time_entry(self.active.time_entries, entry)?;
+            self.active.time_entries += 1;
+            self.active.last_time_entry = Some(entry);
+        }
+        if let Err(e) = seg.sync_all() {
+            self.poison(e.to_string());
+            return Err(e);
+        }
+        let next = self.active.next_offset;
+        self.shared.durable_offset.fetch_max(next, Ordering::SeqCst);
+        let fresh = match Segment::create(&*self.fs, &self.shared.dir, next, self.clock.now_ms()) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                for p in crate::segment_paths(&self.shared.dir, next) {
+                    let _ = self.fs.remove_file(&p);
+                }
+                return Err(e);
+            }
+        };
+        self.sync_dir()?;
+        seg.set_sealed(true);
+        let mut segs = (*self.shared.segments()).clone();
+        segs.push(fresh.clone());
+        self.shared.replace_segments(segs);
+        self.active = Active::new(fresh)?;
+        tracing::debug!(dir = %self.shared.dir.display(), base = next, "rolled segment");
+        Ok(())
+    }
+
+    pub(crate) fn sync_dir(&self) -> Result<()> {
+        self.fs
+            .sync_dir(&self.shared.dir)
+            .map_err(|e| LogError::io("fsync directory", &self.shared.dir, e))
+    }
+
+    /// Deletes whole sealed segments past the retention age or beyond the retention size,
+    /// oldest first. The active segment is never deleted.
+    pub fn apply_retention(&mut self) -> Result<RetentionOutcome> {
+        self.check_poisoned()?;
+        let segs = self.shared.segments();
+        let now = self.clock.now_ms();
+        let mut remaining: u64 = segs.iter().map(|s| s.size_bytes()).sum();
+        let mut delete = 0;
+        let mut bytes_deleted = 0;
+        for seg in &segs[..segs.len() - 1] {
+            let size = seg.size_bytes();
+            let too_old = self
+                .config
+                .retention_age
+                .is_some_and(|age| seg.max_timestamp() < now - age.as_millis() as i64);
+            let too_big = self
+                .config
+                .retention_bytes
+                .is_some_and(|max| remaining - size >= max);
+            if !(too_old || too_big) {
+                break;
+            }
+            delete += 1;
+            remaining -= size;
+            bytes_deleted += size;
+        }
+        if delete == 0 {
+            return Ok(RetentionOutcome {
+                start_offset: self.start_offset(),
+                ..Default::default()
+            });
+        }
+        self.shared.replace_segments(segs[delete..].to_vec());
+        self.delete_segment_files(&segs[..delete])?;
+        let start = self.start_offset();
+        tracing::info!(dir = %self.shared.dir.display(), segments = delete, bytes = bytes_deleted,
+            start_offset = start, "retention deleted segments");
+        Ok(RetentionOutcome {
+            segments_deleted: delete,
+            bytes_deleted,
+            start_offset: start,
+        })
+    }
+
+    /// Removes segments' files, the `.log` first: a crash half-way leaves orphan indexes,
+    /// which opening deletes, never a log without its successor's data.
+    fn delete_segment_files(&self, segs: &[Arc<Segment>]) -> Result<()> {
+        for seg in segs {
+            for p in seg.paths() {
+                match self.fs.remove_file(p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(LogError::io("remove", p, e)),
+                }
+            }
+        }
+        self.sync_dir()
+    }
+
+    /// Removes every record at `offset` and above, as a follower drops a divergent suffix.
+    ///
+    /// The log is cut at a batch boundary: the batch holding `offset` goes entirely, so the
+    /// new end may be below `offset`; the new end is returned. Truncating at or past the end
+    /// does nothing. An offset below the log start is an error (use
+    /// [`Log::truncate_fully`]).
+    pub fn truncate_to(&mut self, offset: u64) -> Result<u64> {
+        self.check_poisoned()?;
+        let end = self.end_offset();
+        if offset >= end {
+            return Ok(end);
+        }
+        let start = self.start_offset();
+        if offset < start {
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                start,
+                end,
+            });
+        }
+        let segs = self.shared.segments();
+        let idx = segs.partition_point(|s| s.base <= offset) - 1;
+        let seg = segs[idx].clone();
+        let pos = seg.position_of(offset)?;
+        let h = seg.batch_header_at(pos)?;
+        if h.base_offset < 0 || h.base_offset as u64 > offset || (h.last_offset() as u64) < offset {
+            return Err(LogError::corrupt(
+                &seg.index_path,
+                Position::file_offset(offset - seg.base),
+                format!("index entry for offset {offset} points at a batch that does not hold it"),
+            ));
+        }
+        let new_end = SegmentEnd {
+            next_offset: h.base_offset as u64,
+            log_len: pos,
+        };
+        // Readers must notice before any file shrinks.
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
+        self.shared
+            .end_offset
+            .store(new_end.next_offset, Ordering::SeqCst);
+        self.shared
+            .durable_offset
+            .fetch_min(new_end.next_offset, Ordering::SeqCst);
+        seg.set_end(new_end);
+        self.shared.replace_segments(segs[..=idx].to_vec());
+        let result = self.finish_truncate(&seg, new_end, &segs[idx + 1..]);
+        if let Err(e) = &result {
+            self.poison(format!("truncation failed half-way: {e}"));
+        }
+        result?;
+        tracing::info!(dir = %self.shared.dir.display(), requested = offset,
+            new_end = new_end.next_offset, "truncated log");
+        Ok(new_end.next_offset)
+    }
+
+    fn finish_truncate(
+        &mut self,
+        seg: &Arc<Segment>,
+        new_end: SegmentEnd,
+        dropped: &[Arc<Segment>],
+    ) -> Result<()> {
+        self.delete_segment_files(dropped)?;
+        seg.truncate_files(new_end)?;
+        seg.set_sealed(false);
+        // Recomputes the max timestamp and time index of what is left; truncation is rare.
+        let outcome = seg.rebuild(self.config.index_interval_bytes)?;
+        if let Some((pos, reason)) = outcome.damage {
+            return Err(LogError::corrupt(&seg.log_path, pos, reason));
+        }
+        seg.sync_all()?;
+        self.sync_dir()?;
+        self.active = Active::new(seg.clone())?;
+        self.shared
+            .durable_offset
+            .store(new_end.next_offset, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Deletes everything and restarts the log empty at `start`, as a follower does when the
+    /// leader's log no longer holds anything the follower has.
+    pub fn truncate_fully(&mut self, start: u64) -> Result<()> {
+        self.check_poisoned()?;
+        let segs = self.shared.segments();
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
+        let fresh = Arc::new(Segment::create(
+            &*self.fs,
+            &self.shared.dir,
+            start,
+            self.clock.now_ms(),
+        )?);
+        let old: Vec<_> = segs.iter().filter(|s| s.base != start).cloned().collect();
+        self.shared.replace_segments(vec![fresh.clone()]);
+        self.shared.end_offset.store(start, Ordering::SeqCst);
+        self.shared.durable_offset.store(start, Ordering::SeqCst);
+        self.delete_segment_files(&old)?;
+        self.active = Active::new(fresh)?;
+        Ok(())
+    }
+
+    /// Reads every batch of every segment and checks it (CRC, framing, dense offsets) without
+    /// changing anything. Returns the first damage found.
+    pub fn verify(&self) -> Result<()> {
+        let segs = self.shared.segments();
+        for seg in segs.iter() {
+            let out = seg.scan(self.config.index_interval_bytes, false)?;
+            if let Some((pos, reason)) = out.damage {
+                return Err(LogError::corrupt(&seg.log_path, pos, reason));
+            }
+            let end = seg.end();
+            if out.end != end {
+                return Err(LogError::corrupt(
+                    &seg.log_path,
+                    out.end.log_len,
+                    format!(
+                        "segment ends at offset {}, expected {}",
+                        out.end.next_offset, end.next_offset
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes everything and writes the clean-shutdown marker, so the next open need not
+    /// rescan the active segment. Dropping a `Log` without closing it is a crash, as far as the
+    /// next open can tell: always safe, only slower to reopen.
+    pub fn close(self) -> Result<()> {
+        self.check_poisoned()?;
+        let seg = &self.active.seg;
+        seg.sync_all()?;
+        let marker = CleanMarker {
+            active_base: seg.base,
+            next_offset: self.active.next_offset,
+            log_len: self.active.log_len,
+            max_timestamp: self.active.max_ts,
+        };
+        let path = self.shared.dir.join(CLEAN_MARKER);
+        let f = self
+            .fs
+            .open(&path, true)
+            .map_err(|e| LogError::io("create", &path, e))?;
+        f.set_len(0)
+            .and_then(|_| f.write_all_at(&marker.encode(), 0))
+            .and_then(|_| f.sync_data())
+            .map_err(|e| LogError::io("write", &path, e))?;
+        self.sync_dir()
+    }
+}
+
+/// Validates every batch in `buf`, returning the record count and the largest timestamp.
+fn validate_all(buf: &[u8]) -> Result<(u64, i64)> {
+    if buf.is_empty() {
+        return Err(LogError::InvalidBatch {
+            position: 0,
+            source: cascade_record::DecodeError::Truncated { what: "batch" },
+        });
+    }
+    let mut at = 0;
+    let mut count = 0u64;
+    let mut max_ts = i64::MIN;
+    while at < buf.len() {
+        let b = validate_batch(&buf[at..]).map_err(|source| LogError::InvalidBatch {
+            position: at,
+            source,
+        })?;
+        count += b.header().record_count as u64;
+        max_ts = max_ts.max(b.header().max_timestamp);
+        at += b.bytes().len();
+    }
+    Ok((count, max_ts))
+}
