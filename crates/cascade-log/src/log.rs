@@ -151,6 +151,14 @@ impl Log {
         &self.config
     }
 
+    /// Replaces the settings for everything from now on: roll thresholds, retention and the
+    /// flush policy. `initial_offset` and `on_corruption` only matter when opening.
+    pub fn set_config(&mut self, config: LogConfig) -> Result<()> {
+        config.validate()?;
+        self.config = config;
+        Ok(())
+    }
+
     /// First offset still in the log.
     pub fn start_offset(&self) -> u64 {
         self.shared.start_offset.load(Ordering::SeqCst)
@@ -414,9 +422,14 @@ impl Log {
         }
     }
 
-    /// Seals the active segment and starts a new one at the log end.
+    /// Seals the active segment and starts a new one at the log end. Does nothing while the
+    /// active segment is empty: it already starts at the log end, and a new segment there would
+    /// share its base offset and so its files.
     pub fn roll(&mut self) -> Result<()> {
         self.check_poisoned()?;
+        if self.active.is_empty() {
+            return Ok(());
+        }
         let seg = self.active.seg.clone();
         let count = self.active.next_offset - seg.base;
         if self
@@ -559,16 +572,19 @@ impl Log {
             next_offset: h.base_offset as u64,
             log_len: pos,
         };
-        // Readers must notice before any file shrinks.
-        self.shared.generation.fetch_add(1, Ordering::SeqCst);
+        // Publish the new end, then bump the generation, then shrink files. A reader that saw
+        // any old end loaded the generation before the bump, so it notices and retries; one
+        // that loaded it after the bump sees only the new ends and reads below them, where
+        // the truncation changes nothing.
+        seg.set_end(new_end);
         self.shared
             .end_offset
             .store(new_end.next_offset, Ordering::SeqCst);
         self.shared
             .durable_offset
             .fetch_min(new_end.next_offset, Ordering::SeqCst);
-        seg.set_end(new_end);
         self.shared.replace_segments(segs[..=idx].to_vec());
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
         let result = self.finish_truncate(&seg, new_end, &segs[idx + 1..]);
         if let Err(e) = &result {
             self.poison(format!("truncation failed half-way: {e}"));
@@ -588,11 +604,24 @@ impl Log {
         self.delete_segment_files(dropped)?;
         seg.truncate_files(new_end)?;
         seg.set_sealed(false);
-        // Recomputes the max timestamp and time index of what is left; truncation is rare.
-        let outcome = seg.rebuild(self.config.index_interval_bytes)?;
+        // Checks what is left and recomputes its max timestamp; truncation is rare. The scan
+        // only reads: readers may be using the index entries below the cut, which stay valid,
+        // so the index must not be rewritten under them.
+        let outcome = seg.scan(self.config.index_interval_bytes, false)?;
         if let Some((pos, reason)) = outcome.damage {
             return Err(LogError::corrupt(&seg.log_path, pos, reason));
         }
+        if outcome.end != new_end {
+            return Err(LogError::corrupt(
+                &seg.log_path,
+                outcome.end.log_len,
+                format!(
+                    "segment ends at offset {} after truncation, expected {}",
+                    outcome.end.next_offset, new_end.next_offset
+                ),
+            ));
+        }
+        seg.set_max_timestamp(outcome.max_timestamp);
         seg.sync_all()?;
         self.sync_dir()?;
         self.active = Active::new(seg.clone())?;

@@ -1,0 +1,178 @@
+//! [`BrokerError`]: every way a broker operation fails, shaped for the caller.
+//!
+//! Each variant knows its [`ErrorCode`] (the machine-readable reason) and its gRPC status
+//! class; the one conversion to `tonic::Status` lives in `grpc::`, so the logic never builds
+//! wire errors itself.
+
+use cascade_log::LogError;
+use cascade_proto::v1::ErrorCode;
+use tonic::Code;
+
+/// Result alias for broker operations.
+pub type Result<T, E = BrokerError> = std::result::Result<T, E>;
+
+/// An error from the broker's logic.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The topic does not exist.
+    #[error("unknown topic {0:?}")]
+    UnknownTopic(String),
+    /// The partition does not exist.
+    #[error("topic {topic:?} has no partition {partition} (it has {count})")]
+    UnknownPartition {
+        /// The topic.
+        topic: String,
+        /// The partition asked for.
+        partition: i64,
+        /// How many the topic has.
+        count: u32,
+    },
+    /// A topic with that name exists.
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    /// The topic name breaks the naming rules.
+    #[error("{0}")]
+    InvalidTopicName(#[from] cascade_types::NameError),
+    /// A topic configuration entry was refused.
+    #[error("{0}")]
+    InvalidConfig(#[from] cascade_types::TopicConfigError),
+    /// A bad partition count.
+    #[error("{0}")]
+    InvalidPartitions(String),
+    /// A bad replication factor.
+    #[error("{0}")]
+    InvalidReplicationFactor(String),
+    /// Any other malformed request.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// A batch or record failed validation.
+    #[error("invalid record batch: {0}")]
+    InvalidRecord(String),
+    /// A batch larger than the topic's `max.message.bytes`.
+    #[error("record batch of {size} bytes exceeds max.message.bytes = {max} of topic {topic:?}")]
+    RecordTooLarge {
+        /// The topic.
+        topic: String,
+        /// The batch size.
+        size: usize,
+        /// The limit.
+        max: u32,
+    },
+    /// The offset is outside the log.
+    #[error(
+        "offset {requested} is out of range for {topic}/{partition}: valid offsets are [{start}, {end}]"
+    )]
+    OffsetOutOfRange {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The offset asked for.
+        requested: u64,
+        /// Log start offset.
+        start: u64,
+        /// Log end offset.
+        end: u64,
+    },
+    /// The group member is not known (never joined, left, or evicted).
+    #[error("member {member:?} is not in group {group:?}; rejoin with member_epoch 0")]
+    UnknownMember {
+        /// The group.
+        group: String,
+        /// The member id.
+        member: String,
+    },
+    /// The member's epoch is stale.
+    #[error("member {member:?} of group {group:?} has epoch {got}, current is {current}; rejoin")]
+    FencedMemberEpoch {
+        /// The group.
+        group: String,
+        /// The member.
+        member: String,
+        /// The epoch sent.
+        got: i32,
+        /// The epoch the coordinator holds.
+        current: i32,
+    },
+    /// A bad group id.
+    #[error("{0}")]
+    InvalidGroupId(cascade_types::NameError),
+    /// No such group.
+    #[error("group {0:?} does not exist")]
+    GroupNotFound(String),
+    /// The group has members, so the operation is refused.
+    #[error("group {0:?} has active members; stop them first")]
+    GroupNotEmpty(String),
+    /// The operation did not finish in time.
+    #[error("timed out after {0} ms")]
+    Timeout(u64),
+    /// The broker is stopping.
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+    /// The storage engine failed.
+    #[error("storage error: {0}")]
+    Storage(#[source] LogError),
+    /// Metadata could not be persisted or loaded.
+    #[error("metadata error: {0}")]
+    Metadata(String),
+}
+
+impl BrokerError {
+    /// The machine-readable reason.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::UnknownTopic(_) => ErrorCode::UnknownTopic,
+            Self::UnknownPartition { .. } => ErrorCode::UnknownPartition,
+            Self::TopicExists(_) => ErrorCode::TopicAlreadyExists,
+            Self::InvalidTopicName(_) => ErrorCode::InvalidTopicName,
+            Self::InvalidConfig(_) => ErrorCode::InvalidConfig,
+            Self::InvalidPartitions(_) => ErrorCode::InvalidPartitions,
+            Self::InvalidReplicationFactor(_) => ErrorCode::InvalidReplicationFactor,
+            Self::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            Self::InvalidRecord(_) => ErrorCode::InvalidRecord,
+            Self::RecordTooLarge { .. } => ErrorCode::RecordTooLarge,
+            Self::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+            Self::UnknownMember { .. } => ErrorCode::UnknownMember,
+            Self::FencedMemberEpoch { .. } => ErrorCode::FencedMemberEpoch,
+            Self::InvalidGroupId(_) => ErrorCode::InvalidGroupId,
+            Self::GroupNotFound(_) => ErrorCode::GroupNotFound,
+            Self::GroupNotEmpty(_) => ErrorCode::GroupNotEmpty,
+            Self::Timeout(_) => ErrorCode::Timeout,
+            Self::ShuttingDown => ErrorCode::ShuttingDown,
+            Self::Storage(_) => ErrorCode::StorageError,
+            Self::Metadata(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The gRPC status class.
+    pub fn grpc_code(&self) -> Code {
+        match self.code() {
+            ErrorCode::UnknownTopic
+            | ErrorCode::UnknownPartition
+            | ErrorCode::GroupNotFound
+            | ErrorCode::UnknownMember => Code::NotFound,
+            ErrorCode::TopicAlreadyExists => Code::AlreadyExists,
+            ErrorCode::OffsetOutOfRange => Code::OutOfRange,
+            ErrorCode::RecordTooLarge | ErrorCode::RequestTooLarge => Code::InvalidArgument,
+            ErrorCode::FencedMemberEpoch | ErrorCode::GroupNotEmpty => Code::FailedPrecondition,
+            ErrorCode::Timeout => Code::DeadlineExceeded,
+            ErrorCode::ShuttingDown | ErrorCode::NotLeader | ErrorCode::NotEnoughReplicas => {
+                Code::Unavailable
+            }
+            ErrorCode::StorageError | ErrorCode::Internal => Code::Internal,
+            _ => Code::InvalidArgument,
+        }
+    }
+}
+
+impl From<LogError> for BrokerError {
+    fn from(e: LogError) -> Self {
+        match e {
+            LogError::InvalidBatch { .. } | LogError::TooLarge { .. } => {
+                Self::InvalidRecord(e.to_string())
+            }
+            other => Self::Storage(other),
+        }
+    }
+}

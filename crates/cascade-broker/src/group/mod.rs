@@ -1,0 +1,10 @@
+//! Consumer groups: the assignors, the per-group membership state machine, and the
+//! coordinator that persists committed offsets.
+
+pub mod assignor;
+pub mod coordinator;
+pub mod state;
+
+pub use assignor::{Assignor, Tp};
+pub use coordinator::{Committed, GroupCoordinator, GroupView, OFFSETS_TOPIC};
+pub use state::{Group, HeartbeatIn, HeartbeatOut, Member};

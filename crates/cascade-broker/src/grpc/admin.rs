@@ -1,0 +1,205 @@
+//! `cascade.v1.Admin`: topics and cluster description.
+
+use super::observe;
+use crate::broker::Broker;
+use crate::error::BrokerError;
+use crate::metadata::{ClusterMetadata, TopicMeta};
+use cascade_proto::v1::{self as pb, admin_server::Admin};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// The Admin service.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    broker: Arc<Broker>,
+}
+
+impl AdminService {
+    /// Serves `broker`.
+    pub fn new(broker: Arc<Broker>) -> Self {
+        Self { broker }
+    }
+}
+
+/// Describes a topic with live offsets from this node's partitions.
+pub fn describe_topic(broker: &Broker, t: &TopicMeta) -> pb::TopicDescription {
+    let handle = broker.topic_handle(&t.name).ok();
+    let partitions = t
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let part = handle.as_ref().and_then(|h| h.partitions.get(i));
+            let (start, hw, end, size) = part.map_or((0, 0, 0, 0), |p| {
+                let r = p.reader();
+                (
+                    r.start_offset(),
+                    p.high_watermark(),
+                    r.end_offset(),
+                    r.size_bytes(),
+                )
+            });
+            pb::PartitionDescription {
+                partition: i as u32,
+                leader: a.leader,
+                leader_epoch: a.leader_epoch,
+                replicas: a.replicas.clone(),
+                isr: a.isr.clone(),
+                log_start_offset: start,
+                high_watermark: hw,
+                log_end_offset: end,
+                size_bytes: size,
+            }
+        })
+        .collect();
+    pb::TopicDescription {
+        name: t.name.clone(),
+        topic_id: t.id.clone(),
+        replication_factor: t.replication_factor,
+        partitions,
+        configs: t.config.to_map().into_iter().collect(),
+        internal: t.internal,
+    }
+}
+
+/// Describes the cluster.
+pub fn describe_cluster(broker: &Broker, snap: &ClusterMetadata) -> pb::ClusterDescription {
+    let topics: Vec<pb::TopicDescription> = snap
+        .topics
+        .values()
+        .map(|t| describe_topic(broker, t))
+        .collect();
+    let under = topics
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .filter(|p| p.isr.len() < p.replicas.len())
+        .count() as u32;
+    pb::ClusterDescription {
+        cluster_id: snap.cluster_id.clone(),
+        controller_id: snap.controller_id,
+        brokers: snap
+            .brokers
+            .values()
+            .map(|b| pb::BrokerDescription {
+                node_id: b.node_id,
+                grpc_addr: b.grpc_addr.clone(),
+                http_addr: b.http_addr.clone(),
+                alive: true,
+            })
+            .collect(),
+        topics,
+        under_replicated_partitions: under,
+        offline_partitions: 0,
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_topic(
+        &self,
+        req: Request<pb::CreateTopicRequest>,
+    ) -> Result<Response<pb::TopicDescription>, Status> {
+        let r = req.into_inner();
+        observe("create_topic", async {
+            let configs: BTreeMap<String, String> = r.configs.into_iter().collect();
+            let t = self
+                .broker
+                .create_topic(
+                    &r.name,
+                    r.partitions,
+                    r.replication_factor,
+                    &configs,
+                    r.validate_only,
+                )
+                .await?;
+            Ok(describe_topic(&self.broker, &t))
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn delete_topic(
+        &self,
+        req: Request<pb::DeleteTopicRequest>,
+    ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
+        let r = req.into_inner();
+        observe("delete_topic", self.broker.delete_topic(&r.name))
+            .await
+            .map(|_| Response::new(pb::DeleteTopicResponse {}))
+    }
+
+    async fn list_topics(
+        &self,
+        req: Request<pb::ListTopicsRequest>,
+    ) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        let r = req.into_inner();
+        observe("list_topics", async {
+            let snap = self.broker.cluster();
+            let topics = snap
+                .topics
+                .values()
+                .filter(|t| r.include_internal || !t.internal)
+                .map(|t| describe_topic(&self.broker, t))
+                .collect();
+            Ok(pb::ListTopicsResponse { topics })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn describe_topic(
+        &self,
+        req: Request<pb::DescribeTopicRequest>,
+    ) -> Result<Response<pb::TopicDescription>, Status> {
+        let r = req.into_inner();
+        observe("describe_topic", async {
+            let snap = self.broker.cluster();
+            let t = snap.topic(&r.name)?;
+            Ok(describe_topic(&self.broker, t))
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn create_partitions(
+        &self,
+        req: Request<pb::CreatePartitionsRequest>,
+    ) -> Result<Response<pb::TopicDescription>, Status> {
+        let r = req.into_inner();
+        observe("create_partitions", async {
+            let t = self.broker.create_partitions(&r.name, r.total).await?;
+            Ok(describe_topic(&self.broker, &t))
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn alter_topic_config(
+        &self,
+        req: Request<pb::AlterTopicConfigRequest>,
+    ) -> Result<Response<pb::TopicDescription>, Status> {
+        let r = req.into_inner();
+        observe("alter_topic_config", async {
+            if r.set.is_empty() && r.reset.is_empty() {
+                return Err(BrokerError::InvalidRequest("nothing to change".into()));
+            }
+            let set: BTreeMap<String, String> = r.set.into_iter().collect();
+            let t = self.broker.alter_config(&r.name, &set, &r.reset).await?;
+            Ok(describe_topic(&self.broker, &t))
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn describe_cluster(
+        &self,
+        _req: Request<pb::DescribeClusterRequest>,
+    ) -> Result<Response<pb::ClusterDescription>, Status> {
+        observe("describe_cluster", async {
+            Ok(describe_cluster(&self.broker, &self.broker.cluster()))
+        })
+        .await
+        .map(Response::new)
+    }
+}

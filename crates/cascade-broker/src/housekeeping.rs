@@ -1,0 +1,69 @@
+//! The broker's periodic background work, in one task: evict silent group members (every
+//! second), flush partitions with `flush=interval`, run retention, and refresh the gauges
+//! that `/metrics` shows. Work on partitions is sent to their actors, never done here.
+
+use crate::broker::Broker;
+use cascade_types::FlushMode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::{Instant, MissedTickBehavior};
+
+pub(crate) fn spawn(broker: Arc<Broker>) {
+    let token = broker.shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let mut last_retention = Instant::now();
+        let mut last_second = Instant::now();
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let retention = last_retention.elapsed() >= broker.config.retention_check_interval;
+            if retention {
+                last_retention = Instant::now();
+            }
+            let snap = broker.meta.snapshot();
+            let handles: Vec<_> = broker
+                .topics_read()
+                .iter()
+                .map(|(n, h)| (n.clone(), h.clone()))
+                .collect();
+            let mut partitions = 0u64;
+            for (name, h) in &handles {
+                let Some(t) = snap.topics.get(name) else {
+                    continue;
+                };
+                let interval = t.config.flush == FlushMode::Interval;
+                for p in &h.partitions {
+                    partitions += 1;
+                    if interval || retention {
+                        p.maintain(retention);
+                    }
+                }
+            }
+            if last_second.elapsed() >= Duration::from_secs(1) {
+                last_second = Instant::now();
+                broker.groups().expire_members();
+                metrics::gauge!("cascade_partitions").set(partitions as f64);
+                metrics::gauge!("cascade_topics").set(handles.len() as f64);
+                for (name, h) in &handles {
+                    for p in &h.partitions {
+                        let labels = [("topic", name.clone()), ("partition", p.index.to_string())];
+                        let r = p.reader();
+                        metrics::gauge!("cascade_log_size_bytes", &labels)
+                            .set(r.size_bytes() as f64);
+                        metrics::gauge!("cascade_log_end_offset", &labels)
+                            .set(r.end_offset() as f64);
+                        metrics::gauge!("cascade_log_start_offset", &labels)
+                            .set(r.start_offset() as f64);
+                        metrics::gauge!("cascade_high_watermark", &labels)
+                            .set(p.high_watermark() as f64);
+                    }
+                }
+                crate::lag::record_lag_metrics(&broker);
+            }
+        }
+    });
+}

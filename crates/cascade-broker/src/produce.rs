@@ -1,0 +1,228 @@
+//! The produce path: choose partitions, encode typed records, enforce size limits, append.
+//!
+//! Client-encoded batches (the fast path) are checked for size here and validated by the log
+//! (CRC, framing) on append; typed records are encoded into one batch per partition. Keyed
+//! records without a partition go where Kafka's default partitioner would put them; unkeyed
+//! ones all go to one partition per request, rotating between requests (sticky), which keeps
+//! batches large.
+
+use crate::broker::{Broker, now_ms};
+use crate::error::{BrokerError, Result};
+use bytes::Bytes;
+use cascade_log::AppendInfo;
+use cascade_record::{BatchBuilder, BatchHeader, Record};
+use cascade_types::partition_for_key;
+use futures::future::join_all;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// How long to wait for acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// After the in-sync replicas have it (and it is fsynced under flush=always).
+    All,
+    /// After the leader has it (fsynced under flush=always).
+    Leader,
+    /// Do not wait.
+    None,
+}
+
+/// A typed record to produce.
+#[derive(Debug, Clone, Default)]
+pub struct OwnedRecord {
+    /// Key, or null.
+    pub key: Option<Bytes>,
+    /// Value, or null.
+    pub value: Option<Bytes>,
+    /// Headers.
+    pub headers: Vec<(String, Option<Bytes>)>,
+    /// ms since the epoch; 0 means now.
+    pub timestamp_ms: i64,
+}
+
+/// Records for one partition, or for the broker to partition (`partition == -1`).
+#[derive(Debug, Clone, Default)]
+pub struct ProducePart {
+    /// Target partition, or -1.
+    pub partition: i32,
+    /// Client-encoded batches, back to back.
+    pub batches: Bytes,
+    /// Typed records.
+    pub records: Vec<OwnedRecord>,
+}
+
+/// The outcome for one partition.
+#[derive(Debug)]
+pub struct PartResult {
+    /// The partition.
+    pub partition: u32,
+    /// Where the records landed (absent with acks=none), or why they were refused.
+    pub result: Result<Option<AppendInfo>>,
+}
+
+/// Default wait for acknowledgements.
+pub const DEFAULT_PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn encode(records: &[&OwnedRecord]) -> Vec<u8> {
+    let now = now_ms();
+    let size: usize = records
+        .iter()
+        .map(|r| {
+            r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len()) + 32
+        })
+        .sum();
+    let mut b = BatchBuilder::with_capacity(size + 64);
+    for r in records {
+        let headers: Vec<(&str, Option<&[u8]>)> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_deref()))
+            .collect();
+        b.push(Record {
+            timestamp: if r.timestamp_ms == 0 {
+                now
+            } else {
+                r.timestamp_ms
+            },
+            key: r.key.as_deref(),
+            value: r.value.as_deref(),
+            headers: &headers,
+        });
+    }
+    b.finish()
+}
+
+/// Checks each batch in `bytes` against the size limit, reading only headers.
+fn check_sizes(topic: &str, bytes: &[u8], max: u32) -> Result<()> {
+    let mut at = 0;
+    while at < bytes.len() {
+        let h = BatchHeader::parse(&bytes[at..])
+            .map_err(|e| BrokerError::InvalidRecord(format!("at byte {at}: {e}")))?;
+        let len = h.total_len();
+        if len > max as usize {
+            return Err(BrokerError::RecordTooLarge {
+                topic: topic.to_string(),
+                size: len,
+                max,
+            });
+        }
+        if at + len > bytes.len() {
+            return Err(BrokerError::InvalidRecord(format!(
+                "batch at byte {at} is truncated"
+            )));
+        }
+        at += len;
+    }
+    Ok(())
+}
+
+impl Broker {
+    /// Produces to `topic`. Request-level problems (unknown topic, internal topic) fail the
+    /// call; partition-level ones are reported per partition.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        parts: Vec<ProducePart>,
+        acks: Acks,
+        timeout: Duration,
+    ) -> Result<Vec<PartResult>> {
+        let meta = self.meta.snapshot();
+        let t = meta.topic(topic)?;
+        if t.internal {
+            return Err(BrokerError::InvalidRequest(format!(
+                "cannot produce to internal topic {topic:?}"
+            )));
+        }
+        if parts.is_empty() {
+            return Err(BrokerError::InvalidRequest("no records to produce".into()));
+        }
+        let count = t.partitions.len() as u32;
+        let max = t.config.max_message_bytes;
+        // Gather the bytes to append per partition, in request order.
+        let mut per_partition: BTreeMap<u32, Result<Vec<u8>>> = BTreeMap::new();
+        let mut add = |p: u32, r: Result<Vec<u8>>| {
+            let slot = per_partition.entry(p).or_insert_with(|| Ok(Vec::new()));
+            match (slot, r) {
+                (Ok(buf), Ok(bytes)) => buf.extend_from_slice(&bytes),
+                (slot @ Ok(_), Err(e)) => *slot = Err(e),
+                (Err(_), _) => {}
+            }
+        };
+        for part in &parts {
+            if part.batches.is_empty() && part.records.is_empty() {
+                return Err(BrokerError::InvalidRequest(
+                    "a partition entry has neither batches nor records".into(),
+                ));
+            }
+            if part.partition < 0 {
+                if part.partition != -1 || !part.batches.is_empty() {
+                    return Err(BrokerError::InvalidRequest(
+                        "partition -1 (broker chooses) is only valid with typed records".into(),
+                    ));
+                }
+                let sticky = self.sticky.fetch_add(1, Ordering::Relaxed) % count;
+                let mut groups: BTreeMap<u32, Vec<&OwnedRecord>> = BTreeMap::new();
+                for r in &part.records {
+                    let p = match &r.key {
+                        Some(k) => partition_for_key(k, count),
+                        None => sticky,
+                    };
+                    groups.entry(p).or_default().push(r);
+                }
+                for (p, recs) in groups {
+                    let batch = encode(&recs);
+                    let checked = check_sizes(topic, &batch, max).map(|_| batch);
+                    add(p, checked);
+                }
+                continue;
+            }
+            let p = part.partition as u32;
+            if p >= count {
+                return Err(BrokerError::UnknownPartition {
+                    topic: topic.to_string(),
+                    partition: part.partition.into(),
+                    count,
+                });
+            }
+            if !part.batches.is_empty() {
+                add(
+                    p,
+                    check_sizes(topic, &part.batches, max).map(|_| part.batches.to_vec()),
+                );
+            }
+            if !part.records.is_empty() {
+                let recs: Vec<&OwnedRecord> = part.records.iter().collect();
+                let batch = encode(&recs);
+                add(p, check_sizes(topic, &batch, max).map(|_| batch));
+            }
+        }
+        let handle = self.topic_handle(topic)?;
+        let futures = per_partition.into_iter().map(|(p, bytes)| {
+            let part = handle.partitions[p as usize].clone();
+            async move {
+                let result = match bytes {
+                    Err(e) => Err(e),
+                    Ok(bytes) => match acks {
+                        Acks::None => part.append_detached(bytes).await.map(|_| None),
+                        _ => match tokio::time::timeout(timeout, part.append(bytes)).await {
+                            Ok(r) => r.map(Some),
+                            Err(_) => Err(BrokerError::Timeout(timeout.as_millis() as u64)),
+                        },
+                    },
+                };
+                if let Ok(Some(info)) = &result {
+                    metrics::counter!("cascade_produced_records_total", "topic" => part.topic.to_string())
+                        .increment(info.record_count);
+                    metrics::counter!("cascade_produced_bytes_total", "topic" => part.topic.to_string())
+                        .increment(info.bytes);
+                }
+                PartResult {
+                    partition: p,
+                    result,
+                }
+            }
+        });
+        Ok(join_all(futures).await)
+    }
+}
