@@ -103,8 +103,9 @@ pub struct BatchHeader {
 impl BatchHeader {
     /// Parses the header at the front of `buf` (which may hold more than one batch).
     ///
-    /// Checks only what the header alone can tell: the magic, that the length is in range and
-    /// that the codec is known. It does not check the CRC; see [`crate::validate_batch`].
+    /// Checks only what the header alone can tell: the magic, that the length is in range,
+    /// that the offsets it implies fit an `i64` and that the codec is known. It does not check
+    /// the CRC; see [`crate::validate_batch`].
     pub fn parse(buf: &[u8]) -> Result<Self, DecodeError> {
         if buf.len() < HEADER_LEN {
             return Err(DecodeError::Truncated {
@@ -142,6 +143,17 @@ impl BatchHeader {
                 reason: "larger than the maximum batch size",
             });
         }
+        // The base offset is not covered by the CRC, so it can hold anything: refuse a header
+        // whose `next_offset` would not fit an i64, so that offset arithmetic on any parsed
+        // header is exact.
+        if h.base_offset
+            .checked_add(i64::from(h.last_offset_delta) + 1)
+            .is_none()
+        {
+            return Err(DecodeError::InvalidHeader(
+                "base offset plus last offset delta overflows",
+            ));
+        }
         Compression::from_bits((h.attributes & ATTR_CODEC_MASK) as u8)?;
         Ok(h)
     }
@@ -151,7 +163,8 @@ impl BatchHeader {
         self.batch_length as usize + LOG_OVERHEAD
     }
 
-    /// Offset of the last record: `base_offset + last_offset_delta`.
+    /// Offset of the last record: `base_offset + last_offset_delta` (cannot overflow for a
+    /// parsed header).
     pub fn last_offset(&self) -> i64 {
         self.base_offset + i64::from(self.last_offset_delta)
     }
