@@ -1,0 +1,31 @@
+//! The Rust client for Cascade.
+//!
+//! - [`Client`]: a connection and every call of the public gRPC API (admin, records, groups).
+//! - [`Producer`]: batching per partition (size and linger), Kafka-compatible key partitioning,
+//!   requests in flight, retries.
+//! - [`PartitionConsumer`] and [`GroupConsumer`]: read one partition, or join a consumer group
+//!   with server-side assignment, heartbeats and automatic or manual commits.
+//!
+//! ```no_run
+//! # async fn demo() -> cascade_client::Result<()> {
+//! use cascade_client::{Client, Producer, ProducerConfig, ProducerRecord};
+//! let client = Client::connect("127.0.0.1:50051").await?;
+//! client.create_topic("orders", 3, 1, Default::default()).await?;
+//! let producer = Producer::new(client.clone(), "orders", ProducerConfig::default()).await?;
+//! let at = producer.send(ProducerRecord::keyed("customer-7", "hello")).await?;
+//! println!("written at {}/{}", at.partition, at.offset);
+//! # Ok(()) }
+//! ```
+
+mod client;
+mod consumer;
+mod error;
+mod producer;
+
+pub use cascade_proto::v1 as proto;
+pub use client::{Acks, Client, Produced};
+pub use consumer::{
+    ConsumedRecord, GroupConfig, GroupConsumer, OffsetReset, PartitionConsumer, decode_records,
+};
+pub use error::{ClientError, Result};
+pub use producer::{Producer, ProducerConfig, ProducerRecord, RecordMetadata};

@@ -1,0 +1,238 @@
+//! `cascade server`: lock the data directory, start the HTTP listener (health and metrics
+//! first, so orchestrators can watch recovery), open the broker, serve gRPC, and on SIGTERM or
+//! Ctrl-C stop accepting, let in-flight requests finish, and close every log cleanly.
+
+use crate::config::ServerConfig;
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use cascade_broker::grpc::{AdminService, GroupsService, RecordsService};
+use cascade_broker::{Broker, BrokerConfig};
+use cascade_proto::v1::admin_server::AdminServer;
+use cascade_proto::v1::groups_server::GroupsServer;
+use cascade_proto::v1::records_server::RecordsServer;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Holds the data directory's lock for the life of the process.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+}
+
+/// Takes an exclusive lock on `<data_dir>/LOCK`, so two servers never share one directory.
+pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating data directory {}", dir.display()))?;
+    let path = dir.join("LOCK");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    if file.try_lock().is_err() {
+        let holder = std::fs::read_to_string(&path).unwrap_or_default();
+        anyhow::bail!(
+            "data directory {} is in use by another cascade server (pid {}); stop it or use another --data-dir",
+            dir.display(),
+            holder.trim()
+        );
+    }
+    file.set_len(0)?;
+    write!(file, "{}", std::process::id())?;
+    Ok(DataDirLock { _file: file })
+}
+
+/// Installs the Prometheus recorder once per process and returns its handle.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("seconds".into()),
+                    &[
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    ],
+                )
+                .expect("non-empty buckets")
+                .build_recorder();
+            let handle = recorder.handle();
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+#[derive(Clone)]
+struct HttpState {
+    ready: Arc<AtomicBool>,
+    metrics: PrometheusHandle,
+}
+
+/// Health, readiness and metrics endpoints.
+fn ops_router(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(s): State<HttpState>| async move {
+                if s.ready.load(Ordering::SeqCst) {
+                    (StatusCode::OK, "ready\n").into_response()
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(s): State<HttpState>| async move {
+                s.metrics.run_upkeep();
+                (
+                    [("content-type", "text/plain; version=0.0.4")],
+                    s.metrics.render(),
+                )
+            }),
+        )
+        .with_state(state)
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Runs a node until a signal or `stop` is cancelled.
+pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
+    let _lock = lock_data_dir(&cfg.data_dir)?;
+    let metrics = metrics_handle();
+    let grpc_listener = TcpListener::bind(cfg.grpc_addr)
+        .await
+        .with_context(|| format!("binding the gRPC listener to {}", cfg.grpc_addr))?;
+    let grpc_local = grpc_listener.local_addr()?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut http_local = None;
+    if let Some(addr) = cfg.http_addr {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the HTTP listener to {addr}"))?;
+        http_local = Some(listener.local_addr()?);
+        let router = ops_router(HttpState {
+            ready: ready.clone(),
+            metrics,
+        });
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+                .context("HTTP server")
+        });
+    }
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = signal() => tracing::info!("signal received: shutting down"),
+                _ = stop.cancelled() => {}
+            }
+            stop.cancel();
+        });
+    }
+    let advertised = if cfg.grpc_addr.port() == 0 && cfg.advertised_grpc_addr.ends_with(":0") {
+        format!("127.0.0.1:{}", grpc_local.port())
+    } else {
+        cfg.advertised_grpc_addr.clone()
+    };
+    let broker = Broker::start(BrokerConfig {
+        data_dir: cfg.data_dir.clone(),
+        node_id: cfg.node_id,
+        advertised_grpc_addr: advertised,
+        advertised_http_addr: http_local.map(|a| a.to_string()).unwrap_or_default(),
+        offsets_partitions: cfg.offsets_partitions,
+        retention_check_interval: cfg.retention_check,
+        default_topic_config: Default::default(),
+    })
+    .await
+    .context("starting the broker")?;
+    let max = cfg.max_request_bytes;
+    let grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            AdminServer::new(AdminService::new(broker.clone())).max_decoding_message_size(max),
+        )
+        .add_service(
+            RecordsServer::new(RecordsService::new(broker.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(256 << 20),
+        )
+        .add_service(
+            GroupsServer::new(GroupsService::new(broker.clone())).max_decoding_message_size(max),
+        );
+    let grpc_stop = stop.clone();
+    tasks.spawn(async move {
+        grpc.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            grpc_stop.cancelled_owned(),
+        )
+        .await
+        .context("gRPC server")
+    });
+    ready.store(true, Ordering::SeqCst);
+    // Machine-readable line for scripts and tests that start the server on port 0.
+    tracing::info!(
+        grpc = %grpc_local,
+        http = %http_local.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        data_dir = %cfg.data_dir.display(),
+        "cascade is ready"
+    );
+    println!(
+        "{}",
+        serde_json::json!({"event": "ready", "grpc_addr": grpc_local.to_string(),
+            "http_addr": http_local.map(|a| a.to_string())})
+    );
+    let mut result = Ok(());
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        Some(r) = tasks.join_next() => {
+            // A listener failed: stop everything.
+            if let Ok(Err(e)) = r { result = Err(e); }
+            stop.cancel();
+        }
+    }
+    ready.store(false, Ordering::SeqCst);
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(Err(e)) = r
+            && result.is_ok()
+        {
+            result = Err(e);
+        }
+    }
+    broker.shutdown().await;
+    tracing::info!("stopped cleanly");
+    result
+}
