@@ -78,9 +78,11 @@ impl LogReader {
     pub fn read_until(&self, offset: u64, max_bytes: usize, limit: u64) -> Result<Fetched> {
         for _ in 0..RACE_RETRIES {
             let generation = self.shared.generation.load(Ordering::SeqCst);
-            if let Some(f) = self.try_read(offset, max_bytes, limit, generation)?
-                && generation == self.shared.generation.load(Ordering::SeqCst)
-            {
+            let result = self.try_read(offset, max_bytes, limit, generation);
+            if generation != self.shared.generation.load(Ordering::SeqCst) {
+                continue; // raced a truncation: whatever it read, success or error, is stale
+            }
+            if let Some(f) = result? {
                 return Ok(f);
             }
         }

@@ -53,6 +53,7 @@ pub(crate) struct Segment {
 /// What a scan of a `.log` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ScanOutcome {
+    /// End of the valid prefix: at the first damaged batch, if any, else at the end of the file.
     pub end: SegmentEnd,
     pub max_timestamp: i64,
     /// The first damage found: byte position and reason. Everything before it is valid.
@@ -364,7 +365,10 @@ impl Segment {
                     Ok(h) => h,
                     Err(DecodeError::Truncated { .. }) if at > 0 => break,
                     Err(e) => {
-                        damage = Some((pos + at as u64, format!("batch header: {e}")));
+                        // Every `break 'scan` first moves `pos` to the damaged batch, so the
+                        // valid prefix ends there, not at the start of this chunk.
+                        pos += at as u64;
+                        damage = Some((pos, format!("batch header: {e}")));
                         break 'scan;
                     }
                 };
@@ -384,14 +388,16 @@ impl Segment {
                 let batch = match cascade_record::validate_batch(&rest[..len]) {
                     Ok(b) => b,
                     Err(e) => {
-                        damage = Some((pos + at as u64, e.to_string()));
+                        pos += at as u64;
+                        damage = Some((pos, e.to_string()));
                         break 'scan;
                     }
                 };
                 let h = batch.header();
                 if h.base_offset as u64 != next {
+                    pos += at as u64;
                     damage = Some((
-                        pos + at as u64,
+                        pos,
                         format!("batch starts at offset {}, expected {next}", h.base_offset),
                     ));
                     break 'scan;
