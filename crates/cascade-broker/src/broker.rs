@@ -378,6 +378,12 @@ impl Broker {
         self.meta.snapshot()
     }
 
+    /// First step of stopping: ends subscriptions and long polls (they return what they have)
+    /// and stops housekeeping, so the listeners can drain quickly. Produce still works.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Stops housekeeping and closes every partition cleanly (clean-shutdown markers written).
     pub async fn shutdown(&self) {
         self.shutdown.cancel();

@@ -23,6 +23,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// How long in-flight requests may take to finish after a stop signal.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Holds the data directory's lock for the life of the process.
 #[derive(Debug)]
 pub struct DataDirLock {
@@ -225,12 +228,25 @@ pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
         }
     }
     ready.store(false, Ordering::SeqCst);
-    while let Some(r) = tasks.join_next().await {
-        if let Ok(Err(e)) = r
-            && result.is_ok()
-        {
-            result = Err(e);
+    broker.begin_shutdown();
+    // In-flight requests get a bounded grace period: a client that keeps a connection open
+    // must not keep the node from stopping (and from closing its logs cleanly).
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while let Some(r) = tasks.join_next().await {
+            if let Ok(Err(e)) = r
+                && result.is_ok()
+            {
+                result = Err(e);
+            }
         }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            grace_secs = SHUTDOWN_GRACE.as_secs(),
+            "connections still open after the grace period: closing them"
+        );
+        tasks.abort_all();
     }
     broker.shutdown().await;
     tracing::info!("stopped cleanly");

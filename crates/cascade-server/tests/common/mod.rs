@@ -1,0 +1,179 @@
+//! Test harness: real `cascade server` processes on 127.0.0.1 with OS-assigned ports.
+#![allow(dead_code)]
+
+use cascade_client::Client;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `cascade` binary built for these tests.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cascade")
+}
+
+/// A running server process.
+pub struct Node {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub grpc: String,
+    pub http: Option<String>,
+    pub extra: Vec<String>,
+}
+
+impl Node {
+    /// Starts a node on `dir` with extra flags.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Node {
+        let mut node = Node {
+            child: None,
+            dir: dir.to_path_buf(),
+            grpc: String::new(),
+            http: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        node.spawn();
+        node
+    }
+
+    /// Starts a node on `dir`.
+    pub fn start(dir: &Path) -> Node {
+        Self::start_with(dir, &[])
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(bin());
+        cmd.arg("server")
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(&self.extra)
+            .env(
+                "CASCADE_LOG",
+                std::env::var("CASCADE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("start cascade server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(Instant::now() < deadline, "server did not become ready");
+            let line = lines
+                .next()
+                .expect("server exited before it was ready")
+                .expect("read stdout");
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["event"] == "ready"
+            {
+                self.grpc = v["grpc_addr"].as_str().expect("grpc addr").to_string();
+                self.http = v["http_addr"].as_str().map(str::to_string);
+                break;
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        self.child = Some(child);
+    }
+
+    /// A client of this node.
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.grpc).await.expect("connect")
+    }
+
+    /// SIGKILL: a crash. Nothing is flushed or closed.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill");
+            c.wait().expect("wait");
+        }
+    }
+
+    /// SIGTERM and wait for a graceful exit; returns the exit status code. Blocks the calling
+    /// thread: call it from a multi-threaded runtime so this process's client connections
+    /// keep being served (the server waits for them to drain, up to its grace period).
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let pid = c.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = c.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the node again on the same directory (new ports).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the node first");
+        self.spawn();
+    }
+
+    /// Runs the CLI against this node; returns (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+        cli(&self.grpc, args, stdin)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs `cascade ARGS --brokers addr`, feeding `stdin`.
+pub fn cli(brokers: &str, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(bin())
+        .args(args)
+        .args(["--brokers", brokers])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run cascade");
+    {
+        let mut input = child.stdin.take().expect("stdin");
+        if let Some(s) = stdin {
+            input.write_all(s.as_bytes()).expect("write stdin");
+        }
+    }
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every (offset, value) of a partition, read with a partition consumer, checking density.
+pub async fn read_partition(client: &Client, topic: &str, partition: u32) -> Vec<(u64, Vec<u8>)> {
+    let end = client
+        .list_offsets(
+            topic,
+            vec![partition],
+            cascade_client::proto::OffsetSpec::Latest,
+            0,
+        )
+        .await
+        .expect("list offsets")[0]
+        .offset;
+    let mut c = cascade_client::PartitionConsumer::new(client.clone(), topic, partition, 0);
+    let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+    while c.position() < end {
+        for r in c.poll(Duration::from_millis(100)).await.expect("poll") {
+            assert_eq!(r.offset, out.len() as u64, "offsets must be dense from 0");
+            out.push((r.offset, r.value.map(|v| v.to_vec()).unwrap_or_default()));
+        }
+    }
+    out
+}
