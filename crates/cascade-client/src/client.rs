@@ -47,8 +47,12 @@ fn endpoint(addr: &str) -> Result<Endpoint> {
     };
     Endpoint::from_shared(uri)
         .map(|e| {
+            // Large flow-control windows: fetches and batches are often far above HTTP/2's
+            // default 64 KiB, which would cost a round trip per window.
             e.connect_timeout(Duration::from_secs(5))
                 .tcp_nodelay(true)
+                .initial_stream_window_size(8 << 20)
+                .initial_connection_window_size(32 << 20)
                 .http2_keep_alive_interval(Duration::from_secs(30))
                 .keep_alive_while_idle(true)
         })
