@@ -248,9 +248,9 @@ impl Broker {
         validate_only: bool,
     ) -> Result<TopicMeta> {
         if name.starts_with("__") {
-            return Err(BrokerError::InvalidRequest(format!(
-                "topic names starting with \"__\" are reserved for internal topics: {name:?}"
-            )));
+            return Err(BrokerError::InvalidTopicName(
+                cascade_types::NameError::InternalPrefix(name.to_string()),
+            ));
         }
         let mut config = self.config.default_topic_config.clone();
         for (k, v) in configs {

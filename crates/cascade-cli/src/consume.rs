@@ -87,6 +87,9 @@ pub async fn run(args: ConsumeArgs, common: &Common) -> Result<()> {
     if limit == 0 {
         return Ok(());
     }
+    // An unknown topic is an error in group mode too, where the member would otherwise just
+    // get no partitions and print nothing.
+    let desc = client.describe_topic(&args.topic).await?;
     if let Some(group) = &args.group {
         let mut config = GroupConfig::new(group, &[args.topic.as_str()]);
         config.offset_reset = if args.from_beginning {
@@ -126,7 +129,6 @@ pub async fn run(args: ConsumeArgs, common: &Common) -> Result<()> {
         consumer.close().await?;
         return Ok(());
     }
-    let desc = client.describe_topic(&args.topic).await?;
     let partitions: Vec<u32> = match args.partition {
         Some(p) if p as usize >= desc.partitions.len() => {
             bail!(

@@ -1,5 +1,7 @@
 //! Topic and group name rules. Topic names follow Kafka's: 1–249 characters of ASCII letters,
 //! digits, `.`, `_` and `-`, and not `.` or `..` (they would be directory names with a meaning).
+//! Names starting with `__` are valid names but reserved for internal topics: the broker refuses
+//! them for user topics with [`NameError::InternalPrefix`].
 
 /// Why a name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,6 +35,10 @@ pub enum NameError {
     /// `.` and `..` are reserved.
     #[error("topic name {0:?} is reserved")]
     Reserved(String),
+    /// Names starting with `__` belong to internal topics (such as `__consumer_offsets`); the
+    /// broker refuses them for user topics.
+    #[error("topic names starting with \"__\" are reserved for internal topics: {0:?}")]
+    InternalPrefix(String),
 }
 
 /// Longest topic name, as in Kafka.

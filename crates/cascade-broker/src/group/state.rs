@@ -10,7 +10,9 @@
 //!   previous owner has heartbeated without it: two members never own one partition at once.
 //! - A member's **epoch** rises whenever its assignment changes; commits must carry the
 //!   member's current epoch, and an evicted or departed member's commits are refused.
-//! - A member silent for longer than its session timeout is evicted.
+//! - A member silent for longer than its session timeout is evicted. Members are told to
+//!   heartbeat every third of their session timeout (at most every 3 s), so a live member
+//!   always heartbeats well within its session, whatever timeout it chose.
 
 use super::assignor::{Assignor, Tp};
 use crate::error::{BrokerError, Result};
@@ -23,6 +25,14 @@ pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(45);
 pub const MIN_SESSION_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Longest session timeout accepted.
 pub const MAX_SESSION_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest heartbeat interval members are told to use.
+pub const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(3);
+
+/// How often a member with `session_timeout` must heartbeat: a third of the timeout, at most
+/// [`MAX_HEARTBEAT_INTERVAL`], so that a member is never evicted between two heartbeats.
+pub fn heartbeat_interval(session_timeout: Duration) -> Duration {
+    (session_timeout / 3).min(MAX_HEARTBEAT_INTERVAL)
+}
 
 /// One member.
 #[derive(Debug, Clone)]
@@ -71,6 +81,8 @@ pub struct HeartbeatOut {
     pub member_epoch: i32,
     /// What it owns now.
     pub assignment: BTreeSet<Tp>,
+    /// How often it must heartbeat (see [`heartbeat_interval`]).
+    pub heartbeat_interval: Duration,
 }
 
 /// One group's live membership.
@@ -139,6 +151,7 @@ impl Group {
                 member_id: req.member_id,
                 member_epoch: -1,
                 assignment: BTreeSet::new(),
+                heartbeat_interval: MAX_HEARTBEAT_INTERVAL,
             });
         }
         let timeout = if req.session_timeout.is_zero() {
@@ -271,6 +284,7 @@ impl Group {
             member_id: id.to_string(),
             member_epoch: m.epoch,
             assignment: next,
+            heartbeat_interval: heartbeat_interval(m.session_timeout),
         }
     }
 
@@ -472,6 +486,25 @@ mod tests {
                 .is_err()
         );
         assert!(g.members.is_empty(), "refused joins leave no member behind");
+    }
+
+    #[test]
+    fn members_are_told_to_heartbeat_well_within_their_session() {
+        assert_eq!(heartbeat_interval(MIN_SESSION_TIMEOUT).as_millis(), 333);
+        assert_eq!(
+            heartbeat_interval(DEFAULT_SESSION_TIMEOUT),
+            MAX_HEARTBEAT_INTERVAL
+        );
+        let mut g = Group::new("g");
+        let join = HeartbeatIn {
+            topics: vec!["t".into()],
+            session_timeout: Duration::from_secs(2),
+            ..Default::default()
+        };
+        let a = g
+            .heartbeat(join, Instant::now(), &|_| Some(1), &mut || "a".into())
+            .unwrap();
+        assert!(a.heartbeat_interval * 2 < Duration::from_secs(2), "{a:?}");
     }
 
     #[test]

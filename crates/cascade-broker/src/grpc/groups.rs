@@ -10,9 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
 
-/// How often members are told to heartbeat.
-pub const HEARTBEAT_INTERVAL_MS: u32 = 3000;
-
 /// The Groups service.
 #[derive(Debug, Clone)]
 pub struct GroupsService {
@@ -86,7 +83,7 @@ impl Groups for GroupsService {
             Ok(pb::HeartbeatResponse {
                 member_id: out.member_id,
                 member_epoch: out.member_epoch,
-                heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
+                heartbeat_interval_ms: out.heartbeat_interval.as_millis() as u32,
                 assignment: by_topic(&out.assignment),
             })
         })
