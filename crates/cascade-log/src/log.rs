@@ -633,10 +633,23 @@ impl Log {
 
     /// Deletes everything and restarts the log empty at `start`, as a follower does when the
     /// leader's log no longer holds anything the follower has.
+    ///
+    /// Not atomic across a crash: a crash half-way can leave the old segments beside the new
+    /// one (opening then reports the gap) or none (the log reopens empty at
+    /// `initial_offset`). Its caller, replication, must re-run it after a restart.
     pub fn truncate_fully(&mut self, start: u64) -> Result<()> {
         self.check_poisoned()?;
         let segs = self.shared.segments();
         self.shared.generation.fetch_add(1, Ordering::SeqCst);
+        // A segment already based at `start` is unlinked, not rewritten in place: readers still
+        // holding it keep reading the old file while the new one is created under its name.
+        if let Some(same) = segs.iter().find(|s| s.base == start) {
+            for p in same.paths() {
+                self.fs
+                    .remove_file(p)
+                    .map_err(|e| LogError::io("remove", p, e))?;
+            }
+        }
         let fresh = Arc::new(Segment::create(
             &*self.fs,
             &self.shared.dir,

@@ -200,6 +200,22 @@ impl LogReader {
     /// The first offset whose record timestamp is at or after `timestamp_ms`, or `None` if
     /// every record is older.
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<u64>> {
+        for _ in 0..RACE_RETRIES {
+            let generation = self.shared.generation.load(Ordering::SeqCst);
+            let result = self.try_offset_for_timestamp(timestamp_ms);
+            if generation == self.shared.generation.load(Ordering::SeqCst) {
+                return result;
+            }
+            // Raced a truncation: the time index may have shrunk under the search.
+        }
+        Err(LogError::Corrupt {
+            path: self.shared.dir.clone(),
+            position: 0,
+            reason: format!("timestamp lookup for {timestamp_ms} kept racing truncations"),
+        })
+    }
+
+    fn try_offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<u64>> {
         let segs = self.shared.segments();
         for seg in segs.iter() {
             if seg.max_timestamp() < timestamp_ms {
