@@ -228,7 +228,9 @@ fn main() {
         "Read by offset: 100 B events in batches of 10; each read returns the batch holding the offset."
     );
     println!();
-    println!("| events in log | segments | random read-by-offset p50 | p99 | p999 | open after clean close | open after crash |");
+    println!(
+        "| events in log | segments | random read-by-offset p50 | p99 | p999 | open after clean close | open after crash |"
+    );
     println!("|---|---|---|---|---|---|---|");
     let path = fresh(&o.dir, "reads");
     let mut log = Log::open(

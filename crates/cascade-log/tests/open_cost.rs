@@ -97,7 +97,8 @@ fn clean_open_reads_a_constant_amount_unclean_open_rescans() {
     let mut log = open(&fs, config.clone());
     // ~4 MiB over several segments: 40 000 events of 100 B in batches of 100.
     for i in 0..400u32 {
-        log.append(&mut sized_batch(100, 100, i as u8, i64::from(i))).unwrap();
+        log.append(&mut sized_batch(100, 100, i as u8, i64::from(i)))
+            .unwrap();
     }
     let size = log.size_bytes();
     let segments = log.segment_count();
@@ -124,7 +125,10 @@ fn clean_open_reads_a_constant_amount_unclean_open_rescans() {
         .collect();
     logs.sort();
     let active = fs.inner.read_file(logs.last().unwrap()).unwrap().len() as u64;
-    assert!(active > 100_000, "the active segment holds data ({active} bytes)");
+    assert!(
+        active > 100_000,
+        "the active segment holds data ({active} bytes)"
+    );
     let log = open(&fs, config);
     let unclean = fs.read.swap(0, Ordering::SeqCst);
     assert_eq!(log.end_offset(), 40_000);
