@@ -67,6 +67,8 @@ pub struct Broker {
     pub(crate) meta: Arc<Metadata>,
     pub(crate) topics: RwLock<HashMap<String, Arc<TopicHandle>>>,
     pub(crate) groups: OnceLock<GroupCoordinator>,
+    /// Server-side consumer instances (driven by stateless clients such as the REST gateway).
+    pub(crate) consumers: crate::group::ManagedConsumers,
     /// Partition chosen for unkeyed records without an explicit partition (sticky, rotated
     /// per request).
     pub(crate) sticky: AtomicU32,
@@ -99,6 +101,7 @@ impl Broker {
             meta,
             topics: RwLock::new(HashMap::new()),
             groups: OnceLock::new(),
+            consumers: Default::default(),
             sticky: AtomicU32::new(rand::random()),
             shutdown: CancellationToken::new(),
         });

@@ -104,6 +104,30 @@ pub enum BrokerError {
     /// The group has members, so the operation is refused.
     #[error("group {0:?} has active members; stop them first")]
     GroupNotEmpty(String),
+    /// A consumer instance with that name exists in the group.
+    #[error("consumer instance {name:?} already exists in group {group:?}")]
+    ConsumerExists {
+        /// The group.
+        group: String,
+        /// The instance name.
+        name: String,
+    },
+    /// No such consumer instance (never created, deleted, or expired).
+    #[error("consumer instance {name:?} not found in group {group:?}")]
+    UnknownConsumer {
+        /// The group.
+        group: String,
+        /// The instance name.
+        name: String,
+    },
+    /// A seek or commit named a partition the instance does not own.
+    #[error("partition {topic}/{partition} is not assigned to this consumer instance")]
+    PartitionNotAssigned {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+    },
     /// The operation did not finish in time.
     #[error("timed out after {0} ms")]
     Timeout(u64),
@@ -138,6 +162,9 @@ impl BrokerError {
             Self::InvalidGroupId(_) => ErrorCode::InvalidGroupId,
             Self::GroupNotFound(_) => ErrorCode::GroupNotFound,
             Self::GroupNotEmpty(_) => ErrorCode::GroupNotEmpty,
+            Self::ConsumerExists { .. } => ErrorCode::ConsumerInstanceExists,
+            Self::UnknownConsumer { .. } => ErrorCode::UnknownConsumerInstance,
+            Self::PartitionNotAssigned { .. } => ErrorCode::PartitionNotAssigned,
             Self::Timeout(_) => ErrorCode::Timeout,
             Self::ShuttingDown => ErrorCode::ShuttingDown,
             Self::Storage(_) => ErrorCode::StorageError,
@@ -151,8 +178,12 @@ impl BrokerError {
             ErrorCode::UnknownTopic
             | ErrorCode::UnknownPartition
             | ErrorCode::GroupNotFound
-            | ErrorCode::UnknownMember => Code::NotFound,
-            ErrorCode::TopicAlreadyExists => Code::AlreadyExists,
+            | ErrorCode::UnknownMember
+            | ErrorCode::UnknownConsumerInstance => Code::NotFound,
+            ErrorCode::TopicAlreadyExists | ErrorCode::ConsumerInstanceExists => {
+                Code::AlreadyExists
+            }
+            ErrorCode::PartitionNotAssigned => Code::FailedPrecondition,
             ErrorCode::OffsetOutOfRange => Code::OutOfRange,
             ErrorCode::RecordTooLarge | ErrorCode::RequestTooLarge => Code::InvalidArgument,
             ErrorCode::FencedMemberEpoch | ErrorCode::GroupNotEmpty => Code::FailedPrecondition,

@@ -46,6 +46,7 @@ pub(crate) fn spawn(broker: Arc<Broker>) {
             if last_second.elapsed() >= Duration::from_secs(1) {
                 last_second = Instant::now();
                 broker.groups().expire_members();
+                broker.expire_consumers();
                 metrics::gauge!("cascade_partitions").set(partitions as f64);
                 metrics::gauge!("cascade_topics").set(handles.len() as f64);
                 for (name, h) in &handles {

@@ -80,6 +80,11 @@ impl Client {
         })
     }
 
+    /// The shared connection.
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     /// The broker list this client was made with.
     pub fn brokers(&self) -> &str {
         &self.brokers

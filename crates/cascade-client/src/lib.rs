@@ -20,6 +20,7 @@
 mod client;
 mod consumer;
 mod error;
+mod instances;
 mod producer;
 
 pub use cascade_proto::v1 as proto;

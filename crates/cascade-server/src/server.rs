@@ -9,9 +9,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use cascade_broker::grpc::{AdminService, GroupsService, RecordsService};
+use cascade_broker::grpc::{AdminService, ConsumersService, GroupsService, RecordsService};
 use cascade_broker::{Broker, BrokerConfig};
 use cascade_proto::v1::admin_server::AdminServer;
+use cascade_proto::v1::consumers_server::ConsumersServer;
 use cascade_proto::v1::groups_server::GroupsServer;
 use cascade_proto::v1::records_server::RecordsServer;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -198,6 +199,11 @@ pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
         )
         .add_service(
             GroupsServer::new(GroupsService::new(broker.clone())).max_decoding_message_size(max),
+        )
+        .add_service(
+            ConsumersServer::new(ConsumersService::new(broker.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(256 << 20),
         );
     let grpc_stop = stop.clone();
     tasks.spawn(async move {

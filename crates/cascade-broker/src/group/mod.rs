@@ -3,8 +3,10 @@
 
 pub mod assignor;
 pub mod coordinator;
+pub mod managed;
 pub mod state;
 
 pub use assignor::{Assignor, Tp};
 pub use coordinator::{Committed, GroupCoordinator, GroupView, OFFSETS_TOPIC};
+pub use managed::{InstanceConfig, InstanceView, ManagedConsumers, Reset};
 pub use state::{Group, HeartbeatIn, HeartbeatOut, Member};

@@ -2,10 +2,12 @@
 //! logic and back. The only place that builds `tonic::Status`es (see [`to_status`]).
 
 mod admin;
+mod consumers;
 mod groups;
 mod records;
 
 pub use admin::AdminService;
+pub use consumers::ConsumersService;
 pub use groups::GroupsService;
 pub use records::RecordsService;
 
