@@ -203,6 +203,16 @@ impl Client {
 
     // ----- records -----
 
+    /// Sends a produce request as it is (several partitions, typed records, an idempotency
+    /// key); per-partition errors are left in the answer.
+    pub async fn produce(&self, req: pb::ProduceRequest) -> Result<pb::ProduceResponse> {
+        Ok(self
+            .records_for(&req.topic.clone(), 0)
+            .produce(req)
+            .await?
+            .into_inner())
+    }
+
     /// Appends encoded batches to one partition.
     pub async fn produce_batches(
         &self,
@@ -222,6 +232,7 @@ impl Client {
                 }],
                 acks: acks as i32,
                 timeout_ms: 0,
+                idempotency_key: String::new(),
             })
             .await?
             .into_inner();
@@ -247,6 +258,7 @@ impl Client {
                 }],
                 acks: acks as i32,
                 timeout_ms: 0,
+                idempotency_key: String::new(),
             })
             .await?
             .into_inner();

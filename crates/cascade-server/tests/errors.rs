@@ -547,6 +547,7 @@ async fn record_errors_are_specific_and_append_nothing() {
                     partitions,
                     acks,
                     timeout_ms: 0,
+                    idempotency_key: String::new(),
                 })
                 .await
         }

@@ -256,3 +256,63 @@ async fn http_get(addr: &str, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_makes_a_retry_return_the_first_answer() {
+    use cascade_client::proto::{PartitionRecords, ProduceRequest, Record};
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let client = node.client().await;
+    client
+        .create_topic("idem", 2, 1, BTreeMap::new())
+        .await
+        .unwrap();
+    let request = |value: &str, key: &str| ProduceRequest {
+        topic: "idem".into(),
+        partitions: vec![PartitionRecords {
+            partition: -1,
+            batches: Bytes::new(),
+            records: vec![Record {
+                key: Some(Bytes::from("k")),
+                value: Some(Bytes::from(value.to_string())),
+                ..Default::default()
+            }],
+        }],
+        acks: 0,
+        timeout_ms: 0,
+        idempotency_key: key.into(),
+    };
+    // Concurrent duplicates and a later retry: one write, one answer.
+    let (a, b) = tokio::join!(
+        client.produce(request("v1", "retry-1")),
+        client.produce(request("v1", "retry-1"))
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let again = client.produce(request("v1", "retry-1")).await.unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a, again);
+    let p = a.results[0].partition;
+    let end = client
+        .list_offsets("idem", vec![p], OffsetSpec::Latest, 0)
+        .await
+        .unwrap()[0]
+        .offset;
+    assert_eq!(end, 1, "the retries wrote nothing");
+    // The same key with another body is refused; another key writes.
+    let err = client.produce(request("v2", "retry-1")).await.unwrap_err();
+    assert_eq!(
+        err.reason(),
+        Some(cascade_client::proto::ErrorCode::InvalidRequest)
+    );
+    let other = client.produce(request("v1", "retry-2")).await.unwrap();
+    assert_eq!(other.results[0].base_offset, 1);
+    // Without a key, every request writes.
+    client.produce(request("v1", "")).await.unwrap();
+    client.produce(request("v1", "")).await.unwrap();
+    let end = client
+        .list_offsets("idem", vec![p], OffsetSpec::Latest, 0)
+        .await
+        .unwrap()[0]
+        .offset;
+    assert_eq!(end, 4);
+}

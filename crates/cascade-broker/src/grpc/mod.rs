@@ -4,6 +4,7 @@
 mod admin;
 mod consumers;
 mod groups;
+mod idempotency;
 mod records;
 
 pub use admin::AdminService;

@@ -1,5 +1,6 @@
 //! `cascade.v1.Records`: produce, fetch, subscribe, list offsets.
 
+use super::idempotency::{Claim, IdempotencyCache, request_hash};
 use super::{observe, to_status, wire_error};
 use crate::broker::Broker;
 use crate::error::BrokerError;
@@ -21,12 +22,119 @@ const MAX_FETCH_BYTES: usize = 64 << 20;
 #[derive(Debug, Clone)]
 pub struct RecordsService {
     broker: Arc<Broker>,
+    idempotency: Arc<IdempotencyCache>,
 }
 
 impl RecordsService {
     /// Serves `broker`.
     pub fn new(broker: Arc<Broker>) -> Self {
-        Self { broker }
+        Self {
+            broker,
+            idempotency: Arc::default(),
+        }
+    }
+
+    async fn produce_once(
+        &self,
+        r: pb::ProduceRequest,
+    ) -> Result<pb::ProduceResponse, BrokerError> {
+        let acks = match pb::Acks::try_from(r.acks) {
+            Ok(pb::Acks::All) => Acks::All,
+            Ok(pb::Acks::Leader) => Acks::Leader,
+            Ok(pb::Acks::None) => Acks::None,
+            Err(_) => {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "unknown acks {}",
+                    r.acks
+                )));
+            }
+        };
+        let timeout = match r.timeout_ms {
+            0 => DEFAULT_PRODUCE_TIMEOUT,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        let parts = r
+            .partitions
+            .into_iter()
+            .map(|p| ProducePart {
+                partition: p.partition,
+                batches: p.batches,
+                records: p
+                    .records
+                    .into_iter()
+                    .map(|rec| OwnedRecord {
+                        key: rec.key,
+                        value: rec.value,
+                        headers: rec.headers.into_iter().map(|h| (h.key, h.value)).collect(),
+                        timestamp_ms: rec.timestamp_ms,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let results = self.broker.produce(&r.topic, parts, acks, timeout).await?;
+        Ok(pb::ProduceResponse {
+            results: results
+                .into_iter()
+                .map(|pr| match pr.result {
+                    Ok(info) => pb::PartitionProduceResult {
+                        partition: pr.partition,
+                        base_offset: info.map_or(0, |i| i.base_offset),
+                        last_offset: info.map_or(0, |i| i.last_offset),
+                        record_count: info.map_or(0, |i| i.record_count as u32),
+                        error: None,
+                    },
+                    Err(e) => pb::PartitionProduceResult {
+                        partition: pr.partition,
+                        error: Some(wire_error(&e)),
+                        ..Default::default()
+                    },
+                })
+                .collect(),
+        })
+    }
+
+    /// Produces, honouring an idempotency key if the request has one.
+    async fn produce_keyed(
+        &self,
+        r: pb::ProduceRequest,
+    ) -> Result<pb::ProduceResponse, BrokerError> {
+        if r.idempotency_key.is_empty() {
+            return self.produce_once(r).await;
+        }
+        let key = r.idempotency_key.clone();
+        let topic = r.topic.clone();
+        let hash = request_hash(&r);
+        loop {
+            match self.idempotency.claim(&topic, &key, hash) {
+                Claim::Answered(a) => return Ok((*a).clone()),
+                Claim::Conflict => {
+                    return Err(BrokerError::InvalidRequest(format!(
+                        "idempotency key {key:?} was already used for a different request"
+                    )));
+                }
+                Claim::Wait(mut rx) => {
+                    // The first request with this key is still being written.
+                    let answer = loop {
+                        if let Some(a) = rx.borrow_and_update().clone() {
+                            break a;
+                        }
+                        if rx.changed().await.is_err() {
+                            break None;
+                        }
+                    };
+                    if let Some(a) = answer {
+                        return Ok((*a).clone());
+                    }
+                    // It failed as a whole: claim again and write.
+                }
+                Claim::First(tx) => {
+                    let result = self.produce_once(r).await;
+                    let answer = result.as_ref().ok().map(|a| Arc::new(a.clone()));
+                    self.idempotency.finish(&topic, &key, hash, tx, answer);
+                    return result;
+                }
+            }
+        }
     }
 }
 
@@ -59,63 +167,9 @@ impl Records for RecordsService {
         req: Request<pb::ProduceRequest>,
     ) -> Result<Response<pb::ProduceResponse>, Status> {
         let r = req.into_inner();
-        observe("produce", async {
-            let acks = match pb::Acks::try_from(r.acks) {
-                Ok(pb::Acks::All) => Acks::All,
-                Ok(pb::Acks::Leader) => Acks::Leader,
-                Ok(pb::Acks::None) => Acks::None,
-                Err(_) => {
-                    return Err(BrokerError::InvalidRequest(format!(
-                        "unknown acks {}",
-                        r.acks
-                    )));
-                }
-            };
-            let timeout = match r.timeout_ms {
-                0 => DEFAULT_PRODUCE_TIMEOUT,
-                ms => Duration::from_millis(u64::from(ms)),
-            };
-            let parts = r
-                .partitions
-                .into_iter()
-                .map(|p| ProducePart {
-                    partition: p.partition,
-                    batches: p.batches,
-                    records: p
-                        .records
-                        .into_iter()
-                        .map(|rec| OwnedRecord {
-                            key: rec.key,
-                            value: rec.value,
-                            headers: rec.headers.into_iter().map(|h| (h.key, h.value)).collect(),
-                            timestamp_ms: rec.timestamp_ms,
-                        })
-                        .collect(),
-                })
-                .collect();
-            let results = self.broker.produce(&r.topic, parts, acks, timeout).await?;
-            Ok(pb::ProduceResponse {
-                results: results
-                    .into_iter()
-                    .map(|pr| match pr.result {
-                        Ok(info) => pb::PartitionProduceResult {
-                            partition: pr.partition,
-                            base_offset: info.map_or(0, |i| i.base_offset),
-                            last_offset: info.map_or(0, |i| i.last_offset),
-                            record_count: info.map_or(0, |i| i.record_count as u32),
-                            error: None,
-                        },
-                        Err(e) => pb::PartitionProduceResult {
-                            partition: pr.partition,
-                            error: Some(wire_error(&e)),
-                            ..Default::default()
-                        },
-                    })
-                    .collect(),
-            })
-        })
-        .await
-        .map(Response::new)
+        observe("produce", self.produce_keyed(r))
+            .await
+            .map(Response::new)
     }
 
     async fn fetch(
