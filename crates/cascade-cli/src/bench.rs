@@ -232,7 +232,22 @@ async fn produce(client: &Client, a: &BenchArgs, stamp: bool) -> Result<Outcome>
                 let scheduled = match interval {
                     Some(iv) => {
                         let at = start + iv * r as u32;
-                        tokio::time::sleep_until(at.into()).await;
+                        // A request in `pending` is only sent, and its latency only taken,
+                        // when `pending` is polled: keep polling it until the send time.
+                        let sleep = tokio::time::sleep_until(at.into());
+                        tokio::pin!(sleep);
+                        loop {
+                            tokio::select! {
+                                biased;
+                                Some((res, lat)) = pending.next(), if !pending.is_empty() => {
+                                    res?;
+                                    hist.record(Duration::as_micros(&lat).max(1) as u64).ok();
+                                    done.fetch_add(u64::from(batch_n), Ordering::Relaxed);
+                                    pb.inc(u64::from(batch_n));
+                                }
+                                () = &mut sleep => break,
+                            }
+                        }
                         at
                     }
                     None => Instant::now(),
