@@ -85,6 +85,34 @@ impl Client {
         self.channel.clone()
     }
 
+    /// A client that connects on first use instead of now, and reconnects after a failure:
+    /// for servers that must start before their brokers answer (a node's own REST API, a
+    /// gateway started next to its brokers). Calls fail fast with
+    /// [`ClientError::Server`] (`UNAVAILABLE`) while no broker can be reached.
+    ///
+    /// With several addresses (`host:port,...`), calls are spread over the reachable ones.
+    pub fn connect_lazy(brokers: &str) -> Result<Self> {
+        let endpoints = brokers
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(endpoint)
+            .collect::<Result<Vec<_>>>()?;
+        let channel = match endpoints.len() {
+            0 => {
+                return Err(ClientError::InvalidArgument(
+                    "no broker address given".into(),
+                ));
+            }
+            1 => endpoints[0].connect_lazy(),
+            _ => Channel::balance_list(endpoints.into_iter()),
+        };
+        Ok(Self {
+            channel,
+            brokers: brokers.to_string(),
+        })
+    }
+
     /// The broker list this client was made with.
     pub fn brokers(&self) -> &str {
         &self.brokers
