@@ -1,9 +1,9 @@
-//! `cascade`: the one binary. `cascade server` runs a broker node; the other subcommands are
-//! clients of a running cluster.
+//! `cascade`: the one binary. `cascade server` runs a broker node, `cascade gateway` a
+//! stateless REST gateway; the other subcommands are clients of a running cluster.
 
 use anyhow::Result;
 use cascade_cli::{Common, bench, cluster, consume, group, produce, topic};
-use cascade_server::{config::ServerArgs, server};
+use cascade_server::{config::ServerArgs, gateway, server};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run a broker node (with no flags: a single-node cluster in ./cascade-data).
     Server(ServerArgs),
+    /// Run a stateless REST gateway in front of the brokers given with --brokers.
+    Gateway(gateway::GatewayArgs),
     /// Create, list, describe, alter and delete topics.
     Topic {
         #[command(subcommand)]
@@ -78,6 +80,11 @@ fn main() {
                 let cfg = args.resolve()?;
                 init_tracing(cfg.log_format == "json", "info");
                 server::run(cfg, Default::default()).await
+            }
+            Command::Gateway(args) => {
+                let cfg = args.resolve(&common.brokers)?;
+                init_tracing(cfg.log_format == "json", "info");
+                gateway::run(cfg, Default::default()).await
             }
             Command::Topic { cmd } => {
                 init_tracing(false, "warn");

@@ -1,6 +1,7 @@
 //! `cascade server`: lock the data directory, start the HTTP listener (health and metrics
-//! first, so orchestrators can watch recovery), open the broker, serve gRPC, and on SIGTERM or
-//! Ctrl-C stop accepting, let in-flight requests finish, and close every log cleanly.
+//! first, so orchestrators can watch recovery; the REST API of [`cascade_rest`] answers 503
+//! until the broker is open), open the broker, serve gRPC, and on SIGTERM or Ctrl-C stop
+//! accepting, let in-flight requests finish, and close every log cleanly.
 
 use crate::config::ServerConfig;
 use anyhow::{Context, Result};
@@ -113,8 +114,28 @@ fn ops_router(state: HttpState) -> Router {
         .with_state(state)
 }
 
+/// Answers REST requests with 503 until the broker is open (and after shutdown begins); the
+/// ops endpoints always answer.
+async fn ready_gate(
+    State(ready): State<Arc<AtomicBool>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let ops = matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics");
+    if ops || ready.load(Ordering::SeqCst) {
+        next.run(req).await
+    } else {
+        cascade_rest::error::ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            cascade_rest::error::codes::UNAVAILABLE,
+            "the node is starting or stopping",
+        )
+        .into_response()
+    }
+}
+
 /// Resolves when SIGTERM or SIGINT arrives.
-async fn signal() {
+pub(crate) async fn signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -145,10 +166,25 @@ pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
             .await
             .with_context(|| format!("binding the HTTP listener to {addr}"))?;
         http_local = Some(listener.local_addr()?);
-        let router = ops_router(HttpState {
-            ready: ready.clone(),
-            metrics,
-        });
+        // The REST API reaches this node like any client, over gRPC: the listener is bound
+        // already, and the client connects on first use.
+        let own_grpc = if grpc_local.ip().is_unspecified() {
+            format!("127.0.0.1:{}", grpc_local.port())
+        } else {
+            grpc_local.to_string()
+        };
+        let rest = cascade_rest::RestState::new(cascade_client::Client::connect_lazy(&own_grpc)?);
+        let router = cascade_rest::router_with(
+            rest,
+            ops_router(HttpState {
+                ready: ready.clone(),
+                metrics,
+            }),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            ready.clone(),
+            ready_gate,
+        ));
         let stop = stop.clone();
         tasks.spawn(async move {
             axum::serve(listener, router)
