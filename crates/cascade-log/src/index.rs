@@ -7,8 +7,9 @@
 //! checksummed, compressed and returned by a fetch: a reader always starts at a batch boundary
 //! (consumers skip the records below the offset they asked for, as Kafka consumers do), and a
 //! compressed batch has no addressable records inside it anyway. Consecutive entries of one
-//! batch therefore repeat the same position. The index is derived data: it is never fsynced on
-//! the append path and is rebuilt from the log whenever it cannot be trusted.
+//! batch therefore repeat the same position. The index is derived data: the active segment's
+//! newest entries are buffered in memory and written in chunks, it is never fsynced on the
+//! append path, and it is rebuilt from the log whenever it cannot be trusted.
 //!
 //! **Sparse time index** (`.timeindex`): after the header, 12-byte entries
 //! `(max_timestamp: i64 LE, relative_offset: u32 LE)`, written after roughly every

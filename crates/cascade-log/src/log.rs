@@ -267,9 +267,10 @@ impl Log {
         Ok(())
     }
 
-    /// Writes validated batches with final offsets at the end of the active segment, with their
-    /// index entries, then publishes the new end. On failure the files are cut back so that
-    /// nothing of this append remains; if even that fails the log is poisoned.
+    /// Writes validated batches with final offsets at the end of the active segment, adds their
+    /// index entries (to the segment's in-memory index tail), then publishes the new end. On
+    /// failure the `.log` is cut back so that nothing of this append remains; if even that
+    /// fails the log is poisoned.
     fn write(&mut self, batches: &[u8], count: u64, max_ts: i64) -> Result<AppendInfo> {
         let a = &mut self.active;
         let seg = a.seg.clone();
@@ -286,20 +287,16 @@ impl Log {
             }
             at += h.total_len();
         }
-        let index_at = Position::file_offset(base - seg.base);
         let written = seg
             .log
             .write_all_at(batches, old_len)
-            .map_err(|e| LogError::io("write", &seg.log_path, e))
-            .and_then(|_| {
-                seg.index
-                    .write_all_at(&self.scratch, index_at)
-                    .map_err(|e| LogError::io("write", &seg.index_path, e))
-            });
+            .map_err(|e| LogError::io("write", &seg.log_path, e));
         if let Err(e) = written {
-            self.undo_write(&seg, old_len, index_at);
+            self.undo_write(&seg, old_len);
             return Err(e);
         }
+        // Before the end is published, so readers always find the entries.
+        seg.push_index(base - seg.base, &self.scratch);
         let a = &mut self.active;
         a.next_offset = base + count;
         a.log_len = old_len + batches.len() as u64;
@@ -347,14 +344,17 @@ impl Log {
         })
     }
 
-    fn undo_write(&self, seg: &Segment, old_len: u64, index_len: u64) {
-        let undone = seg
-            .log
-            .set_len(old_len)
-            .and_then(|_| seg.index.set_len(index_len));
-        if let Err(e) = undone {
+    fn undo_write(&self, seg: &Segment, old_len: u64) {
+        if let Err(e) = seg.log.set_len(old_len) {
             self.poison(format!("cannot cut back a failed append: {e}"));
         }
+    }
+
+    /// Writes the active segment's buffered index entries to its `.index` file (they are
+    /// otherwise written in 64 KiB chunks, when the segment is sealed and on close). The index
+    /// is derived data: this is for tools that read the files, not for durability.
+    pub fn flush_index(&mut self) -> Result<()> {
+        self.active.seg.flush_index()
     }
 
     /// fsyncs everything appended so far; returns the durable end offset.
@@ -446,6 +446,9 @@ impl Log {
             self.active.time_entries += 1;
             self.active.last_time_entry = Some(entry);
         }
+        // A failed index write (ENOSPC) aborts the roll and leaves the log as it was; only a
+        // failed fsync poisons it.
+        seg.flush_index()?;
         if let Err(e) = seg.sync_all() {
             self.poison(e.to_string());
             return Err(e);

@@ -46,9 +46,28 @@ pub(crate) struct Segment {
     pub index: Arc<dyn File>,
     pub time: Arc<dyn File>,
     end: Mutex<SegmentEnd>,
+    /// Index entries appended but not yet written to the `.index` file (see [`IndexTail`]).
+    tail: Mutex<IndexTail>,
     max_timestamp: AtomicI64,
     sealed: AtomicBool,
 }
+
+/// The newest dense-index entries of the active segment, kept in memory and written to the
+/// `.index` file in chunks of [`TAIL_FLUSH`] bytes (and before sealing or closing). Appends of
+/// small batches thus cost one `pwrite` (the data) instead of two; readers look entries up here
+/// first. Losing the tail in a crash costs nothing: a crash is recovered by rebuilding the
+/// active segment's index from its log.
+#[derive(Debug, Default)]
+struct IndexTail {
+    /// Relative offset of the first buffered entry (meaningful only when `entries` is not
+    /// empty).
+    first: u64,
+    /// Entries, `u32` LE each.
+    entries: Vec<u8>,
+}
+
+/// Buffered index bytes that trigger a write to the `.index` file.
+const TAIL_FLUSH: usize = 64 * 1024;
 
 /// What a scan of a `.log` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +164,7 @@ impl Segment {
                 next_offset: base,
                 log_len: FILE_HEADER_LEN as u64,
             }),
+            tail: Mutex::new(IndexTail::default()),
             max_timestamp: AtomicI64::new(i64::MIN),
             sealed: AtomicBool::new(false),
         })
@@ -184,9 +204,74 @@ impl Segment {
         self.sealed.store(sealed, Ordering::Release);
     }
 
+    fn tail(&self) -> std::sync::MutexGuard<'_, IndexTail> {
+        self.tail.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds index entries (`u32` LE each) for relative offsets from `rel` on, writing the
+    /// buffered tail to the `.index` file once it is large. Only the writer calls this. A
+    /// failed write keeps the entries buffered (the data is safe in the log; the index is
+    /// derived) and is retried with the next write, or reported by [`Segment::flush_index`].
+    pub fn push_index(&self, rel: u64, entries: &[u8]) {
+        let full = {
+            let mut t = self.tail();
+            if t.entries.is_empty() {
+                t.first = rel;
+            }
+            debug_assert_eq!(t.first + t.entries.len() as u64 / 4, rel);
+            t.entries.extend_from_slice(entries);
+            t.entries.len() >= TAIL_FLUSH
+        };
+        if full && let Err(e) = self.flush_index() {
+            tracing::warn!(error = %e, "index write failed; entries stay buffered");
+        }
+    }
+
+    /// Writes the buffered index entries to the `.index` file.
+    pub fn flush_index(&self) -> Result<()> {
+        // Copy out under the lock and write without it, so readers keep finding the entries in
+        // the buffer; drop them only once the file has them.
+        let (first, bytes) = {
+            let t = self.tail();
+            if t.entries.is_empty() {
+                return Ok(());
+            }
+            (t.first, t.entries.clone())
+        };
+        let at = Position::file_offset(first);
+        if let Err(e) = self.index.write_all_at(&bytes, at) {
+            // Leave no torn entries behind: the file ends where its complete entries end, and
+            // the buffered ones are written again next time.
+            let _ = self.index.set_len(at);
+            return Err(LogError::io("write", &self.index_path, e));
+        }
+        let mut t = self.tail();
+        t.entries.drain(..bytes.len());
+        t.first += bytes.len() as u64 / 4;
+        Ok(())
+    }
+
+    /// Forgets buffered entries (after the `.index` file was rewritten or cut).
+    fn reset_tail(&self) {
+        let mut t = self.tail();
+        t.entries.clear();
+    }
+
     /// Reads the dense index entry for `offset`, which must be inside the segment.
     pub fn position_of(&self, offset: u64) -> Result<u64> {
-        let at = Position::file_offset(offset - self.base);
+        let rel = offset - self.base;
+        {
+            let t = self.tail();
+            if !t.entries.is_empty() && rel >= t.first {
+                let i = ((rel - t.first) * 4) as usize;
+                if let Some(b) = t.entries.get(i..i + 4) {
+                    return Ok(u64::from(u32::from_le_bytes(
+                        b.try_into().expect("4 bytes"),
+                    )));
+                }
+            }
+        }
+        let at = Position::file_offset(rel);
         let mut b = [0u8; 4];
         let n = self
             .index
@@ -341,6 +426,7 @@ impl Segment {
         let mut buf = vec![0u8; SCAN_CHUNK];
         let mut next_progress = PROGRESS_EVERY;
         if write_indexes {
+            self.reset_tail();
             // Start both indexes afresh; entries are written as the scan goes.
             write_header(
                 &*self.index,
@@ -495,6 +581,8 @@ impl Segment {
     /// Cuts the segment's files to end at `end` (a batch boundary), keeping the time index
     /// entries that end at or below it.
     pub fn truncate_files(&self, end: SegmentEnd) -> Result<()> {
+        self.flush_index()?;
+        self.reset_tail();
         self.log
             .set_len(end.log_len)
             .map_err(|e| LogError::io("truncate", &self.log_path, e))?;
@@ -514,8 +602,10 @@ impl Segment {
         Ok(())
     }
 
-    /// fsyncs all three files (before sealing and on clean shutdown).
+    /// Writes the index tail, then fsyncs all three files (before sealing and on clean
+    /// shutdown).
     pub fn sync_all(&self) -> Result<()> {
+        self.flush_index()?;
         for (f, p, _) in self.files() {
             f.sync_data().map_err(|e| LogError::io("fsync", p, e))?;
         }

@@ -46,6 +46,8 @@ fn dense_index_has_one_four_byte_entry_per_event() {
     for i in 0..10 {
         log.append(&mut sized_batch(7, 10, i, 0)).unwrap();
     }
+    // The newest entries are buffered in memory until a 64 KiB chunk, a roll or the close.
+    log.close().unwrap();
     let idx = std::fs::read(dir.path().join("00000000000000000000.index")).unwrap();
     assert_eq!(idx.len(), FILE_HEADER_LEN + 70 * 4);
     let logf = std::fs::read(dir.path().join("00000000000000000000.log")).unwrap();
