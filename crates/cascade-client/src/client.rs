@@ -53,6 +53,7 @@ fn endpoint(addr: &str) -> Result<Endpoint> {
                 .tcp_nodelay(true)
                 .initial_stream_window_size(8 << 20)
                 .initial_connection_window_size(32 << 20)
+                .max_frame_size(1 << 20)
                 .http2_keep_alive_interval(Duration::from_secs(30))
                 .keep_alive_while_idle(true)
         })

@@ -225,6 +225,8 @@ pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
     let grpc = tonic::transport::Server::builder()
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20))
+        // Larger frames than HTTP/2's 16 KiB default: a 1 MiB batch is 16 frames, not 64.
+        .max_frame_size(Some(1 << 20))
         .add_service(
             AdminServer::new(AdminService::new(broker.clone())).max_decoding_message_size(max),
         )
