@@ -194,7 +194,12 @@ pub async fn stream(
                 })?,
         ),
     };
-    let start = last_event.map(|id| id + 1).or(q.offset);
+    let start = match last_event {
+        Some(id) => Some(id.checked_add(1).ok_or_else(|| {
+            ApiError::bad_request("Last-Event-ID is the largest offset: nothing follows it")
+        })?),
+        None => q.offset,
+    };
     let position = match start {
         Some(o) => Position::Offset(o),
         None => Position::Latest(true),

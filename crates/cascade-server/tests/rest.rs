@@ -480,6 +480,8 @@ async fn bad_requests_get_json_errors_and_write_nothing() {
             ("/topics/t/partitions/0/stream?offset=99", &[], 416, 41601),
             ("/topics/t/partitions/0/stream?offset=0", &[("last-event-id", "x")], 400, 400),
             ("/topics/t/partitions/0/stream?format=xml", &[], 400, 400),
+            ("/topics/t/partitions/0/stream", &[("last-event-id", "18446744073709551615")], 400, 400),
+            ("/topics/t/partitions/0/stream", &[("last-event-id", "41")], 416, 41601),
             ("/topics/nope/partitions/0/stream", &[], 404, 40401),
             ("/topics/t/partitions/5/stream", &[], 404, 40402),
             ("/topics/nope", &[], 404, 40401),
