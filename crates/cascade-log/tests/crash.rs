@@ -805,7 +805,7 @@ fn enospc_mid_append_leaves_no_trace() {
                                 assert!(
                                     after[p] >= *len
                                         && after[p] <= most
-                                        && (after[p] - FILE_HEADER_LEN as u64) % 4 == 0,
+                                        && (after[p] - FILE_HEADER_LEN as u64).is_multiple_of(4),
                                     "budget {budget}: {p:?} is {} bytes ({len} before, at most {most})",
                                     after[p]
                                 );

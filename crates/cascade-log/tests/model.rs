@@ -558,7 +558,7 @@ impl Harness {
             } else {
                 // The active segment's newest entries may still be buffered in memory.
                 assert!(
-                    index_len <= full && (index_len - FILE_HEADER_LEN as u64) % 4 == 0,
+                    index_len <= full && (index_len - FILE_HEADER_LEN as u64).is_multiple_of(4),
                     "length of active segment {base}'s .index: {index_len}, complete is {full}"
                 );
             }

@@ -31,8 +31,9 @@ enum Entry {
 
 /// What to do with a keyed request.
 pub enum Claim {
-    /// First of its key: write, then [`IdempotencyCache::finish`].
-    First(watch::Sender<Option<Answer>>),
+    /// First of its key: write, then [`IdempotencyCache::finish`] (or drop the guard, which
+    /// forgets the key: a request cancelled half-way must not leave waiters hanging).
+    First(FirstGuard),
     /// Already answered.
     Answered(Arc<pb::ProduceResponse>),
     /// Being written by another request: wait on this.
@@ -41,13 +42,15 @@ pub enum Claim {
     Conflict,
 }
 
+type Key = (String, String);
+
+/// Entries by (topic, key), and the keys in claim order for expiry.
+type State = (HashMap<Key, Entry>, VecDeque<(Key, Instant)>);
+
 /// The remembered answers.
 #[derive(Default)]
 pub struct IdempotencyCache {
-    inner: Mutex<(
-        HashMap<(String, String), Entry>,
-        VecDeque<((String, String), Instant)>,
-    )>,
+    inner: Mutex<State>,
 }
 
 impl std::fmt::Debug for IdempotencyCache {
@@ -87,6 +90,12 @@ impl IdempotencyCache {
             order.pop_front();
         }
         let k = (topic.to_string(), key.to_string());
+        let abandoned = matches!(map.get(&k), Some(Entry::InFlight(_, rx, _))
+            if rx.has_changed().is_err() || rx.borrow().as_ref().is_some_and(|a| a.is_none()));
+        if abandoned {
+            // Its first request was dropped unfinished: the key is free again.
+            map.remove(&k);
+        }
         match map.get(&k) {
             Some(Entry::Done(h, _, _)) | Some(Entry::InFlight(h, _, _)) if *h != hash => {
                 Claim::Conflict
@@ -97,14 +106,24 @@ impl IdempotencyCache {
                 let (tx, rx) = watch::channel(None);
                 map.insert(k.clone(), Entry::InFlight(hash, rx, now));
                 order.push_back((k, now));
-                Claim::First(tx)
+                Claim::First(FirstGuard {
+                    tx: Some(tx),
+                    topic: topic.to_string(),
+                    key: key.to_string(),
+                    hash,
+                })
             }
         }
     }
 
     /// Records the outcome of a [`Claim::First`]: the answer, or `None` if the request failed
     /// as a whole (then the key is forgotten and a retry writes).
-    pub fn finish(
+    pub fn finish(&self, mut guard: FirstGuard, answer: Answer) {
+        let tx = guard.tx.take().expect("finished once");
+        self.settle(&guard.topic, &guard.key, guard.hash, tx, answer);
+    }
+
+    fn settle(
         &self,
         topic: &str,
         key: &str,
@@ -127,6 +146,26 @@ impl IdempotencyCache {
             }
         }
         let _ = tx.send(Some(answer));
+    }
+}
+
+/// The claim of the first request with a key. Pass it to [`IdempotencyCache::finish`]; if it
+/// is dropped unfinished (the request was cancelled), waiters are told the attempt failed and
+/// the next claim of the key starts afresh.
+pub struct FirstGuard {
+    tx: Option<watch::Sender<Option<Answer>>>,
+    topic: String,
+    key: String,
+    hash: u64,
+}
+
+impl Drop for FirstGuard {
+    fn drop(&mut self) {
+        // Tell waiters the attempt is over; the key's entry is replaced by the next claim
+        // (see `claim`'s handling of an abandoned in-flight entry).
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Some(None));
+        }
     }
 }
 
@@ -170,16 +209,14 @@ mod tests {
             "the key is not part of the hash"
         );
         assert_ne!(h, request_hash(&req("b", "k1")));
-        let Claim::First(tx) = c.claim("t", "k1", h) else {
+        let Claim::First(guard) = c.claim("t", "k1", h) else {
             panic!("first")
         };
         assert!(matches!(c.claim("t", "k1", h), Claim::Wait(_)));
         assert!(matches!(c.claim("t", "k1", h + 1), Claim::Conflict));
-        assert!(
-            matches!(c.claim("u", "k1", h), Claim::First(_)),
-            "keys are per topic"
-        );
-        c.finish("t", "k1", h, tx, answer(7));
+        let other_topic = c.claim("u", "k1", h);
+        assert!(matches!(other_topic, Claim::First(_)), "keys are per topic");
+        c.finish(guard, answer(7));
         match c.claim("t", "k1", h) {
             Claim::Answered(a) => assert_eq!(a.results[0].base_offset, 7),
             _ => panic!("answered"),
@@ -189,18 +226,37 @@ mod tests {
     #[test]
     fn a_failed_first_attempt_is_forgotten() {
         let c = IdempotencyCache::default();
-        let Claim::First(tx) = c.claim("t", "k", 1) else {
+        let Claim::First(guard) = c.claim("t", "k", 1) else {
             panic!("first")
         };
         let Claim::Wait(mut rx) = c.claim("t", "k", 1) else {
             panic!("wait")
         };
-        c.finish("t", "k", 1, tx, None);
+        c.finish(guard, None);
         assert_eq!(
             *rx.borrow_and_update(),
             Some(None),
             "the waiter learns it failed"
         );
         assert!(matches!(c.claim("t", "k", 1), Claim::First(_)));
+    }
+
+    #[test]
+    fn a_cancelled_first_attempt_frees_the_key_and_its_waiters() {
+        let c = IdempotencyCache::default();
+        let Claim::First(guard) = c.claim("t", "k", 1) else {
+            panic!("first")
+        };
+        let Claim::Wait(mut rx) = c.claim("t", "k", 1) else {
+            panic!("wait")
+        };
+        drop(guard); // the request future was dropped half-way
+        assert_eq!(*rx.borrow_and_update(), Some(None));
+        let again = c.claim("t", "k", 1);
+        assert!(matches!(again, Claim::First(_)), "the key is free again");
+        assert!(
+            matches!(c.claim("t", "k", 2), Claim::Conflict),
+            "and held by the new claim"
+        );
     }
 }

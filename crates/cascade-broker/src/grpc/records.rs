@@ -127,10 +127,10 @@ impl RecordsService {
                     }
                     // It failed as a whole: claim again and write.
                 }
-                Claim::First(tx) => {
+                Claim::First(guard) => {
                     let result = self.produce_once(r).await;
                     let answer = result.as_ref().ok().map(|a| Arc::new(a.clone()));
-                    self.idempotency.finish(&topic, &key, hash, tx, answer);
+                    self.idempotency.finish(guard, answer);
                     return result;
                 }
             }
