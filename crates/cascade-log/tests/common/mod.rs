@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: batch builders and log openers.
 #![allow(dead_code)]
 
+pub mod crash;
+
 use cascade_log::fs::{FileSystem, MemFs};
 use cascade_log::record::{BatchBuilder, Batches, Record};
 use cascade_log::{Clock, Log, LogConfig, LogReader, ManualClock};

@@ -1,6 +1,8 @@
 //! Test harness: real `cascade server` processes on 127.0.0.1 with OS-assigned ports.
 #![allow(dead_code)]
 
+pub mod errors;
+
 use cascade_client::Client;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,161 @@
+//! Damage inside a sealed segment: flipped bytes in a batch's CRC-covered area are reported
+//! as `Corrupt` with the file and a position inside the damaged batch, never returned as
+//! data; the rest of the log reads back exactly; and when a missing or cut index forces a
+//! rescan, the default policy refuses to open while `CorruptionPolicy::Truncate` cuts the
+//! log just before the damage and carries on from there.
+
+mod common;
+
+use cascade_log::format::FileKind;
+use cascade_log::record::Batches;
+use cascade_log::{CorruptionPolicy, Log, LogConfig, LogError};
+use common::crash::*;
+use common::*;
+use std::path::Path;
+
+fn assert_corrupt_at(err: &LogError, path: &Path, batch: &Placed) {
+    match err {
+        LogError::Corrupt {
+            path: p, position, ..
+        } => {
+            assert_eq!(p, path, "{err}");
+            assert!(
+                batch.holds_byte(*position),
+                "position {position} is not in the damaged batch {batch:?}: {err}"
+            );
+        }
+        other => panic!("expected Corrupt naming {}, got {other:?}", path.display()),
+    }
+}
+
+/// A log of several segments on the real file system, closed cleanly; returns what it holds.
+fn build_segmented(dir: &Path, segments: usize) -> Vec<(u64, Vec<u8>)> {
+    let mut log = Log::open(dir, small_config()).unwrap();
+    let mut i = 0u8;
+    while log.segment_count() < segments {
+        let n = usize::from(i % 3) + 1;
+        log.append(&mut sized_batch(n, 60, i, 1_000 + i64::from(i) * 10))
+            .unwrap();
+        i += 1;
+    }
+    // Some data in the active segment too.
+    for _ in 0..3 {
+        log.append(&mut sized_batch(2, 60, i, 1_000 + i64::from(i) * 10))
+            .unwrap();
+        i += 1;
+    }
+    let all = read_all(&log.reader(), 0);
+    log.close().unwrap();
+    all
+}
+
+#[test]
+fn flipped_bytes_in_a_sealed_segment_are_reported_never_returned() {
+    let root = tempfile::tempdir().unwrap();
+    let template = root.path().join("template");
+    let all = build_segmented(&template, 5);
+    let bases = bases_on_disk(&template);
+    assert!(bases.len() >= 5);
+    // Damage the middle batch of the second segment (sealed, not the last).
+    let seg = bases[1];
+    let placed = batches_in(&std::fs::read(path_of(&template, seg, FileKind::Log)).unwrap());
+    assert!(placed.len() >= 3);
+    let bad = placed[placed.len() / 2];
+    assert!(bad.len > 80);
+
+    for index_damage in [None, Some("deleted"), Some("cut")] {
+        let dir = root.path().join(format!("case-{index_damage:?}"));
+        copy_dir(&template, &dir);
+        let log_path = path_of(&dir, seg, FileKind::Log);
+        let index_path = path_of(&dir, seg, FileKind::Index);
+        // Flip bytes in the CRC-covered record area, in the middle of the batch.
+        flip_bytes(&log_path, bad.pos + bad.len / 2, 3);
+
+        match index_damage {
+            None => {
+                // The quick check passes: the damage is found on read, and only there.
+                let log = Log::open(&dir, LogConfig::default()).unwrap();
+                let r = log.reader();
+                assert_eq!(log.end_offset(), all.len() as u64);
+                for off in bad.base..=bad.last {
+                    let err = r.read(off, 1).unwrap_err();
+                    assert_corrupt_at(&err, &log_path, &bad);
+                }
+                // A read that starts earlier in the segment and runs into the damage fails too.
+                let err = r.read(seg, 1 << 20).unwrap_err();
+                assert_corrupt_at(&err, &log_path, &bad);
+                // Every other offset reads back exactly, batch by batch.
+                for (off, value) in &all {
+                    if (bad.base..=bad.last).contains(off) {
+                        continue;
+                    }
+                    let f = r.read(*off, 1).unwrap();
+                    let got = Batches::new(&f.data)
+                        .flat_map(|b| b.unwrap().records().unwrap().collect::<Vec<_>>())
+                        .find(|rec| rec.offset as u64 == *off)
+                        .expect("offset in the returned batch");
+                    assert_eq!(got.value.unwrap(), &value[..], "offset {off}");
+                }
+                let later = bases[2];
+                assert_eq!(
+                    read_all(&r, later),
+                    all[later as usize..].to_vec(),
+                    "later segments read fine"
+                );
+                let err = log.verify().unwrap_err();
+                assert_corrupt_at(&err, &log_path, &bad);
+            }
+            Some(how) => {
+                if how == "deleted" {
+                    std::fs::remove_file(&index_path).unwrap();
+                } else {
+                    set_file_len(&index_path, file_len(&index_path) - 2);
+                }
+                // A rescan is forced, finds the damage, and the default policy refuses to open.
+                let err = Log::open(&dir, LogConfig::default()).unwrap_err();
+                assert_corrupt_at(&err, &log_path, &bad);
+                let err = Log::open(&dir, LogConfig::default()).unwrap_err();
+                assert_corrupt_at(&err, &log_path, &bad);
+
+                // Truncate: cut just before the damaged batch, later segments removed.
+                let config = LogConfig {
+                    on_corruption: CorruptionPolicy::Truncate,
+                    ..small_config()
+                };
+                let mut log = Log::open(&dir, config.clone()).unwrap();
+                assert_eq!(log.end_offset(), bad.base);
+                assert_eq!(log.segment_count(), 2);
+                assert_eq!(bases_on_disk(&dir), bases[..2].to_vec());
+                for &later in &bases[2..] {
+                    for kind in [FileKind::Log, FileKind::Index, FileKind::TimeIndex] {
+                        assert!(!path_of(&dir, later, kind).exists(), "{later} {kind:?}");
+                    }
+                }
+                assert_eq!(file_len(&log_path), bad.pos);
+                assert_eq!(
+                    read_all(&log.reader(), 0),
+                    all[..bad.base as usize].to_vec()
+                );
+                log.verify().unwrap();
+                let a = log.append(&mut batch(&["again"], 9_000)).unwrap();
+                assert_eq!(a.base_offset, bad.base);
+                let b = log.append(&mut batch(&["and again"], 9_001)).unwrap();
+                assert_eq!(b.base_offset, bad.base + 1);
+                drop(log);
+                // The repaired log opens with the default policy, after a crash and a close.
+                let log = Log::open(&dir, LogConfig::default()).unwrap();
+                assert_eq!(log.end_offset(), bad.base + 2);
+                let got = values(&log.reader(), bad.base);
+                assert_eq!(got, ["again", "and again"]);
+                log.verify().unwrap();
+                log.close().unwrap();
+                let log = Log::open(&dir, LogConfig::default()).unwrap();
+                assert_eq!(log.end_offset(), bad.base + 2);
+                assert_eq!(
+                    read_all(&log.reader(), 0)[..bad.base as usize],
+                    all[..bad.base as usize]
+                );
+            }
+        }
+    }
+}
