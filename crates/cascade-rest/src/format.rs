@@ -9,6 +9,7 @@
 
 use crate::error::{ApiError, ApiResult, codes};
 use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
@@ -66,15 +67,24 @@ pub fn request_format(headers: &HeaderMap) -> ApiResult<EmbeddedFormat> {
 }
 
 /// The embedded format a fetch answers in, from its `Accept` header (406 if none fits).
+/// Without an embedded format in `Accept` (none, `*/*`, `application/json`,
+/// `application/vnd.kafka.v2+json`) binary is assumed, as Confluent does.
 pub fn response_format(headers: &HeaderMap) -> ApiResult<EmbeddedFormat> {
+    Ok(accept_format(headers)?.unwrap_or(EmbeddedFormat::Binary))
+}
+
+/// The embedded format `Accept` names: `Some` for a type of one embedded format, `None` when it
+/// accepts any (no `Accept`, `*/*`, `application/json`, `application/vnd.kafka.v2+json`...),
+/// 406 when it accepts nothing this API can produce. Media ranges are taken in order of
+/// preference (q descending, then as listed).
+pub fn accept_format(headers: &HeaderMap) -> ApiResult<Option<EmbeddedFormat>> {
     let Some(accept) = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.trim().is_empty())
     else {
-        return Ok(EmbeddedFormat::Binary);
+        return Ok(None);
     };
-    // Media ranges in order of preference (q descending, then as listed).
     let mut ranges: Vec<(f32, usize, String)> = accept
         .split(',')
         .enumerate()
@@ -91,20 +101,32 @@ pub fn response_format(headers: &HeaderMap) -> ApiResult<EmbeddedFormat> {
     ranges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     for (_, _, media) in &ranges {
         match media.as_str() {
-            JSON_V2 | "application/vnd.kafka.json+json" => return Ok(EmbeddedFormat::Json),
-            BINARY_V2
-            | V2
-            | "application/vnd.kafka+json"
-            | "application/vnd.kafka.binary+json"
-            | "application/json"
-            | "application/*"
-            | "*/*" => return Ok(EmbeddedFormat::Binary),
+            JSON_V2 | "application/vnd.kafka.json+json" => return Ok(Some(EmbeddedFormat::Json)),
+            BINARY_V2 | "application/vnd.kafka.binary+json" => {
+                return Ok(Some(EmbeddedFormat::Binary));
+            }
+            V2 | "application/vnd.kafka+json" | "application/json" | "application/*" | "*/*" => {
+                return Ok(None);
+            }
             _ => {}
         }
     }
     Err(ApiError::not_acceptable(format!(
         "cannot answer in {accept:?}: accept {BINARY_V2} or {JSON_V2}"
     )))
+}
+
+/// A JSON answer with Confluent's v2 media type, `application/vnd.kafka.v2+json`.
+#[derive(Debug, Clone)]
+pub struct V2Json<T>(pub T);
+
+impl<T: Serialize> IntoResponse for V2Json<T> {
+    fn into_response(self) -> Response {
+        match serde_json::to_vec(&self.0) {
+            Ok(body) => ([(header::CONTENT_TYPE, V2)], body).into_response(),
+            Err(e) => ApiError::internal(format!("cannot encode the answer: {e}")).into_response(),
+        }
+    }
 }
 
 /// Removes insignificant whitespace from valid JSON text, keeping everything else (key order,
@@ -248,6 +270,7 @@ mod tests {
             Ok(EmbeddedFormat::Json)
         );
         assert_eq!(accept("text/html, */*;q=0.1"), Ok(EmbeddedFormat::Binary));
+        assert_eq!(accept(V2), Ok(EmbeddedFormat::Binary));
         assert_eq!(
             accept("application/vnd.kafka.avro.v2+json")
                 .unwrap_err()

@@ -17,9 +17,10 @@
 use crate::RestState;
 use crate::error::{ApiError, ApiResult, ErrorBody, codes};
 use crate::extract::{ApiPath, RawBody, parse_json};
-use crate::format::{EmbeddedFormat, HeaderJson, decode_base64, minify_json, request_format};
+use crate::format::{
+    EmbeddedFormat, HeaderJson, V2Json, decode_base64, minify_json, request_format,
+};
 use crate::idempotency;
-use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use bytes::Bytes;
@@ -387,12 +388,12 @@ async fn handle(
     path_partition: Option<u32>,
     headers: HeaderMap,
     body: Bytes,
-) -> ApiResult<Json<ProduceResponse>> {
+) -> ApiResult<V2Json<ProduceResponse>> {
     let format = request_format(&headers)?;
     let key = idempotency::key_from(&headers)?;
     let req: ProduceRequest = parse_json(&body)?;
     let records = prepare(req, format, path_partition)?;
-    Ok(Json(produce(&state, &topic, records, key).await?))
+    Ok(V2Json(produce(&state, &topic, records, key).await?))
 }
 
 /// Produces records to a topic: explicit partitions are honoured, keyed records go to the
@@ -418,7 +419,7 @@ pub async fn produce_to_topic(
     ApiPath(topic): ApiPath<String>,
     headers: HeaderMap,
     RawBody(body): RawBody,
-) -> ApiResult<Json<ProduceResponse>> {
+) -> ApiResult<V2Json<ProduceResponse>> {
     handle(state, topic, None, headers, body).await
 }
 
@@ -445,7 +446,7 @@ pub async fn produce_to_partition(
     ApiPath((topic, partition)): ApiPath<(String, u32)>,
     headers: HeaderMap,
     RawBody(body): RawBody,
-) -> ApiResult<Json<ProduceResponse>> {
+) -> ApiResult<V2Json<ProduceResponse>> {
     handle(state, topic, Some(partition), headers, body).await
 }
 

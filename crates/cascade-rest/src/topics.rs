@@ -4,7 +4,7 @@
 use crate::RestState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::ApiPath;
-use axum::Json;
+use crate::format::V2Json;
 use axum::extract::State;
 use cascade_client::proto::{self as pb, OffsetSpec};
 use std::collections::BTreeMap;
@@ -119,11 +119,11 @@ pub(crate) async fn describe_partition(
             example = json!(["orders", "payments"])),
         (status = "5XX", description = "Brokers unavailable", body = ErrorBody),
     ))]
-pub async fn list_topics(State(state): State<RestState>) -> ApiResult<Json<Vec<String>>> {
+pub async fn list_topics(State(state): State<RestState>) -> ApiResult<V2Json<Vec<String>>> {
     let topics = state.client.list_topics(false).await?;
     let mut names: Vec<String> = topics.into_iter().map(|t| t.name).collect();
     names.sort();
-    Ok(Json(names))
+    Ok(V2Json(names))
 }
 
 /// Describes a topic: configuration and partitions.
@@ -136,8 +136,8 @@ pub async fn list_topics(State(state): State<RestState>) -> ApiResult<Json<Vec<S
 pub async fn get_topic(
     State(state): State<RestState>,
     ApiPath(topic): ApiPath<String>,
-) -> ApiResult<Json<TopicV2>> {
-    Ok(Json(topic_v2(describe(&state, &topic).await?)))
+) -> ApiResult<V2Json<TopicV2>> {
+    Ok(V2Json(topic_v2(describe(&state, &topic).await?)))
 }
 
 /// Lists a topic's partitions.
@@ -150,9 +150,9 @@ pub async fn get_topic(
 pub async fn list_partitions(
     State(state): State<RestState>,
     ApiPath(topic): ApiPath<String>,
-) -> ApiResult<Json<Vec<PartitionV2>>> {
+) -> ApiResult<V2Json<Vec<PartitionV2>>> {
     let t = describe(&state, &topic).await?;
-    Ok(Json(t.partitions.iter().map(partition_v2).collect()))
+    Ok(V2Json(t.partitions.iter().map(partition_v2).collect()))
 }
 
 /// Describes one partition.
@@ -167,9 +167,9 @@ pub async fn list_partitions(
 pub async fn get_partition(
     State(state): State<RestState>,
     ApiPath((topic, partition)): ApiPath<(String, u32)>,
-) -> ApiResult<Json<PartitionV2>> {
+) -> ApiResult<V2Json<PartitionV2>> {
     let (t, i) = describe_partition(&state, &topic, partition).await?;
-    Ok(Json(partition_v2(&t.partitions[i])))
+    Ok(V2Json(partition_v2(&t.partitions[i])))
 }
 
 /// A partition's first offset and high watermark.
@@ -183,7 +183,7 @@ pub async fn get_partition(
 pub async fn get_partition_offsets(
     State(state): State<RestState>,
     ApiPath((topic, partition)): ApiPath<(String, u32)>,
-) -> ApiResult<Json<PartitionOffsetsV2>> {
+) -> ApiResult<V2Json<PartitionOffsetsV2>> {
     describe_partition(&state, &topic, partition).await?;
     let one = |spec| {
         let c = state.client.clone();
@@ -199,7 +199,7 @@ pub async fn get_partition_offsets(
     };
     let (beginning_offset, end_offset) =
         futures::try_join!(one(OffsetSpec::Earliest), one(OffsetSpec::Latest))?;
-    Ok(Json(PartitionOffsetsV2 {
+    Ok(V2Json(PartitionOffsetsV2 {
         beginning_offset,
         end_offset,
     }))
