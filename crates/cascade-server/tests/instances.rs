@@ -221,3 +221,45 @@ async fn idle_instances_expire_and_bad_calls_are_refused() {
     let group = c.describe_group("g").await;
     assert!(group.is_err() || group.unwrap().members.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_topic_is_given_up_without_breaking_an_auto_commit_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let c = node.client().await;
+    c.create_topic("gone", 2, 1, BTreeMap::new()).await.unwrap();
+    c.create_topic("stay", 1, 1, BTreeMap::new()).await.unwrap();
+    produce(&c, "gone", 0, 1, "g").await;
+    produce(&c, "stay", 0, 1, "s").await;
+    let mut req = create("g", "x", 10_000);
+    req.auto_commit = true;
+    c.instance_create(req).await.unwrap();
+    c.instance_subscribe("g", "x", vec!["gone".into(), "stay".into()])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut read = 0;
+    while read < 2 {
+        assert!(Instant::now() < deadline, "records never arrived");
+        read += c.instance_poll("g", "x", 1 << 20, 100).await.unwrap().len();
+    }
+    c.delete_topic("gone").await.unwrap();
+    // Giving up the deleted topic's partitions commits nothing for them (they cannot be
+    // committed), and every call keeps working.
+    let inst = c.instance_get("g", "x").await.unwrap();
+    assert_eq!(
+        inst.positions
+            .iter()
+            .map(|p| (p.topic.as_str(), p.partition))
+            .collect::<Vec<_>>(),
+        vec![("stay", 0)]
+    );
+    assert!(
+        c.instance_poll("g", "x", 1 << 20, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    c.instance_unsubscribe("g", "x").await.unwrap();
+    c.instance_delete("g", "x").await.unwrap();
+}

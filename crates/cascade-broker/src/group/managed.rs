@@ -488,8 +488,15 @@ impl Broker {
             .collect();
         if !revoked.is_empty() {
             if inst.config.auto_commit {
+                // Partitions of a deleted (or re-created smaller) topic cannot be committed and
+                // need not be: skip them, or the instance would fail every call from now on.
+                let snap = self.meta.snapshot();
                 let offsets = revoked
                     .iter()
+                    .filter(|tp| {
+                        snap.topic(&tp.topic)
+                            .is_ok_and(|t| (tp.partition as usize) < t.partitions.len())
+                    })
                     .map(|tp| (tp.clone(), inst.positions[tp], String::new()))
                     .collect();
                 self.commit_positions(inst, Some(offsets)).await?;
