@@ -50,12 +50,15 @@ pub mod codes {
     pub const UNSUPPORTED_MEDIA_TYPE: u32 = 415;
     /// Offset outside the partition's log (below its start or above its high watermark).
     pub const OFFSET_OUT_OF_RANGE: u32 = 41601;
-    /// Well-formed JSON that breaks a rule (empty record list, bad header, key reuse).
+    /// Well-formed JSON that breaks a rule (empty record list, bad header, key reuse, an
+    /// unsupported consumer feature).
     pub const UNPROCESSABLE: u32 = 422;
     /// A record key that is not valid in the request's embedded format (e.g. bad base64).
     pub const INVALID_KEY: u32 = 42201;
     /// A record value that is not valid in the request's embedded format.
     pub const INVALID_VALUE: u32 = 42202;
+    /// A consumer instance setting that is not valid (format, auto.offset.reset, ...).
+    pub const INVALID_CONSUMER_CONFIG: u32 = 42204;
     /// A server-side failure (never caused by client input).
     pub const INTERNAL: u32 = 50001;
     /// A broker failure for one partition of a produce (reported per record).

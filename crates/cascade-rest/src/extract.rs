@@ -63,6 +63,30 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// An optional JSON body: an empty (or all-whitespace) body, or `null`, is `None` whatever the
+/// `Content-Type`; anything else is read as [`ApiJson`] reads it (415 without a JSON
+/// `Content-Type`, 400 when it does not parse).
+#[derive(Debug)]
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let json_type = is_json_content_type(req.headers());
+        let body = Bytes::from_request(req, state).await?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(None));
+        }
+        if !json_type {
+            return Err(ApiError::unsupported_media_type(
+                "Content-Type must be application/json",
+            ));
+        }
+        parse_json::<Option<T>>(&body).map(Self)
+    }
+}
+
 /// Parses a JSON body, mapping errors to 400.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)

@@ -15,10 +15,14 @@
 //! | `GET /v3/clusters`, `GET /v3/clusters/{id}` | the cluster (v3) |
 //! | `GET|POST /v3/clusters/{id}/topics`, `GET|DELETE /v3/clusters/{id}/topics/{topic}` | topic admin (v3) |
 //! | `GET /v3/clusters/{id}/topics/{topic}/configs` and `.../partitions` | a topic's settings and partitions (v3) |
+//! | `POST /consumers/{group}`, `DELETE /consumers/{group}/instances/{name}` | create, delete a consumer instance (v2) |
+//! | `POST|GET|DELETE .../instances/{name}/subscription`, `GET .../assignments` | subscribe, read the subscription, unsubscribe; the assigned partitions (v2) |
+//! | `GET .../instances/{name}/records?timeout=&max_bytes=` | read at the instance's positions (v2) |
+//! | `POST|GET .../instances/{name}/offsets`, `POST .../positions[/beginning|/end]` | commit, committed offsets; seek (v2) |
 //! | `GET /openapi.json`, `GET /docs` | the OpenAPI document generated from this code, and Swagger UI |
 //!
-//! The v2 consumer-instance endpoints (`/consumers/...`) are not here yet: they go in
-//! [`consumer_routes`] once the brokers keep consumer instances.
+//! Consumer instances live on the brokers ([`consumers`]): the gateway drives them over gRPC,
+//! so an instance created through one replica is used through any other.
 //!
 //! Errors are `{"error_code", "message"}` with a matching status everywhere, including for
 //! unknown routes, wrong methods, bad paths, queries and bodies, and oversized bodies
@@ -28,6 +32,7 @@
 //! `Idempotency-Key` on produce is passed to the broker, which remembers the first answer per
 //! topic and key, so a retry through any gateway replica writes once (see [`idempotency`]).
 
+pub mod consumers;
 pub mod error;
 pub mod extract;
 pub mod format;
@@ -98,16 +103,33 @@ impl RestState {
         (name = "produce (v2)", description = "Writing records"),
         (name = "records", description = "Reading records without a consumer: fetch and live stream"),
         (name = "admin (v3)", description = "Clusters and topics"),
+        (name = "consumers (v2)", description = "Consumer instances kept by the brokers: subscribe, read, commit, seek"),
     )
 )]
 struct ApiDoc;
 
-/// The v2 consumer-instance routes (`POST /consumers/{group}`, `.../instances/{id}/...`).
+/// The v2 consumer-instance routes (`POST /consumers/{group}`, `.../instances/{name}/...`).
 ///
-/// Empty for now: they will drive broker-side consumer instances over gRPC, so that any gateway
-/// replica can serve any instance. Add them here with `.routes(routes!(...))`.
+/// They drive broker-side consumer instances over gRPC ([`consumers`]), so that any gateway
+/// replica can serve any instance.
 pub fn consumer_routes() -> OpenApiRouter<RestState> {
     OpenApiRouter::new()
+        .routes(routes!(consumers::create_consumer))
+        .routes(routes!(consumers::delete_consumer))
+        .routes(routes!(
+            consumers::subscribe,
+            consumers::subscription,
+            consumers::unsubscribe
+        ))
+        .routes(routes!(consumers::assignments, consumers::assign))
+        .routes(routes!(consumers::records))
+        .routes(routes!(
+            consumers::commit_offsets,
+            consumers::committed_offsets
+        ))
+        .routes(routes!(consumers::seek_to_offsets))
+        .routes(routes!(consumers::seek_to_beginning))
+        .routes(routes!(consumers::seek_to_end))
 }
 
 /// Every REST route with its OpenAPI description.

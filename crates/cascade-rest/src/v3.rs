@@ -205,7 +205,7 @@ pub struct PartitionListV3 {
 }
 
 /// `http://<Host>` of the request, for links.
-fn base_url(headers: &HeaderMap) -> String {
+pub(crate) fn base_url(headers: &HeaderMap) -> String {
     headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())

@@ -12,11 +12,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use cascade_client::Client;
 use cascade_client::proto::OffsetSpec;
-use common::Node;
+use common::{Gateway, Node};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
 
@@ -702,6 +700,22 @@ async fn openapi_describes_every_route() {
                 "/v3/clusters/{cluster_id}/topics/{topic_name}/partitions",
                 "get",
             ),
+            ("/consumers/{group}", "post"),
+            ("/consumers/{group}/instances/{name}", "delete"),
+            ("/consumers/{group}/instances/{name}/subscription", "post"),
+            ("/consumers/{group}/instances/{name}/subscription", "get"),
+            ("/consumers/{group}/instances/{name}/subscription", "delete"),
+            ("/consumers/{group}/instances/{name}/assignments", "get"),
+            ("/consumers/{group}/instances/{name}/assignments", "post"),
+            ("/consumers/{group}/instances/{name}/records", "get"),
+            ("/consumers/{group}/instances/{name}/offsets", "post"),
+            ("/consumers/{group}/instances/{name}/offsets", "get"),
+            ("/consumers/{group}/instances/{name}/positions", "post"),
+            (
+                "/consumers/{group}/instances/{name}/positions/beginning",
+                "post",
+            ),
+            ("/consumers/{group}/instances/{name}/positions/end", "post"),
         ];
         for (path, method) in expected {
             let op = &paths.get(path).unwrap_or_else(|| panic!("{path} missing"))[method];
@@ -731,6 +745,10 @@ async fn openapi_describes_every_route() {
             "TopicV3",
             "CreateTopicV3",
             "ClusterListV3",
+            "CreateConsumerRequest",
+            "CreateConsumerResponse",
+            "SubscriptionRequest",
+            "CommittedOffsetsResponse",
         ] {
             assert!(schemas.contains_key(s), "schema {s}");
         }
@@ -744,7 +762,9 @@ async fn openapi_describes_every_route() {
                 .replace("{topic}", "none")
                 .replace("{topic_name}", "none")
                 .replace("{partition}", "0")
-                .replace("{cluster_id}", "none");
+                .replace("{cluster_id}", "none")
+                .replace("{group}", "none")
+                .replace("{name}", "none");
             let a = get(&e.app, &uri).await;
             if a.status == StatusCode::NOT_FOUND {
                 assert!(
@@ -822,49 +842,6 @@ async fn http(
         rest.to_string()
     };
     (status, head.to_string(), body)
-}
-
-struct Gateway {
-    child: Child,
-    http: String,
-}
-
-impl Gateway {
-    fn start(brokers: &str) -> Gateway {
-        let mut child = Command::new(common::bin())
-            .args([
-                "gateway",
-                "--brokers",
-                brokers,
-                "--http-addr",
-                "127.0.0.1:0",
-            ])
-            .env("CASCADE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start cascade gateway");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let http = loop {
-            assert!(Instant::now() < deadline, "gateway did not become ready");
-            let line = lines.next().expect("gateway exited").unwrap();
-            if let Ok(v) = serde_json::from_str::<Value>(&line)
-                && v["event"] == "ready"
-            {
-                break v["http_addr"].as_str().unwrap().to_string();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        Gateway { child, http }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -179,3 +179,48 @@ pub async fn read_partition(client: &Client, topic: &str, partition: u32) -> Vec
     }
     out
 }
+
+/// A `cascade gateway` process (the REST API alone) in front of `brokers`.
+pub struct Gateway {
+    pub child: Child,
+    pub http: String,
+}
+
+impl Gateway {
+    /// Starts a gateway on an OS-assigned loopback port; returns once it is ready.
+    pub fn start(brokers: &str) -> Gateway {
+        let mut child = Command::new(bin())
+            .args([
+                "gateway",
+                "--brokers",
+                brokers,
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
+            .env("CASCADE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start cascade gateway");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let http = loop {
+            assert!(Instant::now() < deadline, "gateway did not become ready");
+            let line = lines.next().expect("gateway exited").unwrap();
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["event"] == "ready"
+            {
+                break v["http_addr"].as_str().unwrap().to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Gateway { child, http }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
