@@ -83,12 +83,36 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
                 "Content-Type must be application/json",
             ));
         }
-        parse_json::<Option<T>>(&body).map(Self)
+        if body.trim_ascii() == b"null" {
+            return Ok(Self(None));
+        }
+        parse_json::<T>(&body).map(Self::from)
     }
 }
 
-/// Parses a JSON body, mapping errors to 400.
+impl<T> From<T> for OptionalJson<T> {
+    fn from(v: T) -> Self {
+        Self(Some(v))
+    }
+}
+
+/// Parses a JSON body, mapping errors to 400. Every request body of this API is a JSON object:
+/// anything else is refused here (serde would otherwise read a struct from an array, field by
+/// position).
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    match body.trim_ascii_start().first() {
+        Some(b'{') => {}
+        None => {
+            return Err(ApiError::bad_request(
+                "invalid JSON body: the body is empty",
+            ));
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid JSON body: the body must be a JSON object",
+            ));
+        }
+    }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
@@ -101,4 +125,25 @@ pub fn content_type(headers: &HeaderMap) -> Option<String> {
 
 fn is_json_content_type(headers: &HeaderMap) -> bool {
     content_type(headers).is_some_and(|ct| ct == "application/json" || ct.ends_with("+json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Body {
+        #[serde(default)]
+        name: Option<String>,
+    }
+
+    #[test]
+    fn bodies_must_be_objects() {
+        assert!(parse_json::<Body>(b" {\"name\": \"x\"}").is_ok());
+        for bad in [&b"[null]"[..], b"\"x\"", b"null", b"1", b"", b"  "] {
+            let e = parse_json::<Body>(bad).unwrap_err();
+            assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST, "{bad:?}");
+        }
+    }
 }

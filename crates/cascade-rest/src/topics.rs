@@ -178,6 +178,7 @@ pub async fn get_partition(
            ("partition" = u32, Path, description = "Partition number")),
     responses(
         (status = 200, description = "Offsets", body = PartitionOffsetsV2, content_type = "application/vnd.kafka.v2+json"),
+        (status = 400, description = "Partition is not a non-negative integer", body = ErrorBody),
         (status = 404, description = "Topic (40401) or partition (40402) not found", body = ErrorBody),
     ))]
 pub async fn get_partition_offsets(

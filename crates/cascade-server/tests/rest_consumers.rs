@@ -759,7 +759,7 @@ async fn every_error_is_a_json_4xx() {
         ] {
             rest.post("/consumers/g", &bad).await.error(422, 42204);
         }
-        for body in ["{", "[1]", "{\"name\": 5}", "\"x\""] {
+        for body in ["{", "[1]", "[null, null]", "{\"name\": 5}", "\"x\"", "7"] {
             rest.call("POST", "/consumers/g", &[("content-type", V2)], body)
                 .await
                 .error(400, 400);
