@@ -1,7 +1,10 @@
 //! Compiles the .proto files with protox (pure Rust), so building needs no system protoc.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/cascade/v1/cascade.proto"];
+    let files = [
+        "proto/cascade/v1/cascade.proto",
+        "proto/cascade/internal/v1/internal.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

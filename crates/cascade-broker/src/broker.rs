@@ -376,6 +376,26 @@ impl Broker {
         Ok(snap.topics[name].clone())
     }
 
+    /// The node coordinating `group`: the leader of the group's `__consumer_offsets`
+    /// partition.
+    pub fn coordinator_for(&self, group: &str) -> Result<cascade_proto::LeaderHint> {
+        cascade_types::validate_group_id(group).map_err(BrokerError::InvalidGroupId)?;
+        let snap = self.meta.snapshot();
+        let t = snap.topic(OFFSETS_TOPIC)?;
+        let p = cascade_types::partition_for_key(group.as_bytes(), t.partitions.len() as u32);
+        let a = &t.partitions[p as usize];
+        snap.brokers
+            .get(&a.leader)
+            .map(|b| cascade_proto::LeaderHint {
+                node_id: b.node_id,
+                grpc_addr: b.grpc_addr.clone(),
+            })
+            .ok_or(BrokerError::LeaderNotAvailable {
+                topic: OFFSETS_TOPIC.into(),
+                partition: p,
+            })
+    }
+
     /// The current metadata.
     pub fn cluster(&self) -> Arc<ClusterMetadata> {
         self.meta.snapshot()

@@ -5,6 +5,7 @@
 //! wire errors itself.
 
 use cascade_log::LogError;
+use cascade_proto::LeaderHint;
 use cascade_proto::v1::ErrorCode;
 use tonic::Code;
 
@@ -140,6 +141,85 @@ pub enum BrokerError {
     /// Metadata could not be persisted or loaded.
     #[error("metadata error: {0}")]
     Metadata(String),
+    /// This node does not lead the partition.
+    #[error("node {node} is not the leader of {topic}/{partition}{}", hint_text(.leader))]
+    NotLeader {
+        /// This node.
+        node: u32,
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The leader, if known.
+        leader: Option<LeaderHint>,
+    },
+    /// The partition has no leader right now.
+    #[error(
+        "{topic}/{partition} has no leader right now (election under way or no in-sync replica alive)"
+    )]
+    LeaderNotAvailable {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+    },
+    /// A request carried an older leader epoch than the partition's.
+    #[error("leader epoch {got} of {topic}/{partition} is fenced: current epoch is {current}")]
+    FencedLeaderEpoch {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The epoch sent.
+        got: i32,
+        /// The current epoch.
+        current: i32,
+    },
+    /// The in-sync set is smaller than `min.insync.replicas`.
+    #[error("{topic}/{partition} has {isr} in-sync replicas, fewer than min.insync.replicas = {min}{}", if *.after_append { " (the records were written on the leader but are not acknowledged)" } else { "" })]
+    NotEnoughReplicas {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// In-sync replicas now.
+        isr: usize,
+        /// The topic's minimum.
+        min: u32,
+        /// True when the set shrank while the produce waited.
+        after_append: bool,
+    },
+    /// This node does not coordinate the group.
+    #[error("node {node} does not coordinate group {group:?}{}", hint_text(.coordinator))]
+    NotCoordinator {
+        /// This node.
+        node: u32,
+        /// The group.
+        group: String,
+        /// The coordinator, if known.
+        coordinator: Option<LeaderHint>,
+    },
+    /// The metadata controller (Raft leader) is unknown or unreachable.
+    #[error("no metadata controller is available: {0}")]
+    NoController(String),
+}
+
+fn hint_text(h: &Option<LeaderHint>) -> String {
+    match h {
+        Some(h) => format!("; node {} at {} is", h.node_id, h.grpc_addr),
+        None => String::new(),
+    }
+}
+
+impl BrokerError {
+    /// Where the caller should retry, for `NotLeader` and `NotCoordinator`.
+    pub fn leader_hint(&self) -> Option<&LeaderHint> {
+        match self {
+            Self::NotLeader { leader, .. } => leader.as_ref(),
+            Self::NotCoordinator { coordinator, .. } => coordinator.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 impl BrokerError {
@@ -169,6 +249,13 @@ impl BrokerError {
             Self::ShuttingDown => ErrorCode::ShuttingDown,
             Self::Storage(_) => ErrorCode::StorageError,
             Self::Metadata(_) => ErrorCode::Internal,
+            Self::NotLeader { .. } => ErrorCode::NotLeader,
+            Self::LeaderNotAvailable { .. } | Self::NoController(_) => {
+                ErrorCode::LeaderNotAvailable
+            }
+            Self::FencedLeaderEpoch { .. } => ErrorCode::FencedLeaderEpoch,
+            Self::NotEnoughReplicas { .. } => ErrorCode::NotEnoughReplicas,
+            Self::NotCoordinator { .. } => ErrorCode::NotCoordinator,
         }
     }
 
@@ -188,9 +275,12 @@ impl BrokerError {
             ErrorCode::RecordTooLarge | ErrorCode::RequestTooLarge => Code::InvalidArgument,
             ErrorCode::FencedMemberEpoch | ErrorCode::GroupNotEmpty => Code::FailedPrecondition,
             ErrorCode::Timeout => Code::DeadlineExceeded,
-            ErrorCode::ShuttingDown | ErrorCode::NotLeader | ErrorCode::NotEnoughReplicas => {
-                Code::Unavailable
-            }
+            ErrorCode::ShuttingDown
+            | ErrorCode::NotLeader
+            | ErrorCode::NotEnoughReplicas
+            | ErrorCode::LeaderNotAvailable
+            | ErrorCode::NotCoordinator => Code::Unavailable,
+            ErrorCode::FencedLeaderEpoch => Code::FailedPrecondition,
             ErrorCode::StorageError | ErrorCode::Internal => Code::Internal,
             _ => Code::InvalidArgument,
         }

@@ -8,6 +8,15 @@ pub mod v1 {
     tonic::include_proto!("cascade.v1");
 }
 
+/// The node-to-node API (`proto/cascade/internal/v1/internal.proto`): Raft, membership and
+/// liveness, replication. Only brokers use it.
+#[allow(missing_docs, clippy::all)]
+pub mod internal {
+    tonic::include_proto!("cascade.internal.v1");
+}
+
 mod status;
 
-pub use status::{ERROR_DOMAIN, error_code_of, status};
+pub use status::{
+    ERROR_DOMAIN, LeaderHint, error_code_of, leader_hint_of, status, status_with_leader,
+};

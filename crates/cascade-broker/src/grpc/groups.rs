@@ -280,4 +280,20 @@ impl Groups for GroupsService {
         .await
         .map(Response::new)
     }
+
+    async fn find_coordinator(
+        &self,
+        req: Request<pb::FindCoordinatorRequest>,
+    ) -> Result<Response<pb::FindCoordinatorResponse>, Status> {
+        let r = req.into_inner();
+        observe("find_coordinator", async {
+            let c = self.broker.coordinator_for(&r.group_id)?;
+            Ok(pb::FindCoordinatorResponse {
+                node_id: c.node_id,
+                grpc_addr: c.grpc_addr,
+            })
+        })
+        .await
+        .map(Response::new)
+    }
 }

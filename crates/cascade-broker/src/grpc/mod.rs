@@ -19,7 +19,7 @@ use tonic::Status;
 
 /// The one mapping from broker errors to gRPC statuses: code class plus ErrorInfo reason.
 pub fn to_status(e: &BrokerError) -> Status {
-    cascade_proto::status(e.grpc_code(), e.code(), e.to_string())
+    cascade_proto::status_with_leader(e.grpc_code(), e.code(), e.to_string(), e.leader_hint())
 }
 
 impl From<BrokerError> for Status {
