@@ -7,12 +7,13 @@
 
 use crate::error::{BrokerError, Result};
 use crate::group::{GroupCoordinator, OFFSETS_TOPIC};
-use crate::metadata::{BrokerInfo, ClusterMetadata, Metadata, MetadataCommand, TopicMeta};
-use crate::partition::Partition;
+pub use crate::metadata::BrokerInfo;
+use crate::metadata::{ClusterMetadata, Metadata, MetadataCommand, TopicMeta};
+use crate::partition::{Partition, Role};
 use cascade_types::TopicConfig;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,16 @@ pub struct BrokerConfig {
     pub retention_check_interval: Duration,
     /// Defaults for topics created without explicit settings.
     pub default_topic_config: TopicConfig,
+    /// Members to contact when this node has no Raft state; empty: bootstrap a new cluster.
+    pub seeds: Vec<String>,
+    /// How often this broker heartbeats the controller.
+    pub heartbeat_interval: Duration,
+    /// A broker silent this long is fenced: its leaderships move, it leaves in-sync sets.
+    pub session_timeout: Duration,
+    /// A follower that has not caught up for this long leaves the in-sync set.
+    pub replica_lag_max: Duration,
+    /// Replication factor of `__consumer_offsets` (capped at the live brokers when created).
+    pub offsets_replication_factor: u32,
 }
 
 impl BrokerConfig {
@@ -47,6 +58,11 @@ impl BrokerConfig {
             offsets_partitions: 4,
             retention_check_interval: Duration::from_secs(30),
             default_topic_config: TopicConfig::default(),
+            seeds: Vec::new(),
+            heartbeat_interval: Duration::from_millis(400),
+            session_timeout: Duration::from_millis(2500),
+            replica_lag_max: Duration::from_secs(5),
+            offsets_replication_factor: 3,
         }
     }
 }
@@ -56,8 +72,10 @@ impl BrokerConfig {
 pub struct TopicHandle {
     /// The topic id these partitions belong to.
     pub id: String,
-    /// Partitions by index.
-    pub partitions: Vec<Arc<Partition>>,
+    /// This node's replicas, by partition index.
+    pub partitions: BTreeMap<u32, Arc<Partition>>,
+    /// The settings they run with.
+    pub config: TopicConfig,
 }
 
 /// One broker node. See the module docs.
@@ -73,6 +91,15 @@ pub struct Broker {
     /// per request).
     pub(crate) sticky: AtomicU32,
     pub(crate) shutdown: CancellationToken,
+    /// Last heartbeat per broker, kept by the controller.
+    pub(crate) liveness: crate::controller::Liveness,
+    /// Running follower fetchers by partition.
+    pub(crate) fetchers: crate::replication::Fetchers,
+    /// One reconciliation at a time.
+    pub(crate) reconcile_lock: tokio::sync::Mutex<()>,
+    ready: tokio::sync::watch::Sender<bool>,
+    /// Set during a graceful shutdown: the controller moves leadership away.
+    pub(crate) leaving: AtomicBool,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -87,59 +114,114 @@ fn topic_dir(data: &Path, topic: &str) -> PathBuf {
 }
 
 impl Broker {
-    /// Opens the node's metadata and every partition (recovering logs as needed), loads the
-    /// consumer groups, and starts housekeeping. Stop it with [`Broker::shutdown`].
-    pub async fn start(config: BrokerConfig) -> Result<Arc<Self>> {
-        let node = BrokerInfo {
-            node_id: config.node_id,
-            grpc_addr: config.advertised_grpc_addr.clone(),
-            http_addr: config.advertised_http_addr.clone(),
-        };
-        let meta = Arc::new(Metadata::open(&config.data_dir.join("meta"), node).await?);
-        let broker = Arc::new(Self {
-            config,
-            meta,
-            topics: RwLock::new(HashMap::new()),
+    /// Opens the node's metadata Raft storage. The node joins or forms a cluster and opens its
+    /// partitions in [`Broker::start`], which needs the internal gRPC services to be serving
+    /// already (peers call them while this node joins).
+    pub async fn open(config: BrokerConfig) -> Result<Arc<Self>> {
+        let meta = Arc::new(Metadata::open(&config.data_dir.join("meta"), config.node_id).await?);
+        let (ready, _) = tokio::sync::watch::channel(false);
+        Ok(Arc::new(Self {
             groups: OnceLock::new(),
             consumers: Default::default(),
             sticky: AtomicU32::new(rand::random()),
             shutdown: CancellationToken::new(),
-        });
-        if !broker.meta.snapshot().topics.contains_key(OFFSETS_TOPIC) {
-            broker
+            topics: RwLock::new(HashMap::new()),
+            liveness: Default::default(),
+            fetchers: Default::default(),
+            reconcile_lock: tokio::sync::Mutex::new(()),
+            ready,
+            leaving: AtomicBool::new(false),
+            meta,
+            config,
+        }))
+    }
+
+    /// Opens a node and starts it (see [`Broker::start`]); for nodes that need no peers to
+    /// reach them while starting (a single node, tests).
+    pub async fn open_and_start(config: BrokerConfig) -> Result<Arc<Self>> {
+        let b = Self::open(config).await?;
+        b.start().await?;
+        Ok(b)
+    }
+
+    /// Joins the cluster (bootstrapping a new one when this node has no Raft state and no
+    /// seeds), registers this broker, opens its partitions in the roles the metadata gives
+    /// them, and starts the background loops: reconciler, controller duties, heartbeats,
+    /// housekeeping.
+    pub async fn start(self: &Arc<Self>) -> Result<()> {
+        let me = self.config.node_id;
+        if !self.meta.is_member().await? {
+            if self.config.seeds.is_empty() {
+                tracing::info!(
+                    node = me,
+                    "no Raft state and no seeds: bootstrapping a new cluster"
+                );
+                self.meta
+                    .bootstrap(&self.config.advertised_grpc_addr)
+                    .await?;
+            } else {
+                crate::controller::join(self).await?;
+            }
+        }
+        let node = BrokerInfo {
+            node_id: me,
+            grpc_addr: self.config.advertised_grpc_addr.clone(),
+            http_addr: self.config.advertised_http_addr.clone(),
+            fenced: false,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = self
                 .meta
-                .apply(MetadataCommand::CreateTopic {
-                    name: OFFSETS_TOPIC.into(),
-                    id: uuid::Uuid::new_v4().to_string(),
-                    partitions: broker.config.offsets_partitions.max(1),
-                    replication_factor: 1,
-                    config: TopicConfig {
-                        retention_ms: -1,
-                        segment_bytes: 64 << 20,
-                        ..TopicConfig::default()
-                    },
-                    internal: true,
-                    created_ms: now_ms(),
+                .apply(MetadataCommand::RegisterBroker(node.clone()))
+                .await;
+            match r {
+                Ok(_) => break,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::info!(error = %e, "registering with the controller: retrying");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if self.meta.snapshot().cluster_id.is_empty() {
+            self.meta
+                .apply(MetadataCommand::InitCluster {
+                    cluster_id: uuid::Uuid::new_v4().simple().to_string()[..22].to_string(),
                 })
                 .await?;
         }
-        broker.open_all_topics().await?;
-        let store = broker.topic_handle(OFFSETS_TOPIC)?.partitions.clone();
-        let meta = broker.meta.clone();
-        let groups = tokio::task::spawn_blocking(move || GroupCoordinator::load(meta, store))
-            .await
-            .map_err(|e| BrokerError::Metadata(format!("loading groups panicked: {e}")))??;
-        let _ = broker.groups.set(groups);
-        crate::housekeeping::spawn(broker.clone());
-        Ok(broker)
+        let offsets_count = self
+            .meta
+            .snapshot()
+            .topics
+            .get(OFFSETS_TOPIC)
+            .map(|t| t.partitions.len() as u32)
+            .unwrap_or(self.config.offsets_partitions.max(1));
+        let _ = self
+            .groups
+            .set(GroupCoordinator::new(self.meta.clone(), offsets_count));
+        self.cleanup_deleted_dirs();
+        self.reconcile().await?;
+        crate::reconcile::spawn(self.clone());
+        crate::controller::spawn(self.clone());
+        crate::housekeeping::spawn(self.clone());
+        self.ready.send_replace(true);
+        tracing::info!(node = me, "broker started");
+        Ok(())
     }
 
-    async fn open_all_topics(&self) -> Result<()> {
+    /// True once [`Broker::start`] finished.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Removes directories of topics the metadata no longer has (left by a crash during delete
+    /// or by a delete while this node was down).
+    fn cleanup_deleted_dirs(&self) {
         let snap = self.meta.snapshot();
         let topics_root = self.config.data_dir.join("topics");
-        std::fs::create_dir_all(&topics_root)
-            .map_err(|e| BrokerError::Metadata(format!("create {}: {e}", topics_root.display())))?;
-        // Directories of topics the metadata no longer has were left by a crash during delete.
+        let _ = std::fs::create_dir_all(&topics_root);
         if let Ok(entries) = std::fs::read_dir(&topics_root) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
@@ -149,45 +231,39 @@ impl Broker {
                 }
             }
         }
-        let total: usize = snap.topics.values().map(|t| t.partitions.len()).sum();
-        tracing::info!(
-            topics = snap.topics.len(),
-            partitions = total,
-            "opening partitions"
-        );
-        for t in snap.topics.values() {
-            let handle = self.open_partitions(t, 0).await?;
-            self.topics_write().insert(t.name.clone(), Arc::new(handle));
-        }
-        Ok(())
     }
 
-    /// Opens partitions `from..` of `t` (blocking work on the blocking pool).
-    async fn open_partitions(&self, t: &TopicMeta, from: u32) -> Result<TopicHandle> {
-        let dir = topic_dir(&self.config.data_dir, &t.name);
-        let meta = t.clone();
-        let existing = self
-            .topics_read()
-            .get(&t.name)
-            .filter(|h| h.id == t.id)
-            .map(|h| h.partitions.clone())
-            .unwrap_or_default();
-        tokio::task::spawn_blocking(move || -> Result<TopicHandle> {
-            let name: Arc<str> = Arc::from(meta.name.as_str());
-            let mut partitions = existing;
-            partitions.truncate(from as usize);
-            for p in from..meta.partitions.len() as u32 {
-                let part =
-                    Partition::open(name.clone(), p, &dir.join(p.to_string()), &meta.config)?;
-                partitions.push(Arc::new(part));
+    /// Opens one partition replica (blocking work on the blocking pool).
+    pub(crate) async fn open_partition(&self, t: &TopicMeta, p: u32) -> Result<Arc<Partition>> {
+        let dir = topic_dir(&self.config.data_dir, &t.name).join(p.to_string());
+        let name: Arc<str> = Arc::from(t.name.as_str());
+        let id: Arc<str> = Arc::from(t.id.as_str());
+        let config = t.config.clone();
+        let node = self.config.node_id;
+        // The topic id marks whose data a directory holds, so a re-created topic never adopts
+        // an old one's files.
+        let idfile = topic_dir(&self.config.data_dir, &t.name).join("topic-id");
+        let want = t.id.clone();
+        tokio::task::spawn_blocking(move || -> Result<Arc<Partition>> {
+            match std::fs::read_to_string(&idfile) {
+                Ok(have) if have.trim() == want => {}
+                Ok(_) => {
+                    let parent = idfile.parent().expect("has parent");
+                    tracing::warn!(dir = %parent.display(), "removing data of an older topic of the same name");
+                    let _ = std::fs::remove_dir_all(parent);
+                    std::fs::create_dir_all(parent).map_err(|e| BrokerError::Metadata(format!("create {}: {e}", parent.display())))?;
+                    crate::metadata::write_atomically(&idfile, want.as_bytes())?;
+                }
+                Err(_) => {
+                    let parent = idfile.parent().expect("has parent");
+                    std::fs::create_dir_all(parent).map_err(|e| BrokerError::Metadata(format!("create {}: {e}", parent.display())))?;
+                    crate::metadata::write_atomically(&idfile, want.as_bytes())?;
+                }
             }
-            Ok(TopicHandle {
-                id: meta.id.clone(),
-                partitions,
-            })
+            Ok(Arc::new(Partition::open(name, id, p, node, &dir, &config)?))
         })
         .await
-        .map_err(|e| BrokerError::Metadata(format!("opening partitions panicked: {e}")))?
+        .map_err(|e| BrokerError::Metadata(format!("opening a partition panicked: {e}")))?
     }
 
     pub(crate) fn topics_read(
@@ -196,7 +272,9 @@ impl Broker {
         self.topics.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn topics_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<TopicHandle>>> {
+    pub(crate) fn topics_write(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<TopicHandle>>> {
         self.topics.write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -208,17 +286,59 @@ impl Broker {
             .ok_or_else(|| BrokerError::UnknownTopic(topic.to_string()))
     }
 
-    /// One partition.
-    pub fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>> {
-        let h = self.topic_handle(topic)?;
-        h.partitions
-            .get(partition as usize)
-            .cloned()
-            .ok_or(BrokerError::UnknownPartition {
+    /// This node's replica of a partition, whatever its role (replication, admin).
+    pub fn local_partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>> {
+        let snap = self.meta.snapshot();
+        let t = snap.topic(topic)?;
+        if partition as usize >= t.partitions.len() {
+            return Err(BrokerError::UnknownPartition {
                 topic: topic.to_string(),
                 partition: partition.into(),
-                count: h.partitions.len() as u32,
-            })
+                count: t.partitions.len() as u32,
+            });
+        }
+        self.topic_handle(topic)
+            .ok()
+            .filter(|h| h.id == t.id)
+            .and_then(|h| h.partitions.get(&partition).cloned())
+            .ok_or_else(|| self.not_leader_error(&snap, topic, partition))
+    }
+
+    /// The partition if this node leads it; otherwise `NotLeader` naming the leader, or
+    /// `LeaderNotAvailable`. The gate of every produce and consumer fetch.
+    pub fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>> {
+        let p = self.local_partition(topic, partition)?;
+        match p.role() {
+            Role::Leader { .. } => Ok(p),
+            _ => Err(self.not_leader_error(&self.meta.snapshot(), topic, partition)),
+        }
+    }
+
+    fn not_leader_error(&self, snap: &ClusterMetadata, topic: &str, partition: u32) -> BrokerError {
+        let leader = snap
+            .assignment(topic, partition)
+            .map(|a| a.leader)
+            .unwrap_or(0);
+        match snap.brokers.get(&leader) {
+            Some(b) if leader != self.config.node_id => BrokerError::NotLeader {
+                node: self.config.node_id,
+                topic: topic.to_string(),
+                partition,
+                leader: Some(cascade_proto::LeaderHint {
+                    node_id: leader,
+                    grpc_addr: b.grpc_addr.clone(),
+                }),
+            },
+            _ => BrokerError::LeaderNotAvailable {
+                topic: topic.to_string(),
+                partition,
+            },
+        }
+    }
+
+    /// The partition count of a topic (from the metadata).
+    pub fn partition_count(&self, topic: &str) -> Result<u32> {
+        Ok(self.meta.snapshot().topic(topic)?.partitions.len() as u32)
     }
 
     /// The consumer group coordinator.
@@ -243,7 +363,7 @@ impl Broker {
 
     /// Creates a topic (or only validates, with `validate_only`).
     pub async fn create_topic(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         partitions: u32,
         replication_factor: u32,
@@ -275,20 +395,13 @@ impl Broker {
         }
         let snap = self.meta.apply(cmd).await?;
         let t = snap.topics[name].clone();
-        // A directory left over from a topic of the same name must not be adopted.
-        let dir = topic_dir(&self.config.data_dir, name);
-        if dir.exists() {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-        let handle = self.open_partitions(&t, 0).await?;
-        self.topics_write()
-            .insert(name.to_string(), Arc::new(handle));
+        self.reconcile().await?;
         tracing::info!(topic = name, partitions, "created topic");
         Ok(t)
     }
 
     /// Deletes a topic and its data.
-    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+    pub async fn delete_topic(self: &Arc<Self>, name: &str) -> Result<()> {
         let t = self.meta.snapshot().topic(name)?.clone();
         if t.internal {
             return Err(BrokerError::InvalidRequest(format!(
@@ -300,22 +413,7 @@ impl Broker {
                 name: name.to_string(),
             })
             .await?;
-        let handle = self.topics_write().remove(name);
-        if let Some(h) = handle {
-            for p in &h.partitions {
-                let _ = p.close().await;
-            }
-        }
-        // Rename first so a topic created again at once never sees the old files.
-        let dir = topic_dir(&self.config.data_dir, name);
-        let doomed = self
-            .config
-            .data_dir
-            .join("topics")
-            .join(format!(".{name}.{}.deleted", t.id));
-        if std::fs::rename(&dir, &doomed).is_ok() {
-            tokio::task::spawn_blocking(move || std::fs::remove_dir_all(doomed));
-        }
+        self.reconcile().await?;
         if let Some(g) = self.groups.get() {
             g.forget_topic(name).await;
         }
@@ -324,7 +422,7 @@ impl Broker {
     }
 
     /// Raises a topic's partition count.
-    pub async fn create_partitions(&self, name: &str, total: u32) -> Result<TopicMeta> {
+    pub async fn create_partitions(self: &Arc<Self>, name: &str, total: u32) -> Result<TopicMeta> {
         if self.meta.snapshot().topic(name)?.internal {
             return Err(BrokerError::InvalidRequest(format!(
                 "{name:?} is an internal topic"
@@ -338,16 +436,13 @@ impl Broker {
             })
             .await?;
         let t = snap.topics[name].clone();
-        let from = self.topic_handle(name)?.partitions.len() as u32;
-        let handle = self.open_partitions(&t, from).await?;
-        self.topics_write()
-            .insert(name.to_string(), Arc::new(handle));
+        self.reconcile().await?;
         Ok(t)
     }
 
     /// Sets and resets topic configuration entries.
     pub async fn alter_config(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         set: &BTreeMap<String, String>,
         reset: &[String],
@@ -370,22 +465,67 @@ impl Broker {
                 config: config.clone(),
             })
             .await?;
-        for p in &self.topic_handle(name)?.partitions {
-            p.reconfigure(&config).await?;
-        }
+        self.reconcile().await?;
         Ok(snap.topics[name].clone())
     }
 
-    /// The node coordinating `group`: the leader of the group's `__consumer_offsets`
-    /// partition.
-    pub fn coordinator_for(&self, group: &str) -> Result<cascade_proto::LeaderHint> {
-        cascade_types::validate_group_id(group).map_err(BrokerError::InvalidGroupId)?;
+    /// Creates `__consumer_offsets` if it does not exist yet, with
+    /// `offsets_replication_factor` replicas (capped at the live brokers). Created on first
+    /// use, as Kafka does, so a cluster started one node at a time gets it replicated.
+    pub async fn ensure_offsets_topic(self: &Arc<Self>) -> Result<()> {
         let snap = self.meta.snapshot();
-        let t = snap.topic(OFFSETS_TOPIC)?;
-        let p = cascade_types::partition_for_key(group.as_bytes(), t.partitions.len() as u32);
-        let a = &t.partitions[p as usize];
+        if snap.topics.contains_key(OFFSETS_TOPIC) {
+            return Ok(());
+        }
+        let rf = self
+            .config
+            .offsets_replication_factor
+            .clamp(1, snap.live_brokers().len().max(1) as u32);
+        let r = self
+            .meta
+            .apply(MetadataCommand::CreateTopic {
+                name: OFFSETS_TOPIC.into(),
+                id: uuid::Uuid::new_v4().to_string(),
+                partitions: self.groups().offsets_partitions(),
+                replication_factor: rf,
+                config: TopicConfig {
+                    retention_ms: -1,
+                    segment_bytes: 64 << 20,
+                    min_insync_replicas: rf.min(2),
+                    ..TopicConfig::default()
+                },
+                internal: true,
+                created_ms: now_ms(),
+            })
+            .await;
+        match r {
+            Ok(_) | Err(BrokerError::TopicExists(_)) => {}
+            Err(BrokerError::Remote {
+                code: cascade_proto::v1::ErrorCode::TopicAlreadyExists,
+                ..
+            }) => {}
+            Err(e) => return Err(e),
+        }
+        tracing::info!(replication_factor = rf, "created {OFFSETS_TOPIC}");
+        self.reconcile().await
+    }
+
+    /// The node coordinating `group`: the leader of the group's `__consumer_offsets`
+    /// partition (the topic is created on first use).
+    pub async fn coordinator_for(
+        self: &Arc<Self>,
+        group: &str,
+    ) -> Result<cascade_proto::LeaderHint> {
+        cascade_types::validate_group_id(group).map_err(BrokerError::InvalidGroupId)?;
+        self.ensure_offsets_topic().await?;
+        let snap = self.meta.snapshot();
+        let p = self.groups().partition_of(group);
+        let leader = snap
+            .assignment(OFFSETS_TOPIC, p)
+            .map(|a| a.leader)
+            .unwrap_or(0);
         snap.brokers
-            .get(&a.leader)
+            .get(&leader)
             .map(|b| cascade_proto::LeaderHint {
                 node_id: b.node_id,
                 grpc_addr: b.grpc_addr.clone(),
@@ -394,6 +534,30 @@ impl Broker {
                 topic: OFFSETS_TOPIC.into(),
                 partition: p,
             })
+    }
+
+    /// Ok if this node coordinates `group` now; otherwise `NotCoordinator` naming the node
+    /// that does (or `LeaderNotAvailable` during an election).
+    pub async fn own_group(self: &Arc<Self>, group: &str) -> Result<()> {
+        let c = self.coordinator_for(group).await?;
+        if c.node_id == self.config.node_id {
+            // Leader by the metadata; wait briefly for the reconciler to load the partition.
+            for _ in 0..50 {
+                if self.groups().owns(group) {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            return Err(BrokerError::LeaderNotAvailable {
+                topic: OFFSETS_TOPIC.into(),
+                partition: self.groups().partition_of(group),
+            });
+        }
+        Err(BrokerError::NotCoordinator {
+            node: self.config.node_id,
+            group: group.to_string(),
+            coordinator: Some(c),
+        })
     }
 
     /// The current metadata.
@@ -407,17 +571,53 @@ impl Broker {
         self.shutdown.cancel();
     }
 
+    /// Moves this node's partition leaderships to other in-sync replicas (through the
+    /// controller) and waits until it leads nothing or `timeout` passes, so a rolling restart
+    /// costs clients a retry, not an outage.
+    pub async fn hand_off_leadership(self: &Arc<Self>, timeout: Duration) {
+        self.leaving
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let led = self.leaderships(&self.meta.snapshot());
+            if led == 0 || tokio::time::Instant::now() >= deadline {
+                if led > 0 {
+                    tracing::warn!(
+                        partitions = led,
+                        "still leading partitions at shutdown (no other in-sync replica)"
+                    );
+                }
+                return;
+            }
+            let _ = crate::controller::send_heartbeat(self).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Partitions this node leads that another in-sync replica could take over.
+    pub(crate) fn leaderships(&self, snap: &ClusterMetadata) -> u32 {
+        let me = self.config.node_id;
+        snap.topics
+            .values()
+            .flat_map(|t| t.partitions.iter())
+            .filter(|a| a.leader == me && a.isr.iter().any(|&r| r != me))
+            .count() as u32
+    }
+
     /// Stops housekeeping and closes every partition cleanly (clean-shutdown markers written).
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
         let handles: Vec<Arc<TopicHandle>> = self.topics_read().values().cloned().collect();
         for h in handles {
-            for p in &h.partitions {
+            for p in h.partitions.values() {
                 if let Err(e) = p.close().await {
                     tracing::error!(topic = %p.topic, partition = p.index, error = %e, "closing partition");
                 }
             }
         }
         tracing::info!("all partitions closed");
+        if let Err(e) = self.meta.raft().shutdown().await {
+            tracing::warn!(error = %e, "stopping the metadata Raft node");
+        }
     }
 }

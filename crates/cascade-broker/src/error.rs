@@ -199,6 +199,19 @@ pub enum BrokerError {
         /// The coordinator, if known.
         coordinator: Option<LeaderHint>,
     },
+    /// Another node (the controller, a partition leader) refused the request; its reason
+    /// is passed on unchanged.
+    #[error("{message}")]
+    Remote {
+        /// The reason.
+        code: ErrorCode,
+        /// The status class.
+        status: Code,
+        /// The message.
+        message: String,
+        /// Its leader hint, if any.
+        hint: Option<LeaderHint>,
+    },
     /// The metadata controller (Raft leader) is unknown or unreachable.
     #[error("no metadata controller is available: {0}")]
     NoController(String),
@@ -212,9 +225,24 @@ fn hint_text(h: &Option<LeaderHint>) -> String {
 }
 
 impl BrokerError {
+    /// The error another node answered, as this node reports it. A status without a Cascade
+    /// reason (the node is down or unreachable) is `NoController`-like: retriable.
+    pub fn from_remote(s: &tonic::Status) -> Self {
+        match cascade_proto::error_code_of(s) {
+            Some(code) => Self::Remote {
+                code,
+                status: s.code(),
+                message: s.message().to_string(),
+                hint: cascade_proto::leader_hint_of(s),
+            },
+            None => Self::NoController(format!("{}: {}", s.code(), s.message())),
+        }
+    }
+
     /// Where the caller should retry, for `NotLeader` and `NotCoordinator`.
     pub fn leader_hint(&self) -> Option<&LeaderHint> {
         match self {
+            Self::Remote { hint, .. } => hint.as_ref(),
             Self::NotLeader { leader, .. } => leader.as_ref(),
             Self::NotCoordinator { coordinator, .. } => coordinator.as_ref(),
             _ => None,
@@ -256,11 +284,15 @@ impl BrokerError {
             Self::FencedLeaderEpoch { .. } => ErrorCode::FencedLeaderEpoch,
             Self::NotEnoughReplicas { .. } => ErrorCode::NotEnoughReplicas,
             Self::NotCoordinator { .. } => ErrorCode::NotCoordinator,
+            Self::Remote { code, .. } => *code,
         }
     }
 
     /// The gRPC status class.
     pub fn grpc_code(&self) -> Code {
+        if let Self::Remote { status, .. } = self {
+            return *status;
+        }
         match self.code() {
             ErrorCode::UnknownTopic
             | ErrorCode::UnknownPartition

@@ -36,7 +36,7 @@ pub(crate) fn spawn(broker: Arc<Broker>) {
                     continue;
                 };
                 let interval = t.config.flush == FlushMode::Interval;
-                for p in &h.partitions {
+                for p in h.partitions.values() {
                     partitions += 1;
                     if interval || retention {
                         p.maintain(retention);
@@ -50,7 +50,7 @@ pub(crate) fn spawn(broker: Arc<Broker>) {
                 metrics::gauge!("cascade_partitions").set(partitions as f64);
                 metrics::gauge!("cascade_topics").set(handles.len() as f64);
                 for (name, h) in &handles {
-                    for p in &h.partitions {
+                    for p in h.partitions.values() {
                         let labels = [("topic", name.clone()), ("partition", p.index.to_string())];
                         let r = p.reader();
                         metrics::gauge!("cascade_log_size_bytes", &labels)

@@ -35,7 +35,7 @@ impl Broker {
             let Ok(h) = self.topic_handle(&topic) else {
                 continue;
             };
-            for p in &h.partitions {
+            for p in h.partitions.values() {
                 let tp = crate::group::Tp::new(topic.clone(), p.index);
                 let hw = p.high_watermark();
                 let committed = offsets.get(&tp).map(|c| c.offset);

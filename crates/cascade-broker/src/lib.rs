@@ -17,6 +17,8 @@
 //! leadership without rewriting the request paths.
 
 pub mod broker;
+pub mod controller;
+pub mod epochs;
 pub mod error;
 pub mod fetch;
 pub mod group;
@@ -26,6 +28,9 @@ pub mod lag;
 pub mod metadata;
 pub mod partition;
 pub mod produce;
+pub mod raft;
+mod reconcile;
+pub mod replication;
 
 pub use broker::{Broker, BrokerConfig, TopicHandle};
 pub use error::{BrokerError, Result};

@@ -2,20 +2,25 @@
 //!
 //! Changes are [`MetadataCommand`]s applied by the pure [`ClusterMetadata::apply`], which
 //! validates against the current state and is deterministic: the same commands in the same order
-//! give the same state. That is the shape a replicated state machine needs, so the cluster
-//! replaces [`Metadata`]'s backend (today a file written atomically on this node) with a Raft
-//! log without touching the request paths, which only call [`Metadata::apply`],
-//! [`Metadata::snapshot`] and [`Metadata::subscribe`].
+//! give the same state. They are the entries of the metadata Raft group (`crate::raft`): the
+//! controller (Raft leader) proposes them, every node applies them in log order. The request
+//! paths only call [`Metadata::apply`] (which forwards to the controller when this node is not
+//! it), [`Metadata::snapshot`] and [`Metadata::subscribe`].
 //!
 //! Readers get immutable snapshots (`Arc<ClusterMetadata>`) from a watch channel: no lock on
 //! the request path.
 
 use crate::error::{BrokerError, Result};
+use crate::raft::{LogStore, MetaRaft, PROPOSE_TIMEOUT, StateMachine, raft_config};
+use cascade_proto::internal::ProposeRequest;
+use cascade_proto::internal::controller_client::ControllerClient;
 use cascade_types::{TopicConfig, validate_topic_name};
+use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{Mutex, watch};
 
 /// One broker of the cluster.
@@ -27,6 +32,10 @@ pub struct BrokerInfo {
     pub grpc_addr: String,
     /// Where its HTTP listener is, if any.
     pub http_addr: String,
+    /// Fenced by the controller: it missed its heartbeats, so it leads nothing and is in no
+    /// in-sync set until it is back.
+    #[serde(default)]
+    pub fenced: bool,
 }
 
 /// Where a partition lives.
@@ -39,6 +48,28 @@ pub struct PartitionAssignment {
     /// Bumped on every leader change.
     pub leader_epoch: i32,
     /// Replicas caught up with the leader.
+    pub isr: Vec<u32>,
+    /// Bumped on every change of leader or in-sync set: changes proposed against an older
+    /// value are stale and refused (compare-and-set).
+    #[serde(default)]
+    pub partition_epoch: i32,
+}
+
+/// One partition's new leader and in-sync set, proposed against the state it was computed
+/// from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionUpdate {
+    /// Topic.
+    pub topic: String,
+    /// Topic id, so an update never lands on a re-created topic.
+    pub topic_id: String,
+    /// Partition.
+    pub partition: u32,
+    /// The partition epoch the update was computed from.
+    pub expected_partition_epoch: i32,
+    /// New leader (0: none).
+    pub leader: u32,
+    /// New in-sync set.
     pub isr: Vec<u32>,
 }
 
@@ -68,8 +99,6 @@ pub struct ClusterMetadata {
     pub cluster_id: String,
     /// Bumped by every applied command.
     pub version: u64,
-    /// The controller (the node that applies commands).
-    pub controller_id: u32,
     /// Known brokers by id.
     pub brokers: BTreeMap<u32, BrokerInfo>,
     /// Topics by name.
@@ -79,8 +108,23 @@ pub struct ClusterMetadata {
 /// A change to the metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetadataCommand {
-    /// Adds or updates a broker.
+    /// Names a new cluster; only the first one counts.
+    InitCluster {
+        /// The id.
+        cluster_id: String,
+    },
+    /// Adds or updates a broker (a registering broker is unfenced).
     RegisterBroker(BrokerInfo),
+    /// Fences or unfences a broker (the controller's liveness verdict).
+    SetFenced {
+        /// The broker.
+        node_id: u32,
+        /// Fenced?
+        fenced: bool,
+    },
+    /// Changes leaders and in-sync sets. Each update applies only if its expected partition
+    /// epoch is current; stale ones are skipped.
+    UpdatePartitions(Vec<PartitionUpdate>),
     /// Creates a topic; the id and time are chosen by the proposer so replay is deterministic.
     CreateTopic {
         /// Name.
@@ -130,20 +174,38 @@ impl ClusterMetadata {
             .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))
     }
 
+    /// Brokers not fenced, by id.
+    pub fn live_brokers(&self) -> Vec<u32> {
+        self.brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .map(|b| b.node_id)
+            .collect()
+    }
+
+    /// The assignment of one partition.
+    pub fn assignment(&self, topic: &str, partition: u32) -> Option<&PartitionAssignment> {
+        self.topics.get(topic)?.partitions.get(partition as usize)
+    }
+
     /// Places `count` partitions starting at `first` over the brokers, spreading leaders
     /// round-robin so each broker leads about the same number.
     fn place(&self, first: u32, count: u32, rf: u32) -> Vec<PartitionAssignment> {
-        let ids: Vec<u32> = self.brokers.keys().copied().collect();
+        let ids = self.live_brokers();
+        // Start where the previous topics left off, so leaders of many small topics spread
+        // over the brokers too (deterministic: it depends only on the state).
+        let offset: usize = self.topics.values().map(|t| t.partitions.len()).sum();
         (first..first + count)
             .map(|p| {
                 let replicas: Vec<u32> = (0..rf)
-                    .map(|r| ids[(p as usize + r as usize) % ids.len()])
+                    .map(|r| ids[(offset + p as usize + r as usize) % ids.len()])
                     .collect();
                 PartitionAssignment {
                     leader: replicas[0],
                     leader_epoch: 0,
                     isr: replicas.clone(),
                     replicas,
+                    partition_epoch: 0,
                 }
             })
             .collect()
@@ -152,8 +214,47 @@ impl ClusterMetadata {
     /// Validates `cmd` against the current state and applies it; on error nothing changes.
     pub fn apply(&mut self, cmd: &MetadataCommand) -> Result<()> {
         match cmd {
+            MetadataCommand::InitCluster { cluster_id } => {
+                if self.cluster_id.is_empty() {
+                    self.cluster_id = cluster_id.clone();
+                }
+            }
             MetadataCommand::RegisterBroker(b) => {
-                self.brokers.insert(b.node_id, b.clone());
+                let mut b = b.clone();
+                b.fenced = false;
+                self.brokers.insert(b.node_id, b);
+            }
+            MetadataCommand::SetFenced { node_id, fenced } => {
+                let b = self.brokers.get_mut(node_id).ok_or_else(|| {
+                    BrokerError::InvalidRequest(format!("unknown broker {node_id}"))
+                })?;
+                b.fenced = *fenced;
+            }
+            MetadataCommand::UpdatePartitions(updates) => {
+                for u in updates {
+                    let Some(t) = self.topics.get_mut(&u.topic) else {
+                        continue;
+                    };
+                    if t.id != u.topic_id {
+                        continue;
+                    }
+                    let Some(a) = t.partitions.get_mut(u.partition as usize) else {
+                        continue;
+                    };
+                    if a.partition_epoch != u.expected_partition_epoch
+                        || u.isr.iter().any(|r| !a.replicas.contains(r))
+                        || (u.leader != 0 && !u.isr.contains(&u.leader))
+                        || u.isr.is_empty()
+                    {
+                        continue;
+                    }
+                    if a.leader != u.leader {
+                        a.leader_epoch += 1;
+                    }
+                    a.leader = u.leader;
+                    a.isr = u.isr.clone();
+                    a.partition_epoch += 1;
+                }
             }
             MetadataCommand::CreateTopic {
                 name,
@@ -169,10 +270,10 @@ impl ClusterMetadata {
                     return Err(BrokerError::TopicExists(name.clone()));
                 }
                 check_partitions(*partitions)?;
-                let brokers = self.brokers.len() as u32;
+                let brokers = self.live_brokers().len() as u32;
                 if *replication_factor == 0 || *replication_factor > brokers {
                     return Err(BrokerError::InvalidReplicationFactor(format!(
-                        "replication factor must be between 1 and the number of brokers ({brokers}), got {replication_factor}"
+                        "replication factor must be between 1 and the number of live brokers ({brokers}), got {replication_factor}"
                     )));
                 }
                 if config.min_insync_replicas > *replication_factor {
@@ -214,6 +315,12 @@ impl ClusterMetadata {
                 }
                 check_partitions(*total)?;
                 let rf = t.replication_factor;
+                if rf as usize > self.live_brokers().len() {
+                    return Err(BrokerError::InvalidReplicationFactor(format!(
+                        "topic {name:?} has replication factor {rf} but only {} brokers are live",
+                        self.live_brokers().len()
+                    )));
+                }
                 let more = self.place(current, total - current, rf);
                 self.topics
                     .get_mut(name)
@@ -250,64 +357,212 @@ fn check_partitions(n: u32) -> Result<()> {
 }
 
 /// The metadata of this node's cluster: apply commands, read snapshots, watch changes.
-#[derive(Debug)]
+///
+/// Backed by the metadata Raft group: [`Metadata::apply`] proposes through the controller and
+/// returns once this node has applied the command, so a caller that applied something reads
+/// it back from [`Metadata::snapshot`] at once.
 pub struct Metadata {
-    path: PathBuf,
-    /// Serializes writers; readers use the watch channel.
-    write: Mutex<()>,
-    tx: watch::Sender<Arc<ClusterMetadata>>,
+    node_id: u32,
+    raft: MetaRaft,
+    sm: StateMachine,
+    /// Serializes local proposals so each is validated against the state its predecessors left.
+    propose: Mutex<()>,
+}
+
+impl std::fmt::Debug for Metadata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metadata")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn raft_err(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Metadata(format!("metadata Raft: {e}"))
 }
 
 impl Metadata {
-    /// Loads the metadata kept in `dir`, or starts a new cluster there, and registers `node`.
-    pub async fn open(dir: &Path, node: BrokerInfo) -> Result<Self> {
-        let path = dir.join("cluster.json");
-        std::fs::create_dir_all(dir).map_err(|e| meta_err(dir, "create", e))?;
-        let state = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<ClusterMetadata>(&bytes).map_err(|e| {
-                BrokerError::Metadata(format!("{} is not valid metadata: {e}", path.display()))
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ClusterMetadata {
-                cluster_id: uuid::Uuid::new_v4().simple().to_string()[..22].to_string(),
-                controller_id: node.node_id,
-                ..Default::default()
+    /// Opens this node's Raft storage in `dir` and starts its Raft node. The node does nothing
+    /// useful until it is part of a cluster: see [`Metadata::bootstrap`] and
+    /// [`Metadata::join`].
+    pub async fn open(dir: &Path, node_id: u32) -> Result<Self> {
+        let raft_dir = dir.join("raft");
+        let log = LogStore::open(&raft_dir).map_err(|e| meta_err(&raft_dir, "open", e))?;
+        let sm = StateMachine::open(&raft_dir).map_err(|e| meta_err(&raft_dir, "open", e))?;
+        let raft = MetaRaft::new(
+            u64::from(node_id),
+            raft_config(),
+            crate::raft::network::Network,
+            log,
+            sm.clone(),
+        )
+        .await
+        .map_err(raft_err)?;
+        Ok(Self {
+            node_id,
+            raft,
+            sm,
+            propose: Mutex::new(()),
+        })
+    }
+
+    /// True if this node already belongs to a cluster (it has Raft state).
+    pub async fn is_member(&self) -> Result<bool> {
+        self.raft.is_initialized().await.map_err(raft_err)
+    }
+
+    /// Starts a new cluster with this node as its only voter.
+    pub async fn bootstrap(&self, grpc_addr: &str) -> Result<()> {
+        let mut members = BTreeMap::new();
+        members.insert(
+            u64::from(self.node_id),
+            BasicNode {
+                addr: grpc_addr.to_string(),
             },
-            Err(e) => return Err(meta_err(&path, "read", e)),
-        };
-        let (tx, _) = watch::channel(Arc::new(state));
-        let meta = Self {
-            path,
-            write: Mutex::new(()),
-            tx,
-        };
-        meta.apply(MetadataCommand::RegisterBroker(node)).await?;
-        Ok(meta)
+        );
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::InitializeError::NotAllowed(_),
+            )) => Ok(()),
+            Err(e) => Err(raft_err(e)),
+        }
+    }
+
+    /// The Raft node.
+    pub fn raft(&self) -> &MetaRaft {
+        &self.raft
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> u32 {
+        self.node_id
+    }
+
+    /// The controller (Raft leader) as far as this node knows.
+    pub fn controller_id(&self) -> Option<u32> {
+        self.raft
+            .metrics()
+            .borrow()
+            .current_leader
+            .map(|id| id as u32)
+    }
+
+    /// True if this node is the controller.
+    pub fn is_controller(&self) -> bool {
+        self.controller_id() == Some(self.node_id)
+    }
+
+    /// The gRPC address of a member of the Raft group.
+    pub fn member_addr(&self, node_id: u32) -> Option<String> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .nodes()
+            .find(|(id, _)| **id == u64::from(node_id))
+            .map(|(_, n)| n.addr.clone())
+    }
+
+    /// Voters of the Raft group.
+    pub fn voters(&self) -> Vec<u32> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .voter_ids()
+            .map(|id| id as u32)
+            .collect()
     }
 
     /// The current metadata.
     pub fn snapshot(&self) -> Arc<ClusterMetadata> {
-        self.tx.borrow().clone()
+        self.sm.current()
     }
 
     /// A receiver that sees every new version.
     pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterMetadata>> {
-        self.tx.subscribe()
+        self.sm.subscribe()
     }
 
-    /// Applies `cmd`, makes the result durable, then publishes it.
+    /// Waits until this node has applied metadata version `version` (bounded).
+    pub async fn wait_for_version(&self, version: u64) -> Result<Arc<ClusterMetadata>> {
+        let mut rx = self.subscribe();
+        let r = tokio::time::timeout(PROPOSE_TIMEOUT, rx.wait_for(|m| m.version >= version)).await;
+        match r {
+            Ok(Ok(m)) => Ok(m.clone()),
+            _ => Err(BrokerError::Timeout(PROPOSE_TIMEOUT.as_millis() as u64)),
+        }
+    }
+
+    /// Applies `cmd` through the controller and returns the metadata once this node has
+    /// applied it. Validation errors come back typed when this node can see them itself.
     pub async fn apply(&self, cmd: MetadataCommand) -> Result<Arc<ClusterMetadata>> {
-        let _guard = self.write.lock().await;
-        let mut next = (*self.snapshot()).clone();
-        next.apply(&cmd)?;
-        let bytes = serde_json::to_vec_pretty(&next)
-            .map_err(|e| BrokerError::Metadata(format!("encoding metadata: {e}")))?;
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
+        // Check locally first: the common refusals (exists, unknown, bad factor) come back
+        // with their precise error without a round trip.
+        let mut dry = (*self.snapshot()).clone();
+        dry.apply(&cmd)?;
+        let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
+        loop {
+            let r = match self.controller_id() {
+                Some(c) if c == self.node_id => self.propose_local(cmd.clone()).await,
+                Some(c) => self.forward(c, &cmd).await,
+                None => Err(BrokerError::NoController(
+                    "no controller elected yet".into(),
+                )),
+            };
+            match r {
+                Ok(version) => return self.wait_for_version(version).await,
+                Err(e @ (BrokerError::NoController(_) | BrokerError::NotLeader { .. }))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(error = %e, "metadata proposal: retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn forward(&self, controller: u32, cmd: &MetadataCommand) -> Result<u64> {
+        let addr = self.member_addr(controller).ok_or_else(|| {
+            BrokerError::NoController(format!("controller {controller} has no known address"))
+        })?;
+        let channel = crate::raft::network::channel(&addr)
+            .map_err(|e| BrokerError::NoController(format!("{addr}: {e}")))?;
+        let mut client = ControllerClient::new(channel);
+        let json = serde_json::to_vec(cmd)
+            .map_err(|e| BrokerError::Metadata(format!("encoding command: {e}")))?;
+        let mut req = tonic::Request::new(ProposeRequest {
+            command_json: json.into(),
+        });
+        req.set_timeout(PROPOSE_TIMEOUT);
+        match client.propose(req).await {
+            Ok(r) => Ok(r.into_inner().version),
+            Err(s) => Err(BrokerError::from_remote(&s)),
+        }
+    }
+
+    /// Proposes `cmd` on this node, which must be the controller; returns the version after it.
+    pub async fn propose_local(&self, cmd: MetadataCommand) -> Result<u64> {
+        let _guard = self.propose.lock().await;
+        let mut dry = (*self.snapshot()).clone();
+        dry.apply(&cmd)?;
+        let r = tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(cmd))
             .await
-            .map_err(|e| BrokerError::Metadata(format!("metadata writer panicked: {e}")))??;
-        let next = Arc::new(next);
-        self.tx.send_replace(next.clone());
-        Ok(next)
+            .map_err(|_| BrokerError::Timeout(PROPOSE_TIMEOUT.as_millis() as u64))?;
+        match r {
+            Ok(resp) => match resp.data.error {
+                None => Ok(resp.data.version),
+                Some(e) => Err(BrokerError::InvalidRequest(e)),
+            },
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::ClientWriteError::ForwardToLeader(f),
+            )) => Err(BrokerError::NoController(format!(
+                "this node is no longer the controller (now {:?})",
+                f.leader_id
+            ))),
+            Err(e) => Err(raft_err(e)),
+        }
     }
 }
 
@@ -341,6 +596,7 @@ mod tests {
                 node_id: id,
                 grpc_addr: format!("n{id}:50051"),
                 http_addr: String::new(),
+                fenced: false,
             }))
             .unwrap();
         }
@@ -396,20 +652,82 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn survives_reopen() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn survives_reopen_through_raft() {
         let dir = tempfile::tempdir().unwrap();
         let node = BrokerInfo {
             node_id: 1,
-            grpc_addr: "a".into(),
+            grpc_addr: "127.0.0.1:1".into(),
             http_addr: "b".into(),
+            fenced: false,
         };
-        let m = Metadata::open(dir.path(), node.clone()).await.unwrap();
+        let m = Metadata::open(dir.path(), 1).await.unwrap();
+        assert!(!m.is_member().await.unwrap());
+        m.bootstrap(&node.grpc_addr).await.unwrap();
+        m.apply(MetadataCommand::RegisterBroker(node.clone()))
+            .await
+            .unwrap();
+        m.apply(MetadataCommand::InitCluster {
+            cluster_id: "c1".into(),
+        })
+        .await
+        .unwrap();
         m.apply(create("t", 3, 1)).await.unwrap();
-        let id = m.snapshot().cluster_id.clone();
+        let err = m.apply(create("t", 3, 1)).await.unwrap_err();
+        assert!(matches!(err, BrokerError::TopicExists(_)), "{err}");
+        let version = m.snapshot().version;
+        m.raft().shutdown().await.unwrap();
         drop(m);
-        let m = Metadata::open(dir.path(), node).await.unwrap();
-        assert_eq!(m.snapshot().cluster_id, id);
-        assert_eq!(m.snapshot().topics["t"].partitions.len(), 3);
+        let m = Metadata::open(dir.path(), 1).await.unwrap();
+        assert!(m.is_member().await.unwrap());
+        // The state comes back once the log is re-applied (after the node leads again).
+        let snap = m.wait_for_version(version).await.unwrap();
+        assert_eq!(snap.cluster_id, "c1");
+        assert_eq!(snap.topics["t"].partitions.len(), 3);
+        m.raft().shutdown().await.unwrap();
+    }
+
+    #[test]
+    fn fencing_and_partition_updates_are_compare_and_set() {
+        let mut m = two_brokers();
+        m.apply(&create("t", 2, 2)).unwrap();
+        let a = m.topics["t"].partitions[0].clone();
+        let upd = |expected, leader, isr: Vec<u32>| {
+            MetadataCommand::UpdatePartitions(vec![PartitionUpdate {
+                topic: "t".into(),
+                topic_id: "id".into(),
+                partition: 0,
+                expected_partition_epoch: expected,
+                leader,
+                isr,
+            }])
+        };
+        let other = if a.leader == 1 { 2 } else { 1 };
+        m.apply(&upd(0, other, vec![other])).unwrap();
+        let b = &m.topics["t"].partitions[0];
+        assert_eq!((b.leader, b.leader_epoch, b.partition_epoch), (other, 1, 1));
+        // Stale: skipped, nothing changes.
+        let before = m.topics.clone();
+        m.apply(&upd(0, a.leader, vec![a.leader])).unwrap();
+        // A leader outside the in-sync set, or a replica that is not one, is refused.
+        m.apply(&upd(1, a.leader, vec![other])).unwrap();
+        m.apply(&upd(1, other, vec![other, 9])).unwrap();
+        assert_eq!(m.topics, before);
+        // ISR-only change keeps the leader epoch.
+        m.apply(&upd(1, other, vec![1, 2])).unwrap();
+        let c = &m.topics["t"].partitions[0];
+        assert_eq!(
+            (c.leader_epoch, c.partition_epoch, c.isr.clone()),
+            (1, 2, vec![1, 2])
+        );
+        // A fenced broker gets no new replicas.
+        m.apply(&MetadataCommand::SetFenced {
+            node_id: 2,
+            fenced: true,
+        })
+        .unwrap();
+        assert!(m.apply(&create("u", 1, 2)).is_err());
+        m.apply(&create("u", 2, 1)).unwrap();
+        assert!(m.topics["u"].partitions.iter().all(|p| p.leader == 1));
     }
 }

@@ -1,24 +1,38 @@
-//! [`Partition`]: one partition's log behind a single-writer actor thread.
+//! [`Partition`]: one replica of a partition — its log behind a single-writer actor thread,
+//! its role (leader, follower) and, on the leader, the replication state that moves the high
+//! watermark.
 //!
-//! The actor thread owns the [`Log`] and is the only code that writes it. Producers send
-//! [`Command::Append`] through a bounded channel (backpressure) and wait on a oneshot. The actor
-//! takes the first command, drains whatever else is already queued (up to a bound), appends them
-//! all with one `pwrite` each, then makes them durable with **one** fsync (group commit) and only
-//! then answers them all. A dedicated thread, not an async task, because every step is blocking
-//! file IO and the loop never waits on anything but its channel.
+//! The actor thread owns the [`Log`] and the [`EpochCache`] and is the only code that writes
+//! them. Producers send [`Command::Append`] through a bounded channel (backpressure) and wait
+//! on a oneshot. The actor takes the first command, drains whatever else is already queued (up
+//! to a bound), appends them all with one `pwrite` each, then makes them durable with **one**
+//! fsync (group commit) and only then answers them all. A dedicated thread, not an async task,
+//! because every step is blocking file IO and the loop never waits on anything but its channel.
 //!
-//! Readers never go through the actor: they use the shared [`LogReader`] directly and learn
-//! about new data from the high-watermark watch channel, which the actor advances after each
-//! group. Under `flush=always` the high watermark is the durable offset, so a consumer never
-//! sees an event that a power loss could take back.
+//! Roles change through the same channel ([`Command::BecomeLeader`], `BecomeFollower`), so no
+//! leader append can slip in after the replica stopped leading: an append carries the epoch it
+//! was accepted under and the actor refuses it if that is no longer its epoch. The leader
+//! stamps its epoch into every batch it appends.
+//!
+//! High watermark (what consumers may read): on the leader, the smallest *acknowledged end*
+//! over the in-sync replicas — its own durable end (or end under `flush=never|interval`) and,
+//! for each follower, the offset it last fetched from (a follower fetches from offset N only
+//! once everything below N is durable on it). On a follower, the leader's high watermark capped
+//! by its own end. It never moves backwards while the replica keeps its role.
+//!
+//! Readers never go through the actor: they use the shared [`LogReader`] and learn about new
+//! data from watch channels.
 
+use crate::epochs::EpochCache;
 use crate::error::{BrokerError, Result};
 use cascade_log::{AppendInfo, FlushPolicy, Log, LogConfig, LogError, LogReader};
+use cascade_record::BatchHeader;
 use cascade_types::{FlushMode, TopicConfig};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Commands queued per partition before producers wait.
@@ -28,9 +42,33 @@ const MAX_GROUP: usize = 512;
 
 /// Requests to a partition's actor.
 pub(crate) enum Command {
+    /// A leader append under `epoch`.
     Append {
         batches: Vec<u8>,
+        epoch: i32,
         reply: oneshot::Sender<Result<AppendInfo>>,
+    },
+    /// A follower's copy of the leader's batches (offsets kept).
+    AppendReplicated {
+        batches: Vec<u8>,
+        reply: oneshot::Sender<Result<AppendInfo>>,
+    },
+    /// Start leading at `epoch`.
+    BecomeLeader {
+        epoch: i32,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Stop leading (appends are refused from now on).
+    BecomeFollower { reply: oneshot::Sender<Result<()>> },
+    /// Cut the log at `offset` (a divergent suffix).
+    Truncate {
+        offset: u64,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    /// Drop everything and restart empty at `start`.
+    TruncateFully {
+        start: u64,
+        reply: oneshot::Sender<Result<()>>,
     },
     /// Periodic housekeeping: interval flush, retention.
     Maintain { retention: bool },
@@ -62,41 +100,157 @@ pub fn log_config(c: &TopicConfig) -> LogConfig {
     }
 }
 
-/// A running partition: the handle producers, fetchers and admin use.
+/// A replica's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Not serving (just opened, or the partition has no leader).
+    Idle,
+    /// Leading at this epoch.
+    Leader {
+        /// The leader epoch.
+        epoch: i32,
+    },
+    /// Following `leader` at this epoch.
+    Follower {
+        /// The leader's node id (0: none).
+        leader: u32,
+        /// The leader epoch.
+        epoch: i32,
+    },
+}
+
+/// What the leader knows of one follower.
+#[derive(Debug, Clone, Copy)]
+pub struct FollowerProgress {
+    /// Everything below this is durable on the follower.
+    pub end: u64,
+    /// When it last fetched.
+    pub last_fetch: Instant,
+    /// The leader's end offset when it last fetched.
+    pub leader_end_at_last_fetch: u64,
+    /// Last time it had everything the leader had (Kafka's lastCaughtUpTime).
+    pub last_caught_up: Instant,
+}
+
+/// Replication state shared by the produce path, the fetch handlers and the actor.
+#[derive(Debug)]
+pub struct ReplState {
+    /// This node.
+    pub node_id: u32,
+    /// Role.
+    pub role: Role,
+    /// Replicas of the partition (from the metadata).
+    pub replicas: Vec<u32>,
+    /// In-sync replicas (from the metadata).
+    pub isr: Vec<u32>,
+    /// Follower progress (leader only).
+    pub followers: HashMap<u32, FollowerProgress>,
+    /// The leader's high watermark as last heard (follower only).
+    pub leader_hw: u64,
+    /// This replica's acknowledged end: durable end under `flush=always`, else the end.
+    pub local_end: u64,
+    /// An ISR change is in flight (leader only), so it is not proposed twice.
+    pub isr_change_pending: bool,
+}
+
+impl ReplState {
+    /// The high watermark these facts allow.
+    pub fn compute_hw(&self) -> u64 {
+        match self.role {
+            Role::Leader { .. } => self
+                .isr
+                .iter()
+                .filter(|&&r| r != self.node_id)
+                .map(|r| self.followers.get(r).map(|f| f.end).unwrap_or(0))
+                .fold(self.local_end, u64::min),
+            Role::Follower { .. } => self.leader_hw.min(self.local_end),
+            Role::Idle => 0,
+        }
+    }
+}
+
+/// A running partition replica: the handle producers, fetchers, replication and admin use.
 #[derive(Debug)]
 pub struct Partition {
     /// Topic name.
     pub topic: Arc<str>,
+    /// Topic id.
+    pub topic_id: Arc<str>,
     /// Partition number.
     pub index: u32,
     dir: PathBuf,
     tx: mpsc::Sender<Command>,
     reader: LogReader,
+    hw_tx: watch::Sender<u64>,
     hw: watch::Receiver<u64>,
+    /// The acknowledged end (see [`ReplState::local_end`]), for followers' long polls.
+    end: watch::Receiver<u64>,
+    role_tx: watch::Sender<Role>,
+    repl: Arc<Mutex<ReplState>>,
+    epochs: Arc<Mutex<EpochCache>>,
+    min_insync: Mutex<u32>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Partition {
     /// Opens (recovering if needed) the log in `dir` and starts its actor thread. Blocking.
-    pub fn open(topic: Arc<str>, index: u32, dir: &Path, config: &TopicConfig) -> Result<Self> {
+    /// The replica starts [`Role::Idle`]; a single-node or fresh partition becomes leader
+    /// through [`Partition::become_leader`].
+    pub fn open(
+        topic: Arc<str>,
+        topic_id: Arc<str>,
+        index: u32,
+        node_id: u32,
+        dir: &Path,
+        config: &TopicConfig,
+    ) -> Result<Self> {
         let log_cfg = log_config(config);
         let log = Log::open(dir, log_cfg)?;
+        let epochs = Arc::new(Mutex::new(EpochCache::load(dir, log.end_offset())?));
         let reader = log.reader();
-        let (hw_tx, hw) = watch::channel(high_watermark(&log));
+        let local_end = acknowledged_end(&log);
+        let (hw_tx, hw) = watch::channel(0);
+        let (end_tx, end) = watch::channel(local_end);
+        let (role_tx, _) = watch::channel(Role::Idle);
+        let repl = Arc::new(Mutex::new(ReplState {
+            node_id,
+            role: Role::Idle,
+            replicas: vec![node_id],
+            isr: vec![node_id],
+            followers: HashMap::new(),
+            leader_hw: 0,
+            local_end,
+            isr_change_pending: false,
+        }));
         let (tx, rx) = mpsc::channel(QUEUE);
         let name = format!("p-{topic}-{index}");
-        let dir_owned = dir.to_path_buf();
+        let actor = Actor {
+            log,
+            dir: dir.to_path_buf(),
+            epochs: epochs.clone(),
+            leader_epoch: None,
+            repl: repl.clone(),
+            hw_tx: hw_tx.clone(),
+            end_tx,
+        };
         let thread = std::thread::Builder::new()
             .name(name.chars().take(15).collect())
-            .spawn(move || run(log, dir_owned, rx, hw_tx))
+            .spawn(move || actor.run(rx))
             .map_err(|e| BrokerError::Metadata(format!("cannot start partition thread: {e}")))?;
         Ok(Self {
             topic,
+            topic_id,
             index,
             dir: dir.to_path_buf(),
             tx,
             reader,
+            hw_tx,
             hw,
+            end,
+            role_tx,
+            repl,
+            epochs,
+            min_insync: Mutex::new(config.min_insync_replicas),
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -121,24 +275,231 @@ impl Partition {
         self.hw.clone()
     }
 
-    /// Appends batches (offsets assigned by the log) and waits for the result, which comes
-    /// after the fsync under `flush=always`.
-    pub async fn append(&self, batches: Vec<u8>) -> Result<AppendInfo> {
+    /// A receiver of the acknowledged end offset.
+    pub fn watch_end(&self) -> watch::Receiver<u64> {
+        self.end.clone()
+    }
+
+    /// A receiver of role changes.
+    pub fn watch_role(&self) -> watch::Receiver<Role> {
+        self.role_tx.subscribe()
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        self.lock_repl().role
+    }
+
+    /// Locks the replication state.
+    pub fn lock_repl(&self) -> std::sync::MutexGuard<'_, ReplState> {
+        self.repl.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The leader epoch cache.
+    pub fn epochs(&self) -> std::sync::MutexGuard<'_, EpochCache> {
+        self.epochs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Recomputes the high watermark from the replication state and publishes it if it grew.
+    pub fn update_hw(&self) {
+        let hw = self.lock_repl().compute_hw();
+        publish_hw(&self.hw_tx, hw);
+    }
+
+    /// The leader epoch if this replica leads, else `NotLeader`.
+    pub fn leader_epoch(&self) -> Result<i32> {
+        match self.role() {
+            Role::Leader { epoch } => Ok(epoch),
+            Role::Follower { .. } => Err(self.not_leader()),
+            Role::Idle => Err(BrokerError::LeaderNotAvailable {
+                topic: self.topic.to_string(),
+                partition: self.index,
+            }),
+        }
+    }
+
+    fn not_leader(&self) -> BrokerError {
+        BrokerError::NotLeader {
+            node: self.lock_repl().node_id,
+            topic: self.topic.to_string(),
+            partition: self.index,
+            leader: None,
+        }
+    }
+
+    /// The topic's `min.insync.replicas`.
+    pub fn min_insync(&self) -> u32 {
+        *self.min_insync.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command) -> Result<T> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Append { batches, reply })
+            .send(make(reply))
             .await
             .map_err(|_| BrokerError::ShuttingDown)?;
         rx.await.map_err(|_| BrokerError::ShuttingDown)?
     }
 
+    /// Appends batches as leader (offsets assigned by the log) and waits for the local result,
+    /// which comes after the fsync under `flush=always` (`acks=leader`).
+    pub async fn append_local(&self, batches: Vec<u8>) -> Result<AppendInfo> {
+        let epoch = self.leader_epoch()?;
+        match self
+            .call(|reply| Command::Append {
+                batches,
+                epoch,
+                reply,
+            })
+            .await
+        {
+            Err(BrokerError::NotLeader { .. }) => Err(self.not_leader()),
+            r => r,
+        }
+    }
+
+    /// Appends batches and waits until every in-sync replica has them (`acks=all`): refused
+    /// up front when the in-sync set is smaller than `min.insync.replicas`, and reported as
+    /// not acknowledged if it shrank below it while waiting or this replica stopped leading.
+    pub async fn append(&self, batches: Vec<u8>) -> Result<AppendInfo> {
+        self.check_min_isr(false)?;
+        let info = self.append_local(batches).await?;
+        self.wait_replicated(info.last_offset + 1).await?;
+        Ok(info)
+    }
+
+    fn check_min_isr(&self, after_append: bool) -> Result<()> {
+        let min = self.min_insync();
+        let isr = self.lock_repl().isr.len();
+        if (isr as u32) < min {
+            return Err(BrokerError::NotEnoughReplicas {
+                topic: self.topic.to_string(),
+                partition: self.index,
+                isr,
+                min,
+                after_append,
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits until the high watermark reaches `offset` while this replica leads.
+    async fn wait_replicated(&self, offset: u64) -> Result<()> {
+        let epoch = self.leader_epoch()?;
+        let mut hw = self.hw.clone();
+        let mut role = self.role_tx.subscribe();
+        loop {
+            if *hw.borrow_and_update() >= offset {
+                return self.check_min_isr(true);
+            }
+            if *role.borrow_and_update() != (Role::Leader { epoch }) {
+                return Err(self.not_leader());
+            }
+            tokio::select! {
+                r = hw.changed() => r.map_err(|_| BrokerError::ShuttingDown)?,
+                r = role.changed() => r.map_err(|_| BrokerError::ShuttingDown)?,
+            }
+        }
+    }
+
     /// Queues an append without waiting for its result (`acks=none`).
     pub async fn append_detached(&self, batches: Vec<u8>) -> Result<()> {
+        let epoch = self.leader_epoch()?;
         let (reply, _) = oneshot::channel();
         self.tx
-            .send(Command::Append { batches, reply })
+            .send(Command::Append {
+                batches,
+                epoch,
+                reply,
+            })
             .await
             .map_err(|_| BrokerError::ShuttingDown)
+    }
+
+    /// Appends a leader's batches as a follower.
+    pub async fn append_replicated(&self, batches: Vec<u8>) -> Result<AppendInfo> {
+        self.call(|reply| Command::AppendReplicated { batches, reply })
+            .await
+    }
+
+    /// Cuts the log at `offset`; returns the new end.
+    pub async fn truncate(&self, offset: u64) -> Result<u64> {
+        self.call(|reply| Command::Truncate { offset, reply }).await
+    }
+
+    /// Empties the log, restarting it at `start`.
+    pub async fn truncate_fully(&self, start: u64) -> Result<()> {
+        self.call(|reply| Command::TruncateFully { start, reply })
+            .await
+    }
+
+    /// Takes the leader role at `epoch` with the given replicas and in-sync set.
+    pub async fn become_leader(&self, epoch: i32, replicas: Vec<u32>, isr: Vec<u32>) -> Result<()> {
+        self.call(|reply| Command::BecomeLeader { epoch, reply })
+            .await?;
+        {
+            let mut r = self.lock_repl();
+            let now = Instant::now();
+            // Followers get a grace period: they are caught up until proven otherwise.
+            r.followers = replicas
+                .iter()
+                .filter(|&&id| id != r.node_id)
+                .map(|&id| {
+                    (
+                        id,
+                        FollowerProgress {
+                            end: 0,
+                            last_fetch: now,
+                            leader_end_at_last_fetch: 0,
+                            last_caught_up: now,
+                        },
+                    )
+                })
+                .collect();
+            r.role = Role::Leader { epoch };
+            r.replicas = replicas;
+            r.isr = isr;
+            r.isr_change_pending = false;
+        }
+        self.role_tx.send_replace(Role::Leader { epoch });
+        self.update_hw();
+        Ok(())
+    }
+
+    /// Takes the follower role (appends as leader are refused from now on).
+    pub async fn become_follower(
+        &self,
+        leader: u32,
+        epoch: i32,
+        replicas: Vec<u32>,
+        isr: Vec<u32>,
+    ) -> Result<()> {
+        self.call(|reply| Command::BecomeFollower { reply }).await?;
+        let role = if leader == 0 {
+            Role::Idle
+        } else {
+            Role::Follower { leader, epoch }
+        };
+        {
+            let mut r = self.lock_repl();
+            r.role = role;
+            r.replicas = replicas;
+            r.isr = isr;
+            r.followers.clear();
+        }
+        self.role_tx.send_replace(role);
+        Ok(())
+    }
+
+    /// Takes a new in-sync set or replica list from the metadata without a role change.
+    pub fn set_isr(&self, replicas: Vec<u32>, isr: Vec<u32>) {
+        {
+            let mut r = self.lock_repl();
+            r.replicas = replicas;
+            r.isr = isr;
+            r.isr_change_pending = false;
+        }
+        self.update_hw();
     }
 
     /// Asks for housekeeping; never waits (skipped if the queue is full).
@@ -148,15 +509,10 @@ impl Partition {
 
     /// Applies new settings.
     pub async fn reconfigure(&self, config: &TopicConfig) -> Result<()> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Reconfigure {
-                config: log_config(config),
-                reply,
-            })
+        *self.min_insync.lock().unwrap_or_else(|e| e.into_inner()) = config.min_insync_replicas;
+        let config = log_config(config);
+        self.call(|reply| Command::Reconfigure { config, reply })
             .await
-            .map_err(|_| BrokerError::ShuttingDown)?;
-        rx.await.map_err(|_| BrokerError::ShuttingDown)?
     }
 
     /// Flushes and closes the log (writing its clean-shutdown marker) and stops the actor.
@@ -166,6 +522,7 @@ impl Partition {
             return Ok(()); // already closed
         }
         let r = rx.await.map_err(|_| BrokerError::ShuttingDown)?;
+        self.role_tx.send_replace(Role::Idle);
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(t) = thread {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
@@ -174,7 +531,18 @@ impl Partition {
     }
 }
 
-fn high_watermark(log: &Log) -> u64 {
+fn publish_hw(tx: &watch::Sender<u64>, hw: u64) {
+    tx.send_if_modified(|cur| {
+        if hw > *cur {
+            *cur = hw;
+            true
+        } else {
+            false
+        }
+    });
+}
+
+fn acknowledged_end(log: &Log) -> u64 {
     match log.config().flush {
         FlushPolicy::Always => log.durable_offset(),
         _ => log.end_offset(),
@@ -188,77 +556,190 @@ fn storage_failure(log: &Log, e: &LogError) -> BrokerError {
     })
 }
 
-/// The actor loop. See the module docs.
-fn run(mut log: Log, dir: PathBuf, mut rx: mpsc::Receiver<Command>, hw_tx: watch::Sender<u64>) {
-    let mut replies: Vec<(oneshot::Sender<Result<AppendInfo>>, Result<AppendInfo>)> =
-        Vec::with_capacity(MAX_GROUP);
-    loop {
-        let Some(first) = rx.blocking_recv() else {
-            if let Err(e) = log.close() {
-                tracing::error!(dir = %dir.display(), error = %e, "closing partition log");
-            }
-            return;
+/// Stamps `epoch` into every batch (the field is outside the CRC).
+fn stamp_epoch(batches: &mut [u8], epoch: i32) {
+    let mut at = 0;
+    while at + 61 <= batches.len() {
+        let Ok(h) = BatchHeader::parse(&batches[at..]) else {
+            return; // the log's validation reports it
         };
-        let mut next = Some(first);
-        let mut handled = 0;
-        let mut close: Option<oneshot::Sender<Result<()>>> = None;
-        while let Some(cmd) = next.take() {
-            match cmd {
-                Command::Append { mut batches, reply } => {
-                    let r = log.append(&mut batches).map_err(BrokerError::from);
-                    replies.push((reply, r));
-                }
-                Command::Maintain { retention } => {
-                    if let Err(e) = log.flush_if_due() {
-                        tracing::error!(dir = %dir.display(), error = %e, "periodic flush failed");
-                    }
-                    if retention && let Err(e) = log.apply_retention() {
-                        tracing::error!(dir = %dir.display(), error = %e, "retention failed");
-                    }
-                }
-                Command::Reconfigure { config, reply } => {
-                    let _ = reply.send(log.set_config(config).map_err(BrokerError::from));
-                }
-                Command::Close { reply } => {
-                    close = Some(reply);
-                    break;
-                }
-            }
-            handled += 1;
-            if handled < MAX_GROUP {
-                next = rx.try_recv().ok();
-            }
+        cascade_record::header::set_leader_epoch(&mut batches[at..], epoch);
+        at += h.total_len();
+    }
+}
+
+/// The epochs that start inside `batches`, with their first offsets.
+fn epochs_in(batches: &[u8]) -> Vec<(i32, u64)> {
+    let mut out: Vec<(i32, u64)> = Vec::new();
+    let mut at = 0;
+    while at < batches.len() {
+        let Ok(h) = BatchHeader::parse(&batches[at..]) else {
+            break;
+        };
+        if out.last().is_none_or(|&(e, _)| h.leader_epoch > e) {
+            out.push((h.leader_epoch, h.base_offset as u64));
         }
-        // Group commit: one fsync makes every append of this round durable.
-        if replies.iter().any(|(_, r)| r.is_ok())
-            && let Err(e) = log.flush_if_due()
-        {
-            tracing::error!(dir = %dir.display(), error = %e, "fsync failed: partition is now read-only");
-            for (_, r) in replies.iter_mut() {
-                if r.is_ok() {
-                    *r = Err(storage_failure(&log, &e));
-                }
-            }
+        at += h.total_len();
+    }
+    out
+}
+
+struct Actor {
+    log: Log,
+    dir: PathBuf,
+    epochs: Arc<Mutex<EpochCache>>,
+    leader_epoch: Option<i32>,
+    repl: Arc<Mutex<ReplState>>,
+    hw_tx: watch::Sender<u64>,
+    end_tx: watch::Sender<u64>,
+}
+
+impl Actor {
+    fn epochs(&self) -> std::sync::MutexGuard<'_, EpochCache> {
+        self.epochs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn append_replicated(&mut self, batches: &[u8]) -> Result<AppendInfo> {
+        for (epoch, start) in epochs_in(batches) {
+            self.epochs().assign(epoch, start)?;
         }
-        hw_tx.send_if_modified(|hw| {
-            let new = high_watermark(&log);
-            let changed = new != *hw;
-            *hw = new;
+        Ok(self.log.append_replicated(batches)?)
+    }
+
+    fn publish(&self) {
+        let end = acknowledged_end(&self.log);
+        let hw = {
+            let mut r = self.repl.lock().unwrap_or_else(|e| e.into_inner());
+            r.local_end = end;
+            r.compute_hw()
+        };
+        self.end_tx.send_if_modified(|e| {
+            let changed = *e != end;
+            *e = end;
             changed
         });
-        for (reply, r) in replies.drain(..) {
-            let _ = reply.send(r);
-        }
-        if let Some(reply) = close {
-            rx.close();
-            // Answer anything still queued, then close.
-            while let Ok(cmd) = rx.try_recv() {
-                if let Command::Append { reply, .. } = cmd {
-                    let _ = reply.send(Err(BrokerError::ShuttingDown));
+        publish_hw(&self.hw_tx, hw);
+    }
+
+    /// The actor loop. See the module docs.
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut replies: Vec<(oneshot::Sender<Result<AppendInfo>>, Result<AppendInfo>)> =
+            Vec::with_capacity(MAX_GROUP);
+        loop {
+            let Some(first) = rx.blocking_recv() else {
+                if let Err(e) = self.log.close() {
+                    tracing::error!(dir = %self.dir.display(), error = %e, "closing partition log");
+                }
+                return;
+            };
+            let mut next = Some(first);
+            let mut handled = 0;
+            let mut close: Option<oneshot::Sender<Result<()>>> = None;
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Command::Append {
+                        mut batches,
+                        epoch,
+                        reply,
+                    } => {
+                        let r = if self.leader_epoch == Some(epoch) {
+                            stamp_epoch(&mut batches, epoch);
+                            self.log.append(&mut batches).map_err(BrokerError::from)
+                        } else {
+                            Err(BrokerError::NotLeader {
+                                node: 0,
+                                topic: String::new(),
+                                partition: 0,
+                                leader: None,
+                            })
+                        };
+                        replies.push((reply, r));
+                    }
+                    Command::AppendReplicated { batches, reply } => {
+                        let r = self.append_replicated(&batches);
+                        replies.push((reply, r));
+                    }
+                    Command::BecomeLeader { epoch, reply } => {
+                        let end = self.log.end_offset();
+                        let r = self.epochs().assign(epoch, end);
+                        if r.is_ok() {
+                            self.leader_epoch = Some(epoch);
+                        }
+                        let _ = reply.send(r);
+                    }
+                    Command::BecomeFollower { reply } => {
+                        self.leader_epoch = None;
+                        let _ = reply.send(Ok(()));
+                    }
+                    Command::Truncate { offset, reply } => {
+                        let r = self
+                            .log
+                            .truncate_to(offset)
+                            .map_err(BrokerError::from)
+                            .and_then(|end| {
+                                self.epochs().truncate_from(end)?;
+                                Ok(end)
+                            });
+                        let _ = reply.send(r);
+                    }
+                    Command::TruncateFully { start, reply } => {
+                        let r = self
+                            .log
+                            .truncate_fully(start)
+                            .map_err(BrokerError::from)
+                            .and_then(|()| self.epochs().clear());
+                        let _ = reply.send(r);
+                    }
+                    Command::Maintain { retention } => {
+                        if let Err(e) = self.log.flush_if_due() {
+                            tracing::error!(dir = %self.dir.display(), error = %e, "periodic flush failed");
+                        }
+                        if retention && let Err(e) = self.log.apply_retention() {
+                            tracing::error!(dir = %self.dir.display(), error = %e, "retention failed");
+                        }
+                    }
+                    Command::Reconfigure { config, reply } => {
+                        let _ = reply.send(self.log.set_config(config).map_err(BrokerError::from));
+                    }
+                    Command::Close { reply } => {
+                        close = Some(reply);
+                        break;
+                    }
+                }
+                handled += 1;
+                if handled < MAX_GROUP {
+                    next = rx.try_recv().ok();
                 }
             }
-            let _ = reply.send(log.close().map_err(BrokerError::from));
-            return;
+            // Group commit: one fsync makes every append of this round durable.
+            if replies.iter().any(|(_, r)| r.is_ok())
+                && let Err(e) = self.log.flush_if_due()
+            {
+                tracing::error!(dir = %self.dir.display(), error = %e, "fsync failed: partition is now read-only");
+                for (_, r) in replies.iter_mut() {
+                    if r.is_ok() {
+                        *r = Err(storage_failure(&self.log, &e));
+                    }
+                }
+            }
+            self.publish();
+            for (reply, r) in replies.drain(..) {
+                let _ = reply.send(r);
+            }
+            if let Some(reply) = close {
+                rx.close();
+                // Answer anything still queued, then close.
+                while let Ok(cmd) = rx.try_recv() {
+                    match cmd {
+                        Command::Append { reply, .. } | Command::AppendReplicated { reply, .. } => {
+                            let _ = reply.send(Err(BrokerError::ShuttingDown));
+                        }
+                        _ => {}
+                    }
+                }
+                let _ = reply.send(self.log.close().map_err(BrokerError::from));
+                return;
+            }
         }
     }
 }

@@ -197,26 +197,34 @@ impl Broker {
                 add(p, check_sizes(topic, &batch, max).map(|_| batch));
             }
         }
-        let handle = self.topic_handle(topic)?;
         let futures = per_partition.into_iter().map(|(p, bytes)| {
-            let part = handle.partitions[p as usize].clone();
+            let part = self.partition(topic, p);
             async move {
-                let result = match bytes {
-                    Err(e) => Err(e),
-                    Ok(bytes) => match acks {
-                        Acks::None => part.append_detached(bytes).await.map(|_| None),
-                        _ => match tokio::time::timeout(timeout, part.append(bytes)).await {
-                            Ok(r) => r.map(Some),
-                            Err(_) => Err(BrokerError::Timeout(timeout.as_millis() as u64)),
-                        },
-                    },
+                let result = match (bytes, part) {
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                    (Ok(bytes), Ok(part)) => {
+                        let r = match acks {
+                            Acks::None => part.append_detached(bytes).await.map(|_| None),
+                            Acks::Leader => {
+                                match tokio::time::timeout(timeout, part.append_local(bytes)).await {
+                                    Ok(r) => r.map(Some),
+                                    Err(_) => Err(BrokerError::Timeout(timeout.as_millis() as u64)),
+                                }
+                            }
+                            Acks::All => match tokio::time::timeout(timeout, part.append(bytes)).await {
+                                Ok(r) => r.map(Some),
+                                Err(_) => Err(BrokerError::Timeout(timeout.as_millis() as u64)),
+                            },
+                        };
+                        if let Ok(Some(info)) = &r {
+                            metrics::counter!("cascade_produced_records_total", "topic" => part.topic.to_string())
+                                .increment(info.record_count);
+                            metrics::counter!("cascade_produced_bytes_total", "topic" => part.topic.to_string())
+                                .increment(info.bytes);
+                        }
+                        r
+                    }
                 };
-                if let Ok(Some(info)) = &result {
-                    metrics::counter!("cascade_produced_records_total", "topic" => part.topic.to_string())
-                        .increment(info.record_count);
-                    metrics::counter!("cascade_produced_bytes_total", "topic" => part.topic.to_string())
-                        .increment(info.bytes);
-                }
                 PartResult {
                     partition: p,
                     result,

@@ -42,6 +42,31 @@ pub struct ServerArgs {
     #[arg(long, env = "CASCADE_ADVERTISED_GRPC_ADDR")]
     pub advertised_grpc_addr: Option<String>,
 
+    /// Members of an existing cluster to join (host:port of their gRPC listeners, comma
+    /// separated). Only used when this node has no cluster state yet; without seeds a new
+    /// node bootstraps a new cluster of its own. A restarted node rejoins from its data.
+    #[arg(long, env = "CASCADE_SEEDS", value_delimiter = ',')]
+    pub seeds: Option<Vec<String>>,
+
+    /// Heartbeat interval to the controller, in milliseconds. [default: 400]
+    #[arg(long, env = "CASCADE_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+
+    /// A broker silent this long (ms) is fenced: its partitions get new leaders and it
+    /// leaves the in-sync sets until it is back. [default: 2500]
+    #[arg(long, env = "CASCADE_SESSION_TIMEOUT_MS")]
+    pub session_timeout_ms: Option<u64>,
+
+    /// A follower that has not caught up with its leader for this long (ms) leaves the
+    /// in-sync set. [default: 5000]
+    #[arg(long, env = "CASCADE_REPLICA_LAG_MAX_MS")]
+    pub replica_lag_max_ms: Option<u64>,
+
+    /// Replication factor of __consumer_offsets, capped at the live brokers when it is
+    /// created (on first use). [default: 3]
+    #[arg(long, env = "CASCADE_OFFSETS_REPLICATION_FACTOR")]
+    pub offsets_replication_factor: Option<u32>,
+
     /// Partitions of the internal __consumer_offsets topic (fixed when the node is first
     /// started). [default: 4]
     #[arg(long, env = "CASCADE_OFFSETS_PARTITIONS")]
@@ -74,11 +99,26 @@ struct FileConfig {
     retention_check_secs: Option<u64>,
     max_request_bytes: Option<usize>,
     log_format: Option<String>,
+    seeds: Option<Vec<String>>,
+    heartbeat_ms: Option<u64>,
+    session_timeout_ms: Option<u64>,
+    replica_lag_max_ms: Option<u64>,
+    offsets_replication_factor: Option<u32>,
 }
 
 /// Validated server settings.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// Cluster members to join when this node has no cluster state.
+    pub seeds: Vec<String>,
+    /// Heartbeat interval to the controller.
+    pub heartbeat: Duration,
+    /// Broker session timeout.
+    pub session_timeout: Duration,
+    /// Longest a follower may lag before leaving the in-sync set.
+    pub replica_lag_max: Duration,
+    /// Replication factor of `__consumer_offsets`.
+    pub offsets_replication_factor: u32,
     /// Data directory.
     pub data_dir: PathBuf,
     /// HTTP listener, if any.
@@ -163,7 +203,50 @@ impl ServerArgs {
         if max_request_bytes < 1024 {
             bail!("--max-request-bytes must be at least 1024");
         }
+        let seeds: Vec<String> = self
+            .seeds
+            .clone()
+            .or(file.seeds)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        for s in &seeds {
+            if !s.contains(':') {
+                bail!("--seeds entries must be host:port, got {s:?}");
+            }
+        }
+        let heartbeat = self.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(400);
+        let session = self
+            .session_timeout_ms
+            .or(file.session_timeout_ms)
+            .unwrap_or(2500);
+        if heartbeat == 0 || session < 2 * heartbeat {
+            bail!(
+                "--session-timeout-ms ({session}) must be at least twice --heartbeat-ms ({heartbeat}), which must be > 0"
+            );
+        }
+        let lag = self
+            .replica_lag_max_ms
+            .or(file.replica_lag_max_ms)
+            .unwrap_or(5000);
+        if lag < 100 {
+            bail!("--replica-lag-max-ms must be at least 100");
+        }
+        let offsets_rf = self
+            .offsets_replication_factor
+            .or(file.offsets_replication_factor)
+            .unwrap_or(3);
+        if offsets_rf == 0 {
+            bail!("--offsets-replication-factor must be at least 1");
+        }
         Ok(ServerConfig {
+            seeds,
+            heartbeat: Duration::from_millis(heartbeat),
+            session_timeout: Duration::from_millis(session),
+            replica_lag_max: Duration::from_millis(lag),
+            offsets_replication_factor: offsets_rf,
             data_dir: self
                 .data_dir
                 .clone()

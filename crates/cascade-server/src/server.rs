@@ -10,8 +10,14 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use cascade_broker::controller::ControllerService;
 use cascade_broker::grpc::{AdminService, ConsumersService, GroupsService, RecordsService};
+use cascade_broker::raft::RaftService;
+use cascade_broker::replication::ReplicationService;
 use cascade_broker::{Broker, BrokerConfig};
+use cascade_proto::internal::controller_server::ControllerServer;
+use cascade_proto::internal::raft_server::RaftServer;
+use cascade_proto::internal::replication_server::ReplicationServer;
 use cascade_proto::v1::admin_server::AdminServer;
 use cascade_proto::v1::consumers_server::ConsumersServer;
 use cascade_proto::v1::groups_server::GroupsServer;
@@ -208,7 +214,7 @@ pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
     } else {
         cfg.advertised_grpc_addr.clone()
     };
-    let broker = Broker::start(BrokerConfig {
+    let broker = Broker::open(BrokerConfig {
         data_dir: cfg.data_dir.clone(),
         node_id: cfg.node_id,
         advertised_grpc_addr: advertised,
@@ -216,10 +222,33 @@ pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
         offsets_partitions: cfg.offsets_partitions,
         retention_check_interval: cfg.retention_check,
         default_topic_config: Default::default(),
+        seeds: cfg.seeds.clone(),
+        heartbeat_interval: cfg.heartbeat,
+        session_timeout: cfg.session_timeout,
+        replica_lag_max: cfg.replica_lag_max,
+        offsets_replication_factor: cfg.offsets_replication_factor,
     })
     .await
-    .context("starting the broker")?;
+    .context("opening the broker")?;
     let max = cfg.max_request_bytes;
+    // The public API answers UNAVAILABLE (retriable) until the broker has joined its cluster
+    // and opened its partitions, and again once shutdown begins; the internal services serve
+    // from the start, because peers need them while this node joins.
+    let gate = {
+        let ready = ready.clone();
+        move |req: tonic::Request<()>| {
+            if ready.load(Ordering::SeqCst) {
+                Ok(req)
+            } else {
+                Err(cascade_proto::status(
+                    tonic::Code::Unavailable,
+                    cascade_proto::v1::ErrorCode::LeaderNotAvailable,
+                    "the node is starting or stopping",
+                ))
+            }
+        }
+    };
+    use tonic::service::interceptor::InterceptedService as Gated;
     // HTTP/2's default 64 KiB flow-control windows would stall every request or fetch larger
     // than that for a round trip; batches and fetches are routinely 100 KiB to MiBs.
     let grpc = tonic::transport::Server::builder()
@@ -227,19 +256,36 @@ pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
         .initial_connection_window_size(Some(32 << 20))
         // Larger frames than HTTP/2's 16 KiB default: a 1 MiB batch is 16 frames, not 64.
         .max_frame_size(Some(1 << 20))
-        .add_service(
+        .add_service(Gated::new(
             AdminServer::new(AdminService::new(broker.clone())).max_decoding_message_size(max),
-        )
-        .add_service(
+            gate.clone(),
+        ))
+        .add_service(Gated::new(
             RecordsServer::new(RecordsService::new(broker.clone()))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(256 << 20),
-        )
-        .add_service(
+            gate.clone(),
+        ))
+        .add_service(Gated::new(
             GroupsServer::new(GroupsService::new(broker.clone())).max_decoding_message_size(max),
-        )
-        .add_service(
+            gate.clone(),
+        ))
+        .add_service(Gated::new(
             ConsumersServer::new(ConsumersService::new(broker.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(256 << 20),
+            gate,
+        ))
+        .add_service(
+            RaftServer::new(RaftService::new(broker.metadata().raft().clone()))
+                .max_decoding_message_size(256 << 20)
+                .max_encoding_message_size(256 << 20),
+        )
+        .add_service(ControllerServer::new(ControllerService::new(
+            broker.clone(),
+        )))
+        .add_service(
+            ReplicationServer::new(ReplicationService::new(broker.clone()))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(256 << 20),
         );
@@ -258,6 +304,13 @@ pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
             .await
             .context("gRPC server")
     });
+    tokio::select! {
+        r = broker.start() => r.context("starting the broker")?,
+        _ = stop.cancelled() => {
+            broker.shutdown().await;
+            return Ok(());
+        }
+    }
     ready.store(true, Ordering::SeqCst);
     // Machine-readable line for scripts and tests that start the server on port 0.
     tracing::info!(
@@ -280,6 +333,11 @@ pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
             stop.cancel();
         }
     }
+    // Leadership moves to other in-sync replicas while this node still serves them, so clients
+    // of its partitions only retry.
+    broker
+        .hand_off_leadership(std::time::Duration::from_secs(5))
+        .await;
     ready.store(false, Ordering::SeqCst);
     broker.begin_shutdown();
     // In-flight requests get a bounded grace period: a client that keeps a connection open

@@ -163,6 +163,9 @@ fn topic_commands_in_text_and_json() {
     assert_eq!(by_name["orders"]["partitions"], 3);
     assert_eq!(by_name["orders"]["replication_factor"], 1);
     assert_eq!(by_name["orders"]["internal"], false);
+    assert!(!topic_names(&node, true).contains("__consumer_offsets"));
+    // The internal offsets topic is created on the first group request.
+    fails(&node, &["group", "describe", "nobody"], None);
     assert!(topic_names(&node, true).contains("__consumer_offsets"));
 
     // describe, text and JSON.
@@ -597,6 +600,7 @@ fn cluster_status() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path());
     ok(&node, &["topic", "create", "st", "-p", "2"], None);
+    fails(&node, &["group", "describe", "warmup"], None);
     let c = json_one(&ok(&node, &["cluster", "status", "--output", "json"], None));
     assert!(!c["cluster_id"].as_str().unwrap().is_empty());
     assert_eq!(c["controller_id"], 1);
@@ -643,6 +647,7 @@ fn errors_exit_non_zero_with_one_line() {
     let node = Node::start(dir.path());
     ok(&node, &["topic", "create", "t", "-p", "2"], None);
     ok(&node, &["produce", "t", "--partition", "0"], Some("a\nb\n"));
+    fails(&node, &["group", "describe", "warmup"], None);
     let before = describe(&node, "t");
 
     let long = "n".repeat(250);

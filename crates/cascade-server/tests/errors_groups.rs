@@ -41,6 +41,8 @@ async fn group_errors_are_specific_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = Node::start(dir.path());
     let client = node.client().await;
+    // __consumer_offsets is created on the first group request.
+    let _ = client.describe_group("warmup").await;
     client
         .create_topic("events", 2, 1, BTreeMap::new())
         .await

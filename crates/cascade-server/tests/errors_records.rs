@@ -25,6 +25,8 @@ async fn record_errors_are_specific_and_append_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = Node::start_with(dir.path(), &["--max-request-bytes", "65536"]);
     let client = node.client().await;
+    // __consumer_offsets is created on the first group request.
+    let _ = client.describe_group("warmup").await;
     client
         .create_topic("data", 3, 1, BTreeMap::new())
         .await

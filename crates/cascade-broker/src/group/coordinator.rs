@@ -3,10 +3,13 @@
 //!
 //! Commits are appended as records to the offsets partition chosen by the group id's hash
 //! (so the same group always lands on the same partition, as in Kafka) and applied in memory
-//! only once the append is acknowledged, i.e. durable under `flush=always`. On start the
-//! coordinator replays every offsets partition; the last record for a key wins and a null
-//! value deletes it. Membership is not persisted: after a restart members rejoin, as their
-//! next heartbeat gets `UNKNOWN_MEMBER`.
+//! only once the append is acknowledged by every in-sync replica (`acks=all`). A node
+//! coordinates exactly the groups whose offsets partition it leads: when it becomes leader of
+//! one it replays that partition ([`GroupCoordinator::load_partition`]; the last record for a
+//! key wins and a null value deletes it), and when it stops leading it drops those groups
+//! ([`GroupCoordinator::unload_partition`]). Requests for other groups get `NotCoordinator`.
+//! Membership is not persisted: after a restart or a coordinator change members rejoin, as
+//! their next heartbeat gets `UNKNOWN_MEMBER`; committed offsets survive both.
 //!
 //! Locking: one std mutex over the groups, held only for in-memory work, never across an
 //! await; the offsets append happens outside it.
@@ -63,7 +66,10 @@ struct Inner {
 /// Consumer groups of this node. See the module docs.
 pub struct GroupCoordinator {
     meta: Arc<Metadata>,
-    store: Vec<Arc<Partition>>,
+    /// Partitions of `__consumer_offsets` (fixed once the topic exists).
+    count: u32,
+    /// The offsets partitions this node leads and has loaded.
+    store: Mutex<BTreeMap<u32, Arc<Partition>>>,
     inner: Mutex<Inner>,
 }
 
@@ -81,67 +87,90 @@ fn now_ms() -> i64 {
 }
 
 impl GroupCoordinator {
-    /// Starts the coordinator over the offsets partitions, replaying what they hold.
-    pub fn load(meta: Arc<Metadata>, store: Vec<Arc<Partition>>) -> Result<Self> {
-        let mut inner = Inner::default();
-        let mut records = 0u64;
-        for part in &store {
-            let reader = part.reader();
-            let mut next = reader.start_offset();
-            let end = part.high_watermark();
-            while next < end {
-                let f = reader.read_until(next, 1 << 20, end)?;
-                if f.data.is_empty() {
-                    break;
-                }
-                for batch in Batches::new(&f.data) {
-                    let batch = batch.map_err(|e| BrokerError::InvalidRecord(e.to_string()))?;
-                    for rec in batch
-                        .records()
-                        .map_err(|e| BrokerError::InvalidRecord(e.to_string()))?
-                    {
-                        if (rec.offset as u64) < next {
-                            continue;
-                        }
-                        records += 1;
-                        let Some(key) = rec
-                            .key
-                            .and_then(|k| serde_json::from_slice::<OffsetKey>(k).ok())
-                        else {
-                            continue;
-                        };
-                        let tp = Tp::new(key.t, key.p);
-                        match rec
-                            .value
-                            .and_then(|v| serde_json::from_slice::<Committed>(v).ok())
-                        {
-                            Some(c) => {
-                                inner.offsets.entry(key.g).or_default().insert(tp, c);
-                            }
-                            None => {
-                                if let Some(m) = inner.offsets.get_mut(&key.g) {
-                                    m.remove(&tp);
-                                    if m.is_empty() {
-                                        inner.offsets.remove(&key.g);
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-                next = f.next_offset;
-            }
-        }
-        tracing::info!(
-            groups = inner.offsets.len(),
-            records,
-            "loaded committed offsets"
-        );
-        Ok(Self {
+    /// A coordinator with nothing loaded, for an offsets topic of `count` partitions.
+    pub fn new(meta: Arc<Metadata>, count: u32) -> Self {
+        Self {
             meta,
-            store,
-            inner: Mutex::new(inner),
-        })
+            count: count.max(1),
+            store: Mutex::new(BTreeMap::new()),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// The offsets partition of `group`.
+    pub fn partition_of(&self, group: &str) -> u32 {
+        partition_for_key(group.as_bytes(), self.count)
+    }
+
+    /// Partitions of the offsets topic.
+    pub fn offsets_partitions(&self) -> u32 {
+        self.count
+    }
+
+    /// Ok if this node coordinates `group`, else `NotCoordinator` (no hint: the gRPC layer
+    /// checks with [`crate::broker::Broker::own_group`] first, which names the coordinator).
+    pub fn check_owner(&self, group: &str) -> Result<()> {
+        if self.owns(group) {
+            Ok(())
+        } else {
+            Err(BrokerError::NotCoordinator {
+                node: self.meta.node_id(),
+                group: group.to_string(),
+                coordinator: None,
+            })
+        }
+    }
+
+    /// True if this node coordinates `group` now.
+    pub fn owns(&self, group: &str) -> bool {
+        let p = self.partition_of(group);
+        self.store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&p)
+    }
+
+    /// Takes over the groups of offsets partition `p` (this node now leads it): replays it.
+    pub async fn load_partition(&self, p: u32, part: Arc<Partition>) -> Result<()> {
+        let reader = part.reader().clone();
+        let (offsets, records) = tokio::task::spawn_blocking(move || replay(&reader))
+            .await
+            .map_err(|e| BrokerError::Metadata(format!("replaying offsets panicked: {e}")))??;
+        let groups = offsets.len();
+        {
+            let mut inner = self.lock();
+            inner
+                .offsets
+                .retain(|g, _| partition_for_key(g.as_bytes(), self.count) != p);
+            inner.offsets.extend(offsets);
+        }
+        self.store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(p, part);
+        tracing::info!(
+            partition = p,
+            groups,
+            records,
+            "coordinating the groups of an offsets partition"
+        );
+        Ok(())
+    }
+
+    /// Gives up the groups of offsets partition `p` (another node leads it now).
+    pub fn unload_partition(&self, p: u32) {
+        self.store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&p);
+        let mut inner = self.lock();
+        let count = self.count;
+        inner
+            .offsets
+            .retain(|g, _| partition_for_key(g.as_bytes(), count) != p);
+        inner
+            .groups
+            .retain(|g, _| partition_for_key(g.as_bytes(), count) != p);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -156,6 +185,7 @@ impl GroupCoordinator {
     /// Handles a member heartbeat (join, stay, leave).
     pub fn heartbeat(&self, group: &str, req: HeartbeatIn) -> Result<HeartbeatOut> {
         validate_group_id(group).map_err(BrokerError::InvalidGroupId)?;
+        self.check_owner(group)?;
         let counts = self.partition_count();
         let mut inner = self.lock();
         let g = inner
@@ -192,6 +222,7 @@ impl GroupCoordinator {
         offsets: Vec<(Tp, u64, String)>,
     ) -> Result<()> {
         validate_group_id(group).map_err(BrokerError::InvalidGroupId)?;
+        self.check_owner(group)?;
         if offsets.is_empty() {
             return Ok(());
         }
@@ -272,8 +303,18 @@ impl GroupCoordinator {
         if b.is_empty() {
             return Ok(());
         }
-        let part =
-            &self.store[partition_for_key(group.as_bytes(), self.store.len() as u32) as usize];
+        let p = self.partition_of(group);
+        let part = self
+            .store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&p)
+            .cloned()
+            .ok_or_else(|| BrokerError::NotCoordinator {
+                node: self.meta.node_id(),
+                group: group.to_string(),
+                coordinator: None,
+            })?;
         part.append(b.finish()).await?;
         Ok(())
     }
@@ -309,6 +350,7 @@ impl GroupCoordinator {
 
     /// One group's members and offsets.
     pub fn describe(&self, group: &str) -> Result<GroupView> {
+        self.check_owner(group)?;
         let inner = self.lock();
         let offsets = inner.offsets.get(group).cloned();
         match (inner.groups.get(group), offsets) {
@@ -322,6 +364,7 @@ impl GroupCoordinator {
 
     /// Deletes a group with no members, with its committed offsets.
     pub async fn delete(&self, group: &str) -> Result<()> {
+        self.check_owner(group)?;
         let offsets = {
             let inner = self.lock();
             if let Some(g) = inner.groups.get(group)
@@ -384,4 +427,57 @@ impl GroupCoordinator {
             }
         }
     }
+}
+
+type Offsets = BTreeMap<String, BTreeMap<Tp, Committed>>;
+
+/// Reads a whole offsets partition: the committed offsets it holds and how many records.
+fn replay(reader: &cascade_log::LogReader) -> Result<(Offsets, u64)> {
+    let mut offsets: Offsets = BTreeMap::new();
+    let mut records = 0u64;
+    let mut next = reader.start_offset();
+    let end = reader.end_offset();
+    while next < end {
+        let f = reader.read_until(next, 1 << 20, end)?;
+        if f.data.is_empty() {
+            break;
+        }
+        for batch in Batches::new(&f.data) {
+            let batch = batch.map_err(|e| BrokerError::InvalidRecord(e.to_string()))?;
+            for rec in batch
+                .records()
+                .map_err(|e| BrokerError::InvalidRecord(e.to_string()))?
+            {
+                if (rec.offset as u64) < next {
+                    continue;
+                }
+                records += 1;
+                let Some(key) = rec
+                    .key
+                    .and_then(|k| serde_json::from_slice::<OffsetKey>(k).ok())
+                else {
+                    continue;
+                };
+                let tp = Tp::new(key.t, key.p);
+                match rec
+                    .value
+                    .and_then(|v| serde_json::from_slice::<Committed>(v).ok())
+                {
+                    Some(c) => {
+                        offsets.entry(key.g).or_default().insert(tp, c);
+                    }
+                    None => {
+                        if let Some(m) = offsets.get_mut(&key.g) {
+                            m.remove(&tp);
+                            if m.is_empty() {
+                                offsets.remove(&key.g);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        next = f.next_offset;
+    }
+    Ok((offsets, records))
 }

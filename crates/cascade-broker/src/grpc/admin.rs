@@ -30,7 +30,7 @@ pub fn describe_topic(broker: &Broker, t: &TopicMeta) -> pb::TopicDescription {
         .iter()
         .enumerate()
         .map(|(i, a)| {
-            let part = handle.as_ref().and_then(|h| h.partitions.get(i));
+            let part = handle.as_ref().and_then(|h| h.partitions.get(&(i as u32)));
             let (start, hw, end, size) = part.map_or((0, 0, 0, 0), |p| {
                 let r = p.reader();
                 (
@@ -75,9 +75,14 @@ pub fn describe_cluster(broker: &Broker, snap: &ClusterMetadata) -> pb::ClusterD
         .flat_map(|t| &t.partitions)
         .filter(|p| p.isr.len() < p.replicas.len())
         .count() as u32;
+    let offline = topics
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .filter(|p| p.leader == 0)
+        .count() as u32;
     pb::ClusterDescription {
         cluster_id: snap.cluster_id.clone(),
-        controller_id: snap.controller_id,
+        controller_id: broker.metadata().controller_id().unwrap_or(0),
         brokers: snap
             .brokers
             .values()
@@ -85,12 +90,12 @@ pub fn describe_cluster(broker: &Broker, snap: &ClusterMetadata) -> pb::ClusterD
                 node_id: b.node_id,
                 grpc_addr: b.grpc_addr.clone(),
                 http_addr: b.http_addr.clone(),
-                alive: true,
+                alive: !b.fenced,
             })
             .collect(),
         topics,
         under_replicated_partitions: under,
-        offline_partitions: 0,
+        offline_partitions: offline,
     }
 }
 

@@ -67,6 +67,7 @@ impl Consumers for ConsumersService {
     ) -> Result<Response<pb::ConsumerInstance>, Status> {
         let r = req.into_inner();
         observe("consumer_create", async {
+            self.broker.own_group(&r.group_id).await?;
             let config = InstanceConfig {
                 format: r.format,
                 reset: Reset::parse(&r.auto_offset_reset)?,

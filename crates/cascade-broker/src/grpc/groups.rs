@@ -66,6 +66,7 @@ impl Groups for GroupsService {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let r = req.into_inner();
         observe("group_heartbeat", async {
+            self.broker.own_group(&r.group_id).await?;
             for t in &r.topics {
                 cascade_types::validate_topic_name(t)?;
             }
@@ -97,6 +98,7 @@ impl Groups for GroupsService {
     ) -> Result<Response<pb::CommitOffsetsResponse>, Status> {
         let r = req.into_inner();
         observe("commit_offsets", async {
+            self.broker.own_group(&r.group_id).await?;
             let offsets = r
                 .offsets
                 .into_iter()
@@ -118,6 +120,7 @@ impl Groups for GroupsService {
     ) -> Result<Response<pb::FetchOffsetsResponse>, Status> {
         let r = req.into_inner();
         observe("fetch_offsets", async {
+            self.broker.own_group(&r.group_id).await?;
             cascade_types::validate_group_id(&r.group_id).map_err(BrokerError::InvalidGroupId)?;
             let filter = flatten(r.partitions);
             let offsets = self.broker.groups().fetch_offsets(&r.group_id, &filter);
@@ -161,6 +164,7 @@ impl Groups for GroupsService {
     ) -> Result<Response<pb::GroupDescription>, Status> {
         let r = req.into_inner();
         observe("describe_group", async {
+            self.broker.own_group(&r.group_id).await?;
             let view = self.broker.groups().describe(&r.group_id)?;
             let g = &view.group;
             let now = std::time::Instant::now();
@@ -215,15 +219,16 @@ impl Groups for GroupsService {
     ) -> Result<Response<pb::ResetOffsetsResponse>, Status> {
         let r = req.into_inner();
         observe("reset_offsets", async {
+            self.broker.own_group(&r.group_id).await?;
             cascade_types::validate_group_id(&r.group_id).map_err(BrokerError::InvalidGroupId)?;
             if let Ok(view) = self.broker.groups().describe(&r.group_id)
                 && !view.group.members.is_empty()
             {
                 return Err(BrokerError::GroupNotEmpty(r.group_id.clone()));
             }
-            let handle = self.broker.topic_handle(&r.topic)?;
+            let count = self.broker.partition_count(&r.topic)?;
             let partitions: BTreeSet<u32> = if r.partitions.is_empty() {
-                (0..handle.partitions.len() as u32).collect()
+                (0..count).collect()
             } else {
                 r.partitions.iter().copied().collect()
             };
@@ -274,6 +279,7 @@ impl Groups for GroupsService {
     ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
         let r = req.into_inner();
         observe("delete_group", async {
+            self.broker.own_group(&r.group_id).await?;
             self.broker.groups().delete(&r.group_id).await?;
             Ok(pb::DeleteGroupResponse {})
         })
@@ -287,7 +293,7 @@ impl Groups for GroupsService {
     ) -> Result<Response<pb::FindCoordinatorResponse>, Status> {
         let r = req.into_inner();
         observe("find_coordinator", async {
-            let c = self.broker.coordinator_for(&r.group_id)?;
+            let c = self.broker.coordinator_for(&r.group_id).await?;
             Ok(pb::FindCoordinatorResponse {
                 node_id: c.node_id,
                 grpc_addr: c.grpc_addr,

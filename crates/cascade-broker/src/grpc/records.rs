@@ -272,9 +272,9 @@ impl Records for RecordsService {
     ) -> Result<Response<pb::ListOffsetsResponse>, Status> {
         let r = req.into_inner();
         observe("list_offsets", async {
-            let handle = self.broker.topic_handle(&r.topic)?;
+            let count = self.broker.partition_count(&r.topic)?;
             let partitions: Vec<u32> = if r.partitions.is_empty() {
-                (0..handle.partitions.len() as u32).collect()
+                (0..count).collect()
             } else {
                 r.partitions.clone()
             };

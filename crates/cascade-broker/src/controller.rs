@@ -1,0 +1,488 @@
+//! Controller duties and the internal `Controller` gRPC service.
+//!
+//! The controller is whichever node leads the metadata Raft group. Every broker heartbeats it
+//! every `heartbeat_interval`; the controller keeps the last heartbeat per broker in memory
+//! ([`Liveness`]) and, every tick:
+//! - fences a broker silent for `session_timeout` and unfences one that heartbeats again;
+//! - for every partition, removes fenced (or shutting-down) brokers from the in-sync set and,
+//!   if the leader is one of them or there is none, elects the first live in-sync replica in
+//!   replica order (the preferred replica first). Only in-sync replicas are ever elected; with
+//!   none alive the partition stays offline, keeping its last in-sync set, until one returns;
+//! - moves leadership back to the preferred replica once it is in sync again, so leadership
+//!   stays spread evenly after failures.
+//!
+//! A new controller starts with every broker considered alive (it cannot know better), so a
+//! controller change fences nobody wrongly; a broker that is really gone is fenced one session
+//! timeout later. All decisions are metadata commands through Raft, compare-and-set on each
+//! partition's epoch, so a stale decision is skipped, never applied.
+//!
+//! Every node also runs the leader-side in-sync checks of its own partitions
+//! ([`Broker::check_isr`]) from the same tick.
+
+use crate::broker::{Broker, BrokerInfo};
+use crate::error::{BrokerError, Result};
+use crate::metadata::{ClusterMetadata, MetadataCommand, PartitionUpdate};
+use cascade_proto::internal::controller_client::ControllerClient;
+use cascade_proto::internal::controller_server::Controller;
+use cascade_proto::internal::{
+    BrokerHeartbeatRequest, BrokerHeartbeatResponse, JoinRequest, JoinResponse, ProposeRequest,
+    ProposeResponse,
+};
+use openraft::BasicNode;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::{Request, Response, Status};
+
+/// The controller's view of broker liveness.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    inner: Mutex<LivenessInner>,
+}
+
+#[derive(Debug, Default)]
+struct LivenessInner {
+    /// The Raft term this table was started in (reset when this node becomes controller).
+    since_term: Option<u64>,
+    last: HashMap<u32, Instant>,
+    leaving: BTreeSet<u32>,
+}
+
+impl Liveness {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LivenessInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn heard(&self, node: u32, leaving: bool) {
+        let mut l = self.lock();
+        l.last.insert(node, Instant::now());
+        if leaving {
+            l.leaving.insert(node);
+        } else {
+            l.leaving.remove(&node);
+        }
+    }
+}
+
+pub(crate) fn spawn(broker: Arc<Broker>) {
+    // Controller duties and in-sync checks.
+    let b = broker.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = b.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            b.check_isr();
+            if let Err(e) = b.controller_tick().await {
+                tracing::debug!(error = %e, "controller tick");
+            }
+        }
+    });
+    // Heartbeats to the controller.
+    let b = broker;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(b.config.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = b.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = send_heartbeat(&b).await {
+                tracing::debug!(error = %e, "heartbeat to the controller failed");
+            }
+        }
+    });
+}
+
+/// Sends one heartbeat to the controller (directly to itself when this node is it).
+pub(crate) async fn send_heartbeat(b: &Arc<Broker>) -> Result<()> {
+    let leaving = b.leaving.load(std::sync::atomic::Ordering::SeqCst);
+    let me = b.config.node_id;
+    let controller = b
+        .meta
+        .controller_id()
+        .ok_or_else(|| BrokerError::NoController("none elected".into()))?;
+    if controller == me {
+        b.liveness.heard(me, leaving);
+        return Ok(());
+    }
+    let addr = b
+        .meta
+        .member_addr(controller)
+        .ok_or_else(|| BrokerError::NoController(format!("no address for {controller}")))?;
+    let channel = crate::raft::network::channel(&addr)
+        .map_err(|e| BrokerError::NoController(e.to_string()))?;
+    let mut req = Request::new(BrokerHeartbeatRequest {
+        node_id: me,
+        metadata_version: b.meta.snapshot().version,
+        shutting_down: leaving,
+    });
+    req.set_timeout(Duration::from_secs(1));
+    ControllerClient::new(channel)
+        .heartbeat(req)
+        .await
+        .map_err(|s| BrokerError::from_remote(&s))?;
+    Ok(())
+}
+
+/// Joins an existing cluster through its seeds (retrying for up to a minute).
+pub(crate) async fn join(b: &Arc<Broker>) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let req = JoinRequest {
+        node_id: b.config.node_id,
+        grpc_addr: b.config.advertised_grpc_addr.clone(),
+        http_addr: b.config.advertised_http_addr.clone(),
+    };
+    loop {
+        for seed in &b.config.seeds {
+            let Ok(channel) = crate::raft::network::channel(seed) else {
+                continue;
+            };
+            let mut r = Request::new(req.clone());
+            r.set_timeout(Duration::from_secs(30));
+            match ControllerClient::new(channel).join(r).await {
+                Ok(_) => {
+                    tracing::info!(seed = %seed, "joined the cluster");
+                    return Ok(());
+                }
+                Err(s) => {
+                    tracing::info!(seed = %seed, error = %s.message(), "join failed; retrying")
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(BrokerError::NoController(format!(
+                "could not join the cluster through seeds {:?}",
+                b.config.seeds
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+impl Broker {
+    async fn controller_tick(self: &Arc<Self>) -> Result<()> {
+        if !self.meta.is_controller() {
+            self.liveness.lock().since_term = None;
+            return Ok(());
+        }
+        let term = self.meta.raft().metrics().borrow().current_term;
+        let snap = self.meta.snapshot();
+        let me = self.config.node_id;
+        let session = self.config.session_timeout;
+        let (dead, leaving) = {
+            let mut l = self.liveness.lock();
+            if l.since_term != Some(term) {
+                // New controller: everyone gets a full session before being judged.
+                l.since_term = Some(term);
+                let now = Instant::now();
+                l.last = snap.brokers.keys().map(|&id| (id, now)).collect();
+                l.leaving.clear();
+            }
+            let now = Instant::now();
+            let dead: BTreeSet<u32> = snap
+                .brokers
+                .keys()
+                .copied()
+                .filter(|id| *id != me)
+                .filter(|id| {
+                    l.last
+                        .get(id)
+                        .is_none_or(|t| now.duration_since(*t) > session)
+                })
+                .collect();
+            (dead, l.leaving.clone())
+        };
+        for b in snap.brokers.values() {
+            let should = dead.contains(&b.node_id);
+            if b.fenced != should {
+                tracing::warn!(node = b.node_id, fenced = should, "broker liveness changed");
+                self.meta
+                    .propose_local(MetadataCommand::SetFenced {
+                        node_id: b.node_id,
+                        fenced: should,
+                    })
+                    .await?;
+            }
+        }
+        let snap = self.meta.snapshot();
+        let updates = plan_partition_updates(&snap, &leaving);
+        if !updates.is_empty() {
+            let elections = updates
+                .iter()
+                .filter(|u| {
+                    snap.assignment(&u.topic, u.partition)
+                        .is_some_and(|a| a.leader != u.leader)
+                })
+                .count();
+            tracing::info!(
+                updates = updates.len(),
+                elections,
+                "controller: updating partitions"
+            );
+            metrics::counter!("cascade_leader_elections_total").increment(elections as u64);
+            self.meta
+                .propose_local(MetadataCommand::UpdatePartitions(updates))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The controller's decision for every partition, given who is fenced (in `snap`) and who is
+/// shutting down. Pure, so it is tested without a cluster.
+pub fn plan_partition_updates(
+    snap: &ClusterMetadata,
+    leaving: &BTreeSet<u32>,
+) -> Vec<PartitionUpdate> {
+    let usable =
+        |id: &u32| snap.brokers.get(id).is_some_and(|b| !b.fenced) && !leaving.contains(id);
+    let mut out = Vec::new();
+    for t in snap.topics.values() {
+        for (i, a) in t.partitions.iter().enumerate() {
+            let live_isr: Vec<u32> = a.isr.iter().copied().filter(|id| usable(id)).collect();
+            // Never empty the in-sync set: with no live member it keeps its last members, who
+            // alone hold every acknowledged event.
+            let isr = if live_isr.is_empty() {
+                a.isr.clone()
+            } else {
+                live_isr.clone()
+            };
+            let preferred = a.replicas.iter().copied().find(|r| live_isr.contains(r));
+            let leader = if a.leader != 0 && usable(&a.leader) && live_isr.contains(&a.leader) {
+                // Move back to the preferred replica when it is in sync.
+                match a.replicas.first() {
+                    Some(&p) if p != a.leader && live_isr.contains(&p) => p,
+                    _ => a.leader,
+                }
+            } else {
+                preferred.unwrap_or(0)
+            };
+            if leader != a.leader || isr != a.isr {
+                out.push(PartitionUpdate {
+                    topic: t.name.clone(),
+                    topic_id: t.id.clone(),
+                    partition: i as u32,
+                    expected_partition_epoch: a.partition_epoch,
+                    leader,
+                    isr,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The internal `Controller` gRPC service.
+#[derive(Debug, Clone)]
+pub struct ControllerService {
+    broker: Arc<Broker>,
+}
+
+impl ControllerService {
+    /// Serves `broker`.
+    pub fn new(broker: Arc<Broker>) -> Self {
+        Self { broker }
+    }
+
+    fn not_controller(&self) -> Status {
+        let hint = self.broker.meta.controller_id().and_then(|c| {
+            self.broker
+                .meta
+                .member_addr(c)
+                .map(|addr| cascade_proto::LeaderHint {
+                    node_id: c,
+                    grpc_addr: addr,
+                })
+        });
+        Status::from(BrokerError::NotLeader {
+            node: self.broker.config.node_id,
+            topic: "(metadata)".into(),
+            partition: 0,
+            leader: hint,
+        })
+    }
+
+    async fn forward_join(&self, req: JoinRequest) -> Result<Response<JoinResponse>, Status> {
+        let c = self
+            .broker
+            .meta
+            .controller_id()
+            .ok_or_else(|| self.not_controller())?;
+        let addr = self
+            .broker
+            .meta
+            .member_addr(c)
+            .ok_or_else(|| self.not_controller())?;
+        let ch =
+            crate::raft::network::channel(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
+        ControllerClient::new(ch).join(req).await
+    }
+}
+
+#[tonic::async_trait]
+impl Controller for ControllerService {
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let r = req.into_inner();
+        let b = &self.broker;
+        if !b.meta.is_controller() {
+            return self.forward_join(r).await;
+        }
+        let id = u64::from(r.node_id);
+        tracing::info!(node = r.node_id, addr = %r.grpc_addr, "node joining");
+        let raft = b.meta.raft();
+        raft.add_learner(
+            id,
+            BasicNode {
+                addr: r.grpc_addr.clone(),
+            },
+            true,
+        )
+        .await
+        .map_err(|e| Status::unavailable(format!("adding learner: {e}")))?;
+        let voters: BTreeSet<u64> = b.meta.voters().into_iter().map(u64::from).collect();
+        if !voters.contains(&id) {
+            let mut all = voters;
+            all.insert(id);
+            raft.change_membership(all, false)
+                .await
+                .map_err(|e| Status::unavailable(format!("adding voter: {e}")))?;
+        }
+        b.meta
+            .propose_local(MetadataCommand::RegisterBroker(BrokerInfo {
+                node_id: r.node_id,
+                grpc_addr: r.grpc_addr,
+                http_addr: r.http_addr,
+                fenced: false,
+            }))
+            .await
+            .map_err(Status::from)?;
+        b.liveness.heard(r.node_id, false);
+        Ok(Response::new(JoinResponse {
+            controller_id: b.config.node_id,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<BrokerHeartbeatRequest>,
+    ) -> Result<Response<BrokerHeartbeatResponse>, Status> {
+        let r = req.into_inner();
+        let b = &self.broker;
+        if !b.meta.is_controller() {
+            return Err(self.not_controller());
+        }
+        b.liveness.heard(r.node_id, r.shutting_down);
+        Ok(Response::new(BrokerHeartbeatResponse {
+            controller_id: b.config.node_id,
+            leaderships: 0,
+        }))
+    }
+
+    async fn propose(
+        &self,
+        req: Request<ProposeRequest>,
+    ) -> Result<Response<ProposeResponse>, Status> {
+        let b = &self.broker;
+        if !b.meta.is_controller() {
+            return Err(self.not_controller());
+        }
+        let cmd: MetadataCommand = serde_json::from_slice(&req.get_ref().command_json)
+            .map_err(|e| Status::invalid_argument(format!("bad command: {e}")))?;
+        let version = b.meta.propose_local(cmd).await.map_err(Status::from)?;
+        Ok(Response::new(ProposeResponse { version }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::{PartitionAssignment, TopicMeta};
+    use cascade_types::TopicConfig;
+
+    fn cluster(fenced: &[u32], parts: Vec<PartitionAssignment>) -> ClusterMetadata {
+        let mut m = ClusterMetadata::default();
+        for id in 1..=3 {
+            m.brokers.insert(
+                id,
+                BrokerInfo {
+                    node_id: id,
+                    grpc_addr: format!("n{id}"),
+                    http_addr: String::new(),
+                    fenced: fenced.contains(&id),
+                },
+            );
+        }
+        m.topics.insert(
+            "t".into(),
+            TopicMeta {
+                name: "t".into(),
+                id: "id".into(),
+                partitions: parts,
+                replication_factor: 3,
+                config: TopicConfig::default(),
+                internal: false,
+                created_ms: 0,
+            },
+        );
+        m
+    }
+
+    fn part(leader: u32, isr: &[u32]) -> PartitionAssignment {
+        PartitionAssignment {
+            replicas: vec![1, 2, 3],
+            leader,
+            leader_epoch: 4,
+            isr: isr.to_vec(),
+            partition_epoch: 7,
+        }
+    }
+
+    #[test]
+    fn dead_leader_is_replaced_by_a_live_in_sync_replica() {
+        let m = cluster(&[1], vec![part(1, &[1, 2, 3])]);
+        let u = plan_partition_updates(&m, &BTreeSet::new());
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0].leader, 2);
+        assert_eq!(u[0].isr, vec![2, 3]);
+        assert_eq!(u[0].expected_partition_epoch, 7);
+    }
+
+    #[test]
+    fn only_in_sync_replicas_are_elected() {
+        // 3 is alive but out of sync: the partition goes offline rather than lose data.
+        let m = cluster(&[1, 2], vec![part(1, &[1, 2])]);
+        let u = plan_partition_updates(&m, &BTreeSet::new());
+        assert_eq!(u[0].leader, 0);
+        assert_eq!(u[0].isr, vec![1, 2], "the last in-sync set is kept");
+        // When 2 comes back it leads.
+        let mut m2 = cluster(&[1], vec![part(0, &[1, 2])]);
+        m2.topics.get_mut("t").unwrap().partitions[0].leader = 0;
+        let u = plan_partition_updates(&m2, &BTreeSet::new());
+        assert_eq!((u[0].leader, u[0].isr.clone()), (2, vec![2]));
+    }
+
+    #[test]
+    fn dead_follower_leaves_the_isr_and_healthy_partitions_are_untouched() {
+        let m = cluster(&[3], vec![part(1, &[1, 2, 3]), part(2, &[1, 2])]);
+        let u = plan_partition_updates(&m, &BTreeSet::new());
+        assert_eq!(u.len(), 2);
+        assert_eq!((u[0].leader, u[0].isr.clone()), (1, vec![1, 2]));
+        // The second moves back to its preferred replica 1, which is in sync.
+        assert_eq!((u[1].leader, u[1].isr.clone()), (1, vec![1, 2]));
+        let healthy = cluster(&[], vec![part(1, &[1, 2, 3])]);
+        assert!(plan_partition_updates(&healthy, &BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn a_leaving_broker_hands_over_leadership() {
+        let m = cluster(&[], vec![part(1, &[1, 2, 3])]);
+        let leaving: BTreeSet<u32> = [1].into();
+        let u = plan_partition_updates(&m, &leaving);
+        assert_eq!((u[0].leader, u[0].isr.clone()), (2, vec![2, 3]));
+    }
+}

@@ -1,0 +1,392 @@
+//! [`LogStore`]: the metadata Raft log and vote on disk.
+//!
+//! Metadata changes are rare and small (topic creations, leader and ISR changes), so the log
+//! is kept whole in memory and journaled to one append-only file, `raft.log`, of frames
+//! `[len: u32 LE][crc32c: u32 LE][JSON of a JournalOp]`. An op is an appended entry, a
+//! truncation ("drop every entry from index i") or a purge ("entries up to log id L were
+//! compacted into a snapshot"), so truncating and purging are appends too and the file is
+//! only ever rewritten by compaction (write a new file, fsync, rename, fsync the directory).
+//!
+//! Invariants:
+//! - Every op is fdatasync'd before the call that made it returns (for appends: before the
+//!   flush callback fires), so what openraft was told is durable is durable.
+//! - Replaying the journal from the start gives exactly the state before the crash, up to the
+//!   last complete, checksummed frame; a torn or corrupt tail frame was never acknowledged
+//!   and is cut off on open.
+//! - The vote lives in `vote.json`, replaced atomically and fsync'd before `save_vote`
+//!   returns. The committed log id (`committed.json`) is a hint for faster restarts and may be
+//!   stale or missing after a crash, which openraft allows.
+
+// openraft's StorageError is large and its type is fixed by the traits implemented here.
+#![allow(clippy::result_large_err)]
+
+use super::TypeConfig;
+use crate::metadata::write_atomically;
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{
+    AnyError, Entry, LogId, LogState, RaftLogReader, StorageError, StorageIOError, Vote,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+type NodeId = u64;
+type SError = StorageError<NodeId>;
+
+/// Rewrite the journal once it holds this many bytes more than the live entries need.
+const COMPACT_SLACK: u64 = 4 << 20;
+
+#[derive(Serialize, Deserialize)]
+enum JournalOp {
+    Append(Entry<TypeConfig>),
+    TruncateFrom(u64),
+    Purge(LogId<NodeId>),
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    file: File,
+    file_len: u64,
+    entries: BTreeMap<u64, Entry<TypeConfig>>,
+    last_purged: Option<LogId<NodeId>>,
+    vote: Option<Vote<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+}
+
+/// The Raft log storage. Cheap to clone: clones share one journal.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+fn io(e: impl std::error::Error + 'static) -> SError {
+    StorageIOError::write_logs(AnyError::new(&e)).into()
+}
+
+fn frame(op: &JournalOp) -> Result<Vec<u8>, SError> {
+    let json = serde_json::to_vec(op).map_err(io)?;
+    let mut out = Vec::with_capacity(json.len() + 8);
+    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&json).to_le_bytes());
+    out.extend_from_slice(&json);
+    Ok(out)
+}
+
+/// Reads the frames of a journal; returns the ops and the length of the valid prefix.
+fn replay(bytes: &[u8]) -> (Vec<JournalOp>, u64) {
+    let mut ops = Vec::new();
+    let mut at = 0usize;
+    while at + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
+        let Some(body) = bytes.get(at + 8..at + 8 + len) else {
+            break;
+        };
+        if crc32c::crc32c(body) != crc {
+            break;
+        }
+        match serde_json::from_slice(body) {
+            Ok(op) => ops.push(op),
+            Err(_) => break,
+        }
+        at += 8 + len;
+    }
+    (ops, at as u64)
+}
+
+impl Inner {
+    fn apply_op(&mut self, op: JournalOp) {
+        match op {
+            JournalOp::Append(e) => {
+                self.entries.insert(e.log_id.index, e);
+            }
+            JournalOp::TruncateFrom(i) => {
+                self.entries.split_off(&i);
+            }
+            JournalOp::Purge(id) => {
+                self.entries = self.entries.split_off(&(id.index + 1));
+                if self.last_purged.is_none_or(|p| p.index < id.index) {
+                    self.last_purged = Some(id);
+                }
+            }
+        }
+    }
+
+    fn write_ops(&mut self, ops: &[JournalOp]) -> Result<(), SError> {
+        let mut buf = Vec::new();
+        for op in ops {
+            buf.extend(frame(op)?);
+        }
+        self.file.write_all(&buf).map_err(io)?;
+        self.file.sync_data().map_err(io)?;
+        self.file_len += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Rewrites the journal with only what is live, when it has grown well past that.
+    fn maybe_compact(&mut self) -> Result<(), SError> {
+        if self.file_len < COMPACT_SLACK {
+            return Ok(());
+        }
+        let mut ops = Vec::new();
+        if let Some(p) = self.last_purged {
+            ops.push(JournalOp::Purge(p));
+        }
+        ops.extend(self.entries.values().cloned().map(JournalOp::Append));
+        let mut buf = Vec::new();
+        for op in &ops {
+            buf.extend(frame(op)?);
+        }
+        if buf.len() as u64 * 2 > self.file_len {
+            return Ok(()); // not worth it yet
+        }
+        let path = self.dir.join("raft.log");
+        write_atomically(&path, &buf).map_err(io)?;
+        self.file = OpenOptions::new().append(true).open(&path).map_err(io)?;
+        self.file_len = buf.len() as u64;
+        Ok(())
+    }
+}
+
+impl LogStore {
+    /// Opens (or creates) the log in `dir`, cutting a torn tail.
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("raft.log");
+        let mut bytes = Vec::new();
+        match File::open(&path) {
+            Ok(mut f) => {
+                f.read_to_end(&mut bytes)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let (ops, valid) = replay(&bytes);
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        if valid < bytes.len() as u64 {
+            tracing::warn!(
+                path = %path.display(),
+                cut = bytes.len() as u64 - valid,
+                "cutting a torn tail off the Raft journal"
+            );
+            file.set_len(valid)?;
+            file.sync_all()?;
+        }
+        if bytes.is_empty() {
+            // A new file: its directory entry must survive a crash too.
+            File::open(dir)?.sync_all()?;
+        }
+        let vote = read_json(&dir.join("vote.json"))?;
+        let committed = read_json(&dir.join("committed.json")).unwrap_or(None);
+        let mut inner = Inner {
+            dir: dir.to_path_buf(),
+            file,
+            file_len: valid,
+            entries: BTreeMap::new(),
+            last_purged: None,
+            vote,
+            committed,
+        };
+        for op in ops {
+            inner.apply_op(op);
+        }
+        Ok(Self {
+            inner: Arc::new(Mutex::new(inner)),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, SError> {
+        let inner = self.lock();
+        Ok(inner.entries.range(range).map(|(_, e)| e.clone()).collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SError> {
+        let inner = self.lock();
+        let last = inner
+            .entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(inner.last_purged);
+        Ok(LogState {
+            last_purged_log_id: inner.last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SError> {
+        let mut inner = self.lock();
+        let bytes = serde_json::to_vec(vote).map_err(io)?;
+        write_atomically(&inner.dir.join("vote.json"), &bytes)
+            .map_err(|e| SError::from(StorageIOError::write_vote(AnyError::new(&e))))?;
+        inner.vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SError> {
+        Ok(self.lock().vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SError> {
+        let mut inner = self.lock();
+        inner.committed = committed;
+        // A hint only (see the module docs): no fsync, and a failure is not fatal.
+        let path = inner.dir.join("committed.json");
+        let tmp = path.with_extension("tmp");
+        if let Ok(bytes) = serde_json::to_vec(&committed)
+            && std::fs::write(&tmp, bytes).is_ok()
+        {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SError> {
+        Ok(self.lock().committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), SError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let ops: Vec<JournalOp> = entries.into_iter().map(JournalOp::Append).collect();
+        let mut inner = self.lock();
+        let r = inner.write_ops(&ops);
+        match r {
+            Ok(()) => {
+                for op in ops {
+                    inner.apply_op(op);
+                }
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(e)
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
+        let mut inner = self.lock();
+        let op = JournalOp::TruncateFrom(log_id.index);
+        inner.write_ops(std::slice::from_ref(&op))?;
+        inner.apply_op(op);
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
+        let mut inner = self.lock();
+        let op = JournalOp::Purge(log_id);
+        inner.write_ops(std::slice::from_ref(&op))?;
+        inner.apply_op(op);
+        inner.maybe_compact()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    #[test]
+    fn a_torn_or_corrupt_tail_is_cut_and_the_rest_replays() {
+        let ops = [
+            JournalOp::Append(entry(1)),
+            JournalOp::Append(entry(2)),
+            JournalOp::Append(entry(3)),
+            JournalOp::TruncateFrom(3),
+            JournalOp::Purge(entry(1).log_id),
+        ];
+        let mut bytes = Vec::new();
+        let mut ends = Vec::new();
+        for op in &ops {
+            bytes.extend(frame(op).unwrap());
+            ends.push(bytes.len() as u64);
+        }
+        let (all, valid) = replay(&bytes);
+        assert_eq!((all.len(), valid), (5, bytes.len() as u64));
+        // Cut anywhere inside the last frame: the first four survive.
+        for cut in ends[3] as usize..bytes.len() {
+            let (got, valid) = replay(&bytes[..cut]);
+            assert_eq!((got.len(), valid), (4, ends[3]), "cut at {cut}");
+        }
+        // A flipped byte in the third frame ends the replay before it.
+        let mut bad = bytes.clone();
+        bad[ends[1] as usize + 10] ^= 0xff;
+        assert_eq!(replay(&bad).0.len(), 2);
+    }
+
+    #[test]
+    fn reopen_applies_truncations_and_purges() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = LogStore::open(dir.path()).unwrap();
+            let mut inner = store.lock();
+            let ops: Vec<JournalOp> = (1..=5).map(|i| JournalOp::Append(entry(i))).collect();
+            inner.write_ops(&ops).unwrap();
+            inner.write_ops(&[JournalOp::TruncateFrom(4)]).unwrap();
+            inner
+                .write_ops(&[JournalOp::Purge(entry(1).log_id)])
+                .unwrap();
+        }
+        // A torn frame at the end, as a crash mid-write leaves.
+        let path = dir.path().join("raft.log");
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&[9, 0, 0, 0, 1, 2]).unwrap();
+        drop(f);
+        let store = LogStore::open(dir.path()).unwrap();
+        let inner = store.lock();
+        assert_eq!(
+            inner.entries.keys().copied().collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        assert_eq!(inner.last_purged.map(|l| l.index), Some(1));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), inner.file_len);
+    }
+}

@@ -1,0 +1,158 @@
+//! The reconciler: makes this node's partition replicas follow the metadata.
+//!
+//! After every metadata change (and once at start) it walks the assignments: opens the
+//! replicas this node should hold, gives each the role the metadata names (leader at epoch E,
+//! or follower of L at epoch E, starting or stopping the follower fetcher), passes in-sync set
+//! changes to leaders, applies topic setting changes, and closes and removes replicas of
+//! deleted topics. The consumer group coordinator loads a `__consumer_offsets` partition when
+//! this node becomes its leader and drops it when it stops leading it.
+//!
+//! Invariant: a replica's role only changes here, so a change is always the metadata's; one
+//! reconciliation runs at a time (a lock), and each works from one metadata snapshot.
+
+use crate::broker::{Broker, TopicHandle};
+use crate::error::Result;
+use crate::group::OFFSETS_TOPIC;
+use crate::partition::Role;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub(crate) fn spawn(broker: Arc<Broker>) {
+    let mut rx = broker.meta.subscribe();
+    let token = broker.shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                r = rx.changed() => if r.is_err() { return },
+            }
+            if let Err(e) = broker.reconcile().await {
+                tracing::error!(error = %e, "reconciling partitions with the metadata");
+            }
+        }
+    });
+}
+
+impl Broker {
+    /// Brings local replicas in line with the current metadata. See the module docs.
+    pub(crate) async fn reconcile(self: &Arc<Self>) -> Result<()> {
+        let _guard = self.reconcile_lock.lock().await;
+        if self.shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let snap = self.meta.snapshot();
+        let me = self.config.node_id;
+
+        // Topics gone (or re-created under a new id): close and remove their replicas.
+        let stale: Vec<(String, Arc<TopicHandle>)> = self
+            .topics_read()
+            .iter()
+            .filter(|(name, h)| snap.topics.get(*name).is_none_or(|t| t.id != h.id))
+            .map(|(n, h)| (n.clone(), h.clone()))
+            .collect();
+        for (name, h) in stale {
+            for (p, part) in &h.partitions {
+                self.stop_fetcher(&name, *p);
+                if name == OFFSETS_TOPIC {
+                    self.groups().unload_partition(*p);
+                }
+                let _ = part.close().await;
+            }
+            self.topics_write().remove(&name);
+            let dir = self.config.data_dir.join("topics").join(&name);
+            let doomed = self
+                .config
+                .data_dir
+                .join("topics")
+                .join(format!(".{name}.{}.deleted", h.id));
+            if std::fs::rename(&dir, &doomed).is_ok() {
+                tokio::task::spawn_blocking(move || std::fs::remove_dir_all(doomed));
+            }
+            tracing::info!(topic = %name, "removed the replicas of a deleted topic");
+        }
+
+        for t in snap.topics.values() {
+            let existing = self.topic_handle(&t.name).ok().filter(|h| h.id == t.id);
+            let mut parts: BTreeMap<u32, Arc<crate::partition::Partition>> = existing
+                .as_ref()
+                .map(|h| h.partitions.clone())
+                .unwrap_or_default();
+            let config_changed = existing.as_ref().is_some_and(|h| h.config != t.config);
+            let mut opened = false;
+            for (i, a) in t.partitions.iter().enumerate() {
+                let i = i as u32;
+                if !a.replicas.contains(&me) {
+                    continue;
+                }
+                if let std::collections::btree_map::Entry::Vacant(slot) = parts.entry(i) {
+                    slot.insert(self.open_partition(t, i).await?);
+                    opened = true;
+                }
+            }
+            if opened || config_changed || existing.is_none() {
+                self.topics_write().insert(
+                    t.name.clone(),
+                    Arc::new(TopicHandle {
+                        id: t.id.clone(),
+                        partitions: parts.clone(),
+                        config: t.config.clone(),
+                    }),
+                );
+            }
+            for (&i, part) in &parts {
+                if config_changed {
+                    part.reconfigure(&t.config).await?;
+                }
+                let Some(a) = t.partitions.get(i as usize) else {
+                    continue;
+                };
+                let role = part.role();
+                if a.leader == me {
+                    if role
+                        != (Role::Leader {
+                            epoch: a.leader_epoch,
+                        })
+                    {
+                        self.stop_fetcher(&t.name, i);
+                        part.become_leader(a.leader_epoch, a.replicas.clone(), a.isr.clone())
+                            .await?;
+                        tracing::info!(topic = %t.name, partition = i, epoch = a.leader_epoch, "leading");
+                        if t.name == OFFSETS_TOPIC {
+                            self.groups().load_partition(i, part.clone()).await?;
+                        }
+                    } else {
+                        part.set_isr(a.replicas.clone(), a.isr.clone());
+                    }
+                } else {
+                    let want = if a.leader == 0 {
+                        Role::Idle
+                    } else {
+                        Role::Follower {
+                            leader: a.leader,
+                            epoch: a.leader_epoch,
+                        }
+                    };
+                    if role != want {
+                        if matches!(role, Role::Leader { .. }) && t.name == OFFSETS_TOPIC {
+                            self.groups().unload_partition(i);
+                        }
+                        self.stop_fetcher(&t.name, i);
+                        part.become_follower(
+                            a.leader,
+                            a.leader_epoch,
+                            a.replicas.clone(),
+                            a.isr.clone(),
+                        )
+                        .await?;
+                        if a.leader != 0 {
+                            self.start_fetcher(part.clone(), a.leader, a.leader_epoch);
+                        }
+                    } else {
+                        part.set_isr(a.replicas.clone(), a.isr.clone());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,481 @@
+//! Partition replication: followers pull from the leader (the Kafka design).
+//!
+//! Follower side — one fetcher task per followed partition ([`Broker::start_fetcher`]):
+//! 1. **Truncate first** (KIP-279): ask the leader where this replica's latest epoch ends in
+//!    the leader's log and cut the local log there, so a suffix written under an old leader
+//!    that the new leader never had is dropped before anything is copied.
+//! 2. **Fetch in a loop** from the local end: append the batches as they are (offsets and
+//!    epochs kept; fsync'd by the actor's group commit under `flush=always`), then take the
+//!    leader's high watermark (capped by the local end). Fetching from offset N tells the
+//!    leader "everything below N is durable here": that is the follower's acknowledgement.
+//!
+//! Leader side — [`Broker::replica_fetch`]: checks the epoch, records the follower's progress,
+//! recomputes the high watermark, proposes adding the follower back to the in-sync set once it
+//! has caught up to the high watermark, and answers with the batches from the fetch offset
+//! (long-polling the log end). [`Broker::check_isr`] (periodic) proposes removing followers
+//! that have not caught up for `replica_lag_max`. In-sync set changes go through the
+//! controller as compare-and-set updates on the partition epoch.
+
+use crate::broker::Broker;
+use crate::error::{BrokerError, Result};
+use crate::metadata::{MetadataCommand, PartitionUpdate};
+use crate::partition::{FollowerProgress, Partition, Role};
+use cascade_proto::internal::replication_client::ReplicationClient;
+use cascade_proto::internal::replication_server::Replication;
+use cascade_proto::internal::{
+    EpochEndOffsetRequest, EpochEndOffsetResponse, ReplicaFetchRequest, ReplicaFetchResponse,
+};
+use cascade_proto::v1::ErrorCode;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+/// Bytes a follower asks for per fetch.
+const FETCH_BYTES: u32 = 4 << 20;
+/// How long the leader holds a fetch that finds nothing new.
+const FETCH_WAIT: Duration = Duration::from_millis(500);
+
+/// Running fetchers and channels to peers.
+#[derive(Debug, Default)]
+pub struct Fetchers {
+    running: Mutex<HashMap<(String, u32), CancellationToken>>,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl Broker {
+    /// A channel to a broker's gRPC address (cached per address).
+    pub(crate) fn peer_channel(&self, node_id: u32) -> Result<Channel> {
+        let addr = self
+            .meta
+            .snapshot()
+            .brokers
+            .get(&node_id)
+            .map(|b| b.grpc_addr.clone())
+            .ok_or_else(|| BrokerError::NoController(format!("broker {node_id} is not known")))?;
+        let mut ch = self
+            .fetchers
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = ch.get(&addr) {
+            return Ok(c.clone());
+        }
+        let c = crate::raft::network::channel(&addr)
+            .map_err(|e| BrokerError::NoController(format!("{addr}: {e}")))?;
+        ch.insert(addr, c.clone());
+        Ok(c)
+    }
+
+    pub(crate) fn stop_fetcher(&self, topic: &str, partition: u32) {
+        let t = self
+            .fetchers
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(topic.to_string(), partition));
+        if let Some(t) = t {
+            t.cancel();
+        }
+    }
+
+    pub(crate) fn start_fetcher(self: &Arc<Self>, part: Arc<Partition>, leader: u32, epoch: i32) {
+        let token = self.shutdown.child_token();
+        let key = (part.topic.to_string(), part.index);
+        if let Some(old) = self
+            .fetchers
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, token.clone())
+        {
+            old.cancel();
+        }
+        let broker = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = broker.follow(part.clone(), leader, epoch) => {}
+            }
+        });
+    }
+
+    /// The fetcher loop of one followed partition. Returns only when cancelled (role change)
+    /// or on a fatal local storage error.
+    async fn follow(self: &Arc<Self>, part: Arc<Partition>, leader: u32, epoch: i32) {
+        let me = self.config.node_id;
+        let mut truncated = false;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let r = async {
+                let mut client = ReplicationClient::new(self.peer_channel(leader)?)
+                    .max_decoding_message_size(64 << 20);
+                if !truncated {
+                    self.truncate_to_leader(&mut client, &part, epoch).await?;
+                    truncated = true;
+                }
+                let fetch_offset = part.reader().end_offset();
+                let mut req = Request::new(ReplicaFetchRequest {
+                    topic: part.topic.to_string(),
+                    topic_id: part.topic_id.to_string(),
+                    partition: part.index,
+                    replica_id: me,
+                    leader_epoch: epoch,
+                    fetch_offset,
+                    max_bytes: FETCH_BYTES,
+                    max_wait_ms: FETCH_WAIT.as_millis() as u32,
+                });
+                req.set_timeout(FETCH_WAIT + Duration::from_secs(5));
+                let resp = match client.fetch(req).await {
+                    Ok(r) => r.into_inner(),
+                    Err(s) => {
+                        let code = cascade_proto::error_code_of(&s);
+                        if code == Some(ErrorCode::OffsetOutOfRange) {
+                            // Below the leader's log start, or past its end after a leader
+                            // change: re-run truncation, which also handles the empty case.
+                            truncated = false;
+                        }
+                        return Err(BrokerError::from_remote(&s));
+                    }
+                };
+                if !resp.records.is_empty() {
+                    part.append_replicated(resp.records.to_vec()).await?;
+                }
+                {
+                    let mut r = part.lock_repl();
+                    r.leader_hw = r.leader_hw.max(resp.high_watermark);
+                }
+                part.update_hw();
+                Ok::<(), BrokerError>(())
+            }
+            .await;
+            match r {
+                Ok(()) => backoff = Duration::from_millis(50),
+                Err(BrokerError::Storage(e)) => {
+                    tracing::error!(topic = %part.topic, partition = part.index, error = %e, "follower storage failed; stopping replication");
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(topic = %part.topic, partition = part.index, leader, error = %e, "replica fetch failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// KIP-279 truncation: cut the local log where the leader's log diverges from it.
+    async fn truncate_to_leader(
+        &self,
+        client: &mut ReplicationClient<Channel>,
+        part: &Partition,
+        epoch: i32,
+    ) -> Result<()> {
+        let local_end = part.reader().end_offset();
+        let latest = part.epochs().latest();
+        let Some((my_epoch, _)) = latest else {
+            // Nothing stamped here (an empty log, or data from before epochs were kept):
+            // start from what the leader has, keeping nothing we cannot vouch for.
+            if local_end > 0 || part.reader().start_offset() > 0 {
+                let resp = client
+                    .epoch_end_offset(EpochEndOffsetRequest {
+                        topic: part.topic.to_string(),
+                        partition: part.index,
+                        leader_epoch: epoch,
+                        requested_epoch: -1,
+                    })
+                    .await
+                    .map_err(|s| BrokerError::from_remote(&s))?
+                    .into_inner();
+                // The answer for epoch -1 is (-1, leader log start).
+                let leader_start = resp.end_offset;
+                if local_end != leader_start {
+                    tracing::warn!(topic = %part.topic, partition = part.index, local_end, leader_start, "no epoch history: restarting the replica from the leader's log start");
+                    part.truncate_fully(leader_start).await?;
+                }
+            }
+            return Ok(());
+        };
+        let resp = client
+            .epoch_end_offset(EpochEndOffsetRequest {
+                topic: part.topic.to_string(),
+                partition: part.index,
+                leader_epoch: epoch,
+                requested_epoch: my_epoch,
+            })
+            .await
+            .map_err(|s| BrokerError::from_remote(&s))?
+            .into_inner();
+        let cut = if resp.epoch < 0 {
+            // The leader has no epoch this old: its log starts after everything here.
+            None
+        } else {
+            // Our own end of the epoch the leader answered for.
+            let mine = part
+                .epochs()
+                .end_offset_for(resp.epoch, local_end)
+                .map(|(_, end)| end)
+                .unwrap_or(local_end);
+            Some(resp.end_offset.min(mine))
+        };
+        match cut {
+            Some(c) if c < local_end => {
+                let end = part.truncate(c).await?;
+                tracing::info!(topic = %part.topic, partition = part.index, from = local_end, to = end, "truncated a divergent suffix");
+            }
+            Some(_) => {}
+            None => {
+                tracing::warn!(topic = %part.topic, partition = part.index, "leader holds none of this replica's epochs: restarting from the leader's log start");
+                part.truncate_fully(resp.end_offset).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn leading(&self, topic: &str, partition: u32, epoch: i32) -> Result<Arc<Partition>> {
+        let part = self.local_partition(topic, partition)?;
+        match part.role() {
+            Role::Leader { epoch: e } if e == epoch => Ok(part),
+            Role::Leader { epoch: e } if epoch < e => Err(BrokerError::FencedLeaderEpoch {
+                topic: topic.to_string(),
+                partition,
+                got: epoch,
+                current: e,
+            }),
+            _ => Err(BrokerError::NotLeader {
+                node: self.config.node_id,
+                topic: topic.to_string(),
+                partition,
+                leader: None,
+            }),
+        }
+    }
+
+    /// Leader side of a follower's fetch. See the module docs.
+    pub async fn replica_fetch(
+        self: &Arc<Self>,
+        r: ReplicaFetchRequest,
+    ) -> Result<ReplicaFetchResponse> {
+        let part = self.leading(&r.topic, r.partition, r.leader_epoch)?;
+        if *part.topic_id != r.topic_id {
+            return Err(BrokerError::UnknownTopic(r.topic.clone()));
+        }
+        let reader = part.reader().clone();
+        let (start, end) = (reader.start_offset(), reader.end_offset());
+        if r.fetch_offset < start || r.fetch_offset > end {
+            return Err(BrokerError::OffsetOutOfRange {
+                topic: r.topic.clone(),
+                partition: r.partition,
+                requested: r.fetch_offset,
+                start,
+                end,
+            });
+        }
+        self.record_follower(&part, r.replica_id, r.fetch_offset);
+        // Long-poll until something past the fetch offset is acknowledged locally.
+        let mut end_rx = part.watch_end();
+        let wait = Duration::from_millis(u64::from(r.max_wait_ms).min(5_000));
+        let _ = tokio::time::timeout(wait, async {
+            loop {
+                if *end_rx.borrow_and_update() > r.fetch_offset || self.shutdown.is_cancelled() {
+                    return;
+                }
+                if end_rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        let limit = *part.watch_end().borrow();
+        let max = (r.max_bytes as usize).clamp(1, 64 << 20);
+        let fetched =
+            tokio::task::spawn_blocking(move || reader.read_until(r.fetch_offset, max, limit))
+                .await
+                .map_err(|e| BrokerError::Metadata(format!("read panicked: {e}")))??;
+        Ok(ReplicaFetchResponse {
+            records: fetched.data,
+            high_watermark: part.high_watermark(),
+            log_start_offset: fetched.start_offset,
+            log_end_offset: limit,
+        })
+    }
+
+    fn record_follower(self: &Arc<Self>, part: &Arc<Partition>, follower: u32, end: u64) {
+        let now = Instant::now();
+        let expand = {
+            let mut r = part.lock_repl();
+            if !r.replicas.contains(&follower) {
+                return;
+            }
+            let leader_end = r.local_end;
+            let f = r.followers.entry(follower).or_insert(FollowerProgress {
+                end: 0,
+                last_fetch: now,
+                leader_end_at_last_fetch: 0,
+                last_caught_up: now,
+            });
+            if end >= leader_end {
+                f.last_caught_up = now;
+            } else if end >= f.leader_end_at_last_fetch {
+                f.last_caught_up = f.last_caught_up.max(f.last_fetch);
+            }
+            f.end = end;
+            f.last_fetch = now;
+            f.leader_end_at_last_fetch = leader_end;
+            let hw = r.compute_hw();
+            // Back into the in-sync set once it has everything consumers may see.
+            let expand = !r.isr.contains(&follower) && end >= hw && !r.isr_change_pending;
+            if expand {
+                r.isr_change_pending = true;
+            }
+            expand
+        };
+        part.update_hw();
+        if expand {
+            let mut isr = part.lock_repl().isr.clone();
+            isr.push(follower);
+            isr.sort_unstable();
+            self.propose_isr(part.clone(), isr);
+        }
+    }
+
+    /// Proposes a new in-sync set for a partition this node leads (in the background).
+    fn propose_isr(self: &Arc<Self>, part: Arc<Partition>, isr: Vec<u32>) {
+        let broker = self.clone();
+        tokio::spawn(async move {
+            let snap = broker.meta.snapshot();
+            let Some(a) = snap.assignment(&part.topic, part.index) else {
+                return;
+            };
+            let update = PartitionUpdate {
+                topic: part.topic.to_string(),
+                topic_id: part.topic_id.to_string(),
+                partition: part.index,
+                expected_partition_epoch: a.partition_epoch,
+                leader: broker.config.node_id,
+                isr: isr.clone(),
+            };
+            if a.leader != broker.config.node_id {
+                part.lock_repl().isr_change_pending = false;
+                return;
+            }
+            match broker
+                .meta
+                .apply(MetadataCommand::UpdatePartitions(vec![update]))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(topic = %part.topic, partition = part.index, ?isr, "in-sync set changed")
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %part.topic, partition = part.index, error = %e, "in-sync set change failed")
+                }
+            }
+            metrics::counter!("cascade_isr_changes_total").increment(1);
+            // The reconciler applies the result (and clears the pending flag); clear it here
+            // too in case the update was stale and nothing changed.
+            part.lock_repl().isr_change_pending = false;
+        });
+    }
+
+    /// Leader duty, run periodically: drop followers that have not caught up for
+    /// `replica_lag_max` from the in-sync set.
+    pub(crate) fn check_isr(self: &Arc<Self>) {
+        let now = Instant::now();
+        let lag_max = self.config.replica_lag_max;
+        let handles: Vec<_> = self.topics_read().values().cloned().collect();
+        for h in handles {
+            for part in h.partitions.values() {
+                let shrink = {
+                    let mut r = part.lock_repl();
+                    if !matches!(r.role, Role::Leader { .. }) || r.isr_change_pending {
+                        continue;
+                    }
+                    let me = r.node_id;
+                    let lagging: Vec<u32> = r
+                        .isr
+                        .iter()
+                        .copied()
+                        .filter(|&id| id != me)
+                        .filter(|id| {
+                            r.followers
+                                .get(id)
+                                .is_none_or(|f| now.duration_since(f.last_caught_up) > lag_max)
+                        })
+                        .collect();
+                    if lagging.is_empty() {
+                        continue;
+                    }
+                    r.isr_change_pending = true;
+                    let isr: Vec<u32> = r
+                        .isr
+                        .iter()
+                        .copied()
+                        .filter(|id| !lagging.contains(id))
+                        .collect();
+                    tracing::warn!(topic = %part.topic, partition = part.index, ?lagging, "followers fell behind: shrinking the in-sync set");
+                    isr
+                };
+                self.propose_isr(part.clone(), shrink);
+            }
+        }
+    }
+
+    /// Leader side of KIP-279. Epoch -1 asks for the log start offset.
+    pub fn epoch_end_offset(&self, r: &EpochEndOffsetRequest) -> Result<EpochEndOffsetResponse> {
+        let part = self.leading(&r.topic, r.partition, r.leader_epoch)?;
+        let end = part.reader().end_offset();
+        if r.requested_epoch < 0 {
+            return Ok(EpochEndOffsetResponse {
+                epoch: -1,
+                end_offset: part.reader().start_offset(),
+            });
+        }
+        Ok(match part.epochs().end_offset_for(r.requested_epoch, end) {
+            Some((epoch, end_offset)) => EpochEndOffsetResponse { epoch, end_offset },
+            None => EpochEndOffsetResponse {
+                epoch: -1,
+                end_offset: part.reader().start_offset(),
+            },
+        })
+    }
+}
+
+/// The internal `Replication` gRPC service.
+#[derive(Debug, Clone)]
+pub struct ReplicationService {
+    broker: Arc<Broker>,
+}
+
+impl ReplicationService {
+    /// Serves `broker`.
+    pub fn new(broker: Arc<Broker>) -> Self {
+        Self { broker }
+    }
+}
+
+#[tonic::async_trait]
+impl Replication for ReplicationService {
+    async fn fetch(
+        &self,
+        req: Request<ReplicaFetchRequest>,
+    ) -> Result<Response<ReplicaFetchResponse>, Status> {
+        self.broker
+            .replica_fetch(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    async fn epoch_end_offset(
+        &self,
+        req: Request<EpochEndOffsetRequest>,
+    ) -> Result<Response<EpochEndOffsetResponse>, Status> {
+        self.broker
+            .epoch_end_offset(req.get_ref())
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+}
