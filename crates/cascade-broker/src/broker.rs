@@ -160,8 +160,24 @@ impl Broker {
                     .bootstrap(&self.config.advertised_grpc_addr)
                     .await?;
             } else {
-                crate::controller::join(self).await?;
+                crate::controller::join(self, &self.config.seeds).await?;
             }
+        } else if self
+            .meta
+            .member_addr(me)
+            .is_some_and(|a| a != self.config.advertised_grpc_addr)
+        {
+            // Back with a new address: peers must learn it before they can reach this node.
+            let mut contacts = self.config.seeds.clone();
+            for id in self.meta.voters() {
+                if id != me
+                    && let Some(a) = self.meta.member_addr(id)
+                {
+                    contacts.push(a);
+                }
+            }
+            tracing::info!(old = ?self.meta.member_addr(me), new = %self.config.advertised_grpc_addr, "this node's address changed: telling the cluster");
+            crate::controller::join(self, &contacts).await?;
         }
         let node = BrokerInfo {
             node_id: me,

@@ -129,8 +129,9 @@ pub(crate) async fn send_heartbeat(b: &Arc<Broker>) -> Result<()> {
     Ok(())
 }
 
-/// Joins an existing cluster through its seeds (retrying for up to a minute).
-pub(crate) async fn join(b: &Arc<Broker>) -> Result<()> {
+/// Joins an existing cluster through `contacts` (seeds, or the known members when this node
+/// only needs its new address recorded), retrying for up to a minute.
+pub(crate) async fn join(b: &Arc<Broker>, contacts: &[String]) -> Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let req = JoinRequest {
         node_id: b.config.node_id,
@@ -138,7 +139,7 @@ pub(crate) async fn join(b: &Arc<Broker>) -> Result<()> {
         http_addr: b.config.advertised_http_addr.clone(),
     };
     loop {
-        for seed in &b.config.seeds {
+        for seed in contacts {
             let Ok(channel) = crate::raft::network::channel(seed) else {
                 continue;
             };
@@ -156,8 +157,7 @@ pub(crate) async fn join(b: &Arc<Broker>) -> Result<()> {
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(BrokerError::NoController(format!(
-                "could not join the cluster through seeds {:?}",
-                b.config.seeds
+                "could not join the cluster through {contacts:?}"
             )));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -21,6 +21,9 @@ pub struct Node {
     pub grpc: String,
     pub http: Option<String>,
     pub extra: Vec<String>,
+    /// gRPC port to listen on (0: any; set after the first start so restarts keep the
+    /// address a cluster knows this node by).
+    pub grpc_port: u16,
 }
 
 impl Node {
@@ -32,6 +35,7 @@ impl Node {
             grpc: String::new(),
             http: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            grpc_port: 0,
         };
         node.spawn();
         node
@@ -47,11 +51,16 @@ impl Node {
         cmd.arg("server")
             .arg("--data-dir")
             .arg(&self.dir)
-            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args([
+                "--grpc-addr",
+                &format!("127.0.0.1:{}", self.grpc_port),
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
             .args(&self.extra)
             .env(
                 "CASCADE_LOG",
-                std::env::var("CASCADE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+                std::env::var("CASCADE_TEST_LOG").unwrap_or_else(|_| "warn,openraft=off".into()),
             )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -112,6 +121,28 @@ impl Node {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Starts the node again on the same directory and gRPC port (a cluster member keeps its
+    /// address), with a new HTTP port.
+    pub fn restart_same_port(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the node first");
+        self.grpc_port = self
+            .grpc
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("grpc port");
+        self.spawn();
+    }
+
+    /// SIGSTOP / SIGCONT: a node that hangs without dying.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
     }
 
     /// Starts the node again on the same directory (new ports).

@@ -1,0 +1,311 @@
+//! Multi-process cluster tests on 127.0.0.1: three real `cascade server` processes forming a
+//! cluster through `--seeds`, replicated topics, leader kill -9 and failover, follower
+//! catch-up, `min.insync.replicas`, and replicas compared byte for byte afterwards.
+//!
+//! Requests are routed to partition leaders by hand here (from DescribeCluster), so these
+//! tests check the servers, not the client's routing.
+
+mod common;
+
+use cascade_client::proto::{ClusterDescription, ErrorCode};
+use cascade_client::{Acks, Client};
+use common::errors::record;
+use common::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Fast failure detection so the tests do not wait on defaults.
+const FAST: &[&str] = &["--heartbeat-ms", "200", "--session-timeout-ms", "1200"];
+
+fn start_cluster(dirs: &[tempfile::TempDir]) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    let mut first = vec!["--node-id", "1"];
+    first.extend_from_slice(FAST);
+    nodes.push(Node::start_with(dirs[0].path(), &first));
+    let seed = nodes[0].grpc.clone();
+    for (i, d) in dirs.iter().enumerate().skip(1) {
+        let id = (i + 1).to_string();
+        let mut args = vec!["--node-id", id.as_str(), "--seeds", seed.as_str()];
+        args.extend_from_slice(FAST);
+        nodes.push(Node::start_with(d.path(), &args));
+    }
+    nodes
+}
+
+async fn wait_for<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The cluster as a running node sees it.
+async fn describe(nodes: &[Node]) -> ClusterDescription {
+    for n in nodes.iter().filter(|n| n.child.is_some()) {
+        if let Ok(c) = Client::connect(&n.grpc).await
+            && let Ok(d) = c.describe_cluster().await
+        {
+            return d;
+        }
+    }
+    panic!("no node answers DescribeCluster");
+}
+
+fn partition(
+    d: &ClusterDescription,
+    topic: &str,
+    p: u32,
+) -> cascade_client::proto::PartitionDescription {
+    d.topics
+        .iter()
+        .find(|t| t.name == topic)
+        .expect("topic")
+        .partitions[p as usize]
+        .clone()
+}
+
+async fn leader_client(nodes: &[Node], topic: &str, p: u32) -> (u32, Client) {
+    let d = describe(nodes).await;
+    let leader = partition(&d, topic, p).leader;
+    assert_ne!(leader, 0, "{topic}/{p} has no leader");
+    let c = Client::connect(&nodes[leader as usize - 1].grpc)
+        .await
+        .expect("connect to leader");
+    (leader, c)
+}
+
+/// Produces `n` values to each partition at its leader with acks=all; returns what was
+/// acknowledged: partition → offset → value.
+async fn produce_all(
+    nodes: &[Node],
+    topic: &str,
+    partitions: u32,
+    tag: &str,
+    n: usize,
+    acked: &mut BTreeMap<u32, BTreeMap<u64, String>>,
+) {
+    for p in 0..partitions {
+        let (_, c) = leader_client(nodes, topic, p).await;
+        for chunk in 0..n / 10 {
+            let values: Vec<String> = (0..10)
+                .map(|i| format!("{tag}-{p}-{}", chunk * 10 + i))
+                .collect();
+            let recs: Vec<_> = values.iter().map(|v| record(None, v.as_bytes())).collect();
+            // Right after a leader change the new leader may still be taking over: those
+            // answers are retriable (and nothing was written).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let r = loop {
+                match c
+                    .produce_records(topic, Some(p), recs.clone(), Acks::All)
+                    .await
+                {
+                    Ok(r) => break r,
+                    Err(e)
+                        if matches!(
+                            e.reason(),
+                            Some(ErrorCode::LeaderNotAvailable | ErrorCode::NotLeader)
+                        ) && Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => panic!("acks=all produce to {topic}/{p}: {e}"),
+                }
+            };
+            let base = r[0].base_offset;
+            for (i, v) in values.into_iter().enumerate() {
+                acked.entry(p).or_default().insert(base + i as u64, v);
+            }
+        }
+    }
+}
+
+/// Checks that every acknowledged value is at its offset on the partition leader.
+async fn check_acked(nodes: &[Node], topic: &str, acked: &BTreeMap<u32, BTreeMap<u64, String>>) {
+    for (&p, want) in acked {
+        let (_, c) = leader_client(nodes, topic, p).await;
+        let got = read_partition(&c, topic, p).await;
+        for (&off, v) in want {
+            let at = got
+                .get(off as usize)
+                .unwrap_or_else(|| panic!("{topic}/{p}: acknowledged offset {off} missing"));
+            assert_eq!(at.1, v.as_bytes(), "{topic}/{p} offset {off}");
+        }
+    }
+}
+
+/// Every stored batch of a replica's partition directory, read offline.
+fn replica_bytes(dir: &Path) -> Vec<u8> {
+    let log = cascade_log::Log::open(dir, cascade_log::LogConfig::default()).expect("open replica");
+    let r = log.reader();
+    let mut out = Vec::new();
+    let mut next = r.start_offset();
+    while next < r.end_offset() {
+        let f = r.read(next, 1 << 20).expect("read");
+        out.extend_from_slice(&f.data);
+        next = f.next_offset;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_replicate_fail_over_and_catch_up() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = start_cluster(&dirs);
+    let d = wait_for("3 live brokers", Duration::from_secs(20), async || {
+        let d = describe(&nodes).await;
+        (d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive)).then_some(d)
+    })
+    .await;
+    assert_ne!(d.controller_id, 0);
+
+    let admin = nodes[1].client().await; // any node takes admin requests
+    let configs: BTreeMap<String, String> =
+        [("min.insync.replicas".to_string(), "2".to_string())].into();
+    admin
+        .create_topic("r", 3, 3, configs)
+        .await
+        .expect("create");
+    let d = describe(&nodes).await;
+    let leaders: Vec<u32> = (0..3).map(|p| partition(&d, "r", p).leader).collect();
+    let mut sorted = leaders.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        [1, 2, 3],
+        "leadership spread over the brokers: {leaders:?}"
+    );
+    for p in 0..3 {
+        assert_eq!(partition(&d, "r", p).isr.len(), 3);
+    }
+
+    let mut acked = BTreeMap::new();
+    produce_all(&nodes, "r", 3, "a", 100, &mut acked).await;
+    check_acked(&nodes, "r", &acked).await;
+
+    // kill -9 the leader of partition 0: a live in-sync replica takes over.
+    let victim = partition(&describe(&nodes).await, "r", 0).leader;
+    nodes[victim as usize - 1].kill9();
+    let killed = Instant::now();
+    let new_leader = wait_for("a new leader of r/0", Duration::from_secs(20), async || {
+        let p = partition(&describe(&nodes).await, "r", 0);
+        (p.leader != 0 && p.leader != victim).then_some(p.leader)
+    })
+    .await;
+    let failover = killed.elapsed();
+    eprintln!("failover of r/0 from node {victim} to node {new_leader}: {failover:?}");
+    let d = describe(&nodes).await;
+    for p in 0..3 {
+        let part = partition(&d, "r", p);
+        assert!(
+            !part.isr.contains(&victim),
+            "the dead node left the ISR of r/{p}"
+        );
+        assert_ne!(part.leader, victim);
+    }
+    // Two in-sync replicas remain: acks=all still works.
+    produce_all(&nodes, "r", 3, "b", 50, &mut acked).await;
+    check_acked(&nodes, "r", &acked).await;
+
+    // The node comes back, catches up and rejoins every in-sync set.
+    nodes[victim as usize - 1].restart_same_port();
+    wait_for(
+        "the returning node back in sync",
+        Duration::from_secs(30),
+        async || {
+            let d = describe(&nodes).await;
+            (0..3)
+                .all(|p| partition(&d, "r", p).isr.len() == 3)
+                .then_some(())
+        },
+    )
+    .await;
+    // Leadership returns to the preferred replicas.
+    wait_for("preferred leaders", Duration::from_secs(30), async || {
+        let d = describe(&nodes).await;
+        let now: Vec<u32> = (0..3).map(|p| partition(&d, "r", p).leader).collect();
+        (now == leaders).then_some(())
+    })
+    .await;
+    produce_all(&nodes, "r", 3, "c", 50, &mut acked).await;
+    check_acked(&nodes, "r", &acked).await;
+
+    // Stop everything and compare the replicas byte for byte.
+    for n in nodes.iter_mut() {
+        assert_eq!(n.stop(), Some(0));
+    }
+    for p in 0..3u32 {
+        let copies: Vec<Vec<u8>> = dirs
+            .iter()
+            .map(|d| replica_bytes(&d.path().join("topics").join("r").join(p.to_string())))
+            .collect();
+        assert!(!copies[0].is_empty());
+        assert_eq!(copies[0], copies[1], "r/{p}: replicas 1 and 2 differ");
+        assert_eq!(copies[0], copies[2], "r/{p}: replicas 1 and 3 differ");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acks_all_needs_min_insync_replicas() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = start_cluster(&dirs);
+    wait_for("3 live brokers", Duration::from_secs(20), async || {
+        let d = describe(&nodes).await;
+        (d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive)).then_some(())
+    })
+    .await;
+    let admin = nodes[0].client().await;
+    // Every replica must acknowledge (a majority of nodes stays up, so the metadata group
+    // keeps working while one is down).
+    let configs: BTreeMap<String, String> =
+        [("min.insync.replicas".to_string(), "3".to_string())].into();
+    admin
+        .create_topic("m", 1, 3, configs)
+        .await
+        .expect("create");
+    let leader = partition(&describe(&nodes).await, "m", 0).leader;
+    let followers: Vec<u32> = (1..=3).filter(|&n| n != leader).collect();
+    let (_, c) = leader_client(&nodes, "m", 0).await;
+    c.produce_records("m", Some(0), vec![record(None, b"x")], Acks::All)
+        .await
+        .expect("three in sync");
+
+    // A follower dies: the in-sync set shrinks below the minimum.
+    nodes[followers[0] as usize - 1].kill9();
+    wait_for("the ISR shrinking", Duration::from_secs(20), async || {
+        let p = partition(&describe(&nodes).await, "m", 0);
+        (p.isr.len() == 2).then_some(())
+    })
+    .await;
+    let err = c
+        .produce_records("m", Some(0), vec![record(None, b"y")], Acks::All)
+        .await
+        .expect_err("acks=all with 2 in-sync replicas and min.insync.replicas=3");
+    assert_eq!(err.reason(), Some(ErrorCode::NotEnoughReplicas), "{err}");
+    // acks=leader still works.
+    c.produce_records("m", Some(0), vec![record(None, b"z")], Acks::Leader)
+        .await
+        .expect("acks=leader");
+
+    // The follower returns: it catches up, rejoins, and acks=all works again.
+    nodes[followers[0] as usize - 1].restart_same_port();
+    wait_for(
+        "the follower back in sync",
+        Duration::from_secs(30),
+        async || {
+            let p = partition(&describe(&nodes).await, "m", 0);
+            (p.isr.len() == 3).then_some(())
+        },
+    )
+    .await;
+    c.produce_records("m", Some(0), vec![record(None, b"w")], Acks::All)
+        .await
+        .expect("three in sync again");
+    let got = read_partition(&c, "m", 0).await;
+    let values: Vec<&[u8]> = got.iter().map(|(_, v)| v.as_slice()).collect();
+    assert_eq!(values, [b"x".as_slice(), b"z", b"w"]);
+}
