@@ -1,12 +1,42 @@
 //! The broker's periodic background work, in one task: evict silent group members (every
 //! second), flush partitions with `flush=interval`, run retention, and refresh the gauges
-//! that `/metrics` shows. Work on partitions is sent to their actors, never done here.
+//! that `/metrics` shows (including replication health: led and under-replicated partitions,
+//! and on the controller offline partitions and fenced brokers). Work on partitions is sent to
+//! their actors, never done here.
 
 use crate::broker::Broker;
 use cascade_types::FlushMode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
+
+/// Replication health as this node sees it: under-replicated partitions it leads; the
+/// controller also reports offline partitions and fenced brokers for the whole cluster (only
+/// it, so sums over nodes count each once).
+fn cluster_gauges(broker: &Broker) {
+    let snap = broker.meta.snapshot();
+    let me = broker.config.node_id;
+    let controller = broker.meta.is_controller();
+    let (mut led, mut under, mut offline) = (0u64, 0u64, 0u64);
+    for a in snap.topics.values().flat_map(|t| t.partitions.iter()) {
+        if a.leader == me {
+            led += 1;
+            if a.isr.len() < a.replicas.len() {
+                under += 1;
+            }
+        }
+        if a.leader == 0 {
+            offline += 1;
+        }
+    }
+    let fenced = snap.brokers.values().filter(|b| b.fenced).count();
+    metrics::gauge!("cascade_leader_partitions").set(led as f64);
+    metrics::gauge!("cascade_under_replicated_partitions").set(under as f64);
+    metrics::gauge!("cascade_is_controller").set(if controller { 1.0 } else { 0.0 });
+    metrics::gauge!("cascade_offline_partitions").set(if controller { offline as f64 } else { 0.0 });
+    metrics::gauge!("cascade_fenced_brokers").set(if controller { fenced as f64 } else { 0.0 });
+    metrics::gauge!("cascade_metadata_version").set(snap.version as f64);
+}
 
 pub(crate) fn spawn(broker: Arc<Broker>) {
     let token = broker.shutdown.clone();
@@ -48,6 +78,7 @@ pub(crate) fn spawn(broker: Arc<Broker>) {
                 broker.groups().expire_members();
                 broker.expire_consumers();
                 metrics::gauge!("cascade_partitions").set(partitions as f64);
+                cluster_gauges(&broker);
                 metrics::gauge!("cascade_topics").set(handles.len() as f64);
                 for (name, h) in &handles {
                     for p in h.partitions.values() {

@@ -309,3 +309,34 @@ async fn acks_all_needs_min_insync_replicas() {
     let values: Vec<&[u8]> = got.iter().map(|(_, v)| v.as_slice()).collect();
     assert_eq!(values, [b"x".as_slice(), b"z", b"w"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn graceful_stop_hands_leadership_over_before_exiting() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = start_cluster(&dirs);
+    wait_for("3 live brokers", Duration::from_secs(20), async || {
+        let d = describe(&nodes).await;
+        (d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive)).then_some(())
+    })
+    .await;
+    let admin = nodes[2].client().await;
+    let configs: BTreeMap<String, String> = [("min.insync.replicas".to_string(), "2".to_string())].into();
+    admin.create_topic("g", 3, 3, configs).await.expect("create");
+    let mut acked = BTreeMap::new();
+    produce_all(&nodes, "g", 3, "a", 20, &mut acked).await;
+
+    let leaving = partition(&describe(&nodes).await, "g", 0).leader;
+    let node = &mut nodes[leaving as usize - 1];
+    let code = tokio::task::block_in_place(|| node.stop());
+    assert_eq!(code, Some(0));
+    // Leadership had moved before the process exited: no session timeout to wait for.
+    let d = describe(&nodes).await;
+    for p in 0..3 {
+        let part = partition(&d, "g", p);
+        assert_ne!(part.leader, leaving, "g/{p} still led by the stopped node");
+        assert_ne!(part.leader, 0, "g/{p} has a leader");
+        assert!(!part.isr.contains(&leaving));
+    }
+    produce_all(&nodes, "g", 3, "b", 20, &mut acked).await;
+    check_acked(&nodes, "g", &acked).await;
+}
