@@ -166,6 +166,7 @@ impl Broker {
             .meta
             .member_addr(me)
             .is_some_and(|a| a != self.config.advertised_grpc_addr)
+            && self.meta.voters() != [me]
         {
             // Back with a new address: peers must learn it before they can reach this node.
             let mut contacts = self.config.seeds.clone();
@@ -185,7 +186,10 @@ impl Broker {
             http_addr: self.config.advertised_http_addr.clone(),
             fenced: false,
         };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        // A node restarting while most of its cluster is down waits here until a majority is
+        // back (in a full restart every node waits for the others), so nodes must be started
+        // independently of each other's readiness.
+        let mut attempts = 0u32;
         loop {
             let r = self
                 .meta
@@ -193,12 +197,37 @@ impl Broker {
                 .await;
             match r {
                 Ok(_) => break,
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    tracing::info!(error = %e, "registering with the controller: retrying");
+                Err(e) => {
+                    attempts += 1;
+                    if attempts % 10 == 1 {
+                        tracing::warn!(error = %e, "registering with the controller (is a majority of the cluster up?): retrying");
+                    }
                     tokio::time::sleep(Duration::from_millis(300)).await;
                 }
-                Err(e) => return Err(e),
             }
+        }
+        if self.meta.is_controller()
+            && self
+                .meta
+                .member_addr(me)
+                .is_some_and(|a| a != self.config.advertised_grpc_addr)
+        {
+            // The only voter, back on a new address: record it itself.
+            let node = openraft::BasicNode {
+                addr: self.config.advertised_grpc_addr.clone(),
+            };
+            self.meta
+                .raft()
+                .change_membership(
+                    openraft::ChangeMembers::SetNodes(
+                        [(u64::from(me), node)].into_iter().collect(),
+                    ),
+                    true,
+                )
+                .await
+                .map_err(|e| {
+                    BrokerError::Metadata(format!("recording this node's new address: {e}"))
+                })?;
         }
         if self.meta.snapshot().cluster_id.is_empty() {
             self.meta
@@ -222,6 +251,7 @@ impl Broker {
         crate::reconcile::spawn(self.clone());
         crate::controller::spawn(self.clone());
         crate::housekeeping::spawn(self.clone());
+        self.spawn_scrub();
         self.ready.send_replace(true);
         tracing::info!(node = me, "broker started");
         Ok(())
@@ -256,6 +286,7 @@ impl Broker {
         let id: Arc<str> = Arc::from(t.id.as_str());
         let config = t.config.clone();
         let node = self.config.node_id;
+        let repairable = t.replication_factor > 1;
         // The topic id marks whose data a directory holds, so a re-created topic never adopts
         // an old one's files.
         let idfile = topic_dir(&self.config.data_dir, &t.name).join("topic-id");
@@ -276,7 +307,9 @@ impl Broker {
                     crate::metadata::write_atomically(&idfile, want.as_bytes())?;
                 }
             }
-            Ok(Arc::new(Partition::open(name, id, p, node, &dir, &config)?))
+            Ok(Arc::new(Partition::open(
+                name, id, p, node, &dir, &config, repairable,
+            )?))
         })
         .await
         .map_err(|e| BrokerError::Metadata(format!("opening a partition panicked: {e}")))?

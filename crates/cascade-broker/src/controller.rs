@@ -130,9 +130,10 @@ pub(crate) async fn send_heartbeat(b: &Arc<Broker>) -> Result<()> {
 }
 
 /// Joins an existing cluster through `contacts` (seeds, or the known members when this node
-/// only needs its new address recorded), retrying for up to a minute.
+/// only needs its new address recorded), retrying until it succeeds (a stop cancels the
+/// caller).
 pub(crate) async fn join(b: &Arc<Broker>, contacts: &[String]) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut attempts = 0u32;
     let req = JoinRequest {
         node_id: b.config.node_id,
         grpc_addr: b.config.advertised_grpc_addr.clone(),
@@ -151,14 +152,15 @@ pub(crate) async fn join(b: &Arc<Broker>, contacts: &[String]) -> Result<()> {
                     return Ok(());
                 }
                 Err(s) => {
-                    tracing::info!(seed = %seed, error = %s.message(), "join failed; retrying")
+                    if attempts.is_multiple_of(10) {
+                        tracing::warn!(seed = %seed, error = %s.message(), "join failed; retrying");
+                    }
                 }
             }
         }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(BrokerError::NoController(format!(
-                "could not join the cluster through {contacts:?}"
-            )));
+        attempts += 1;
+        if contacts.is_empty() {
+            return Err(BrokerError::NoController("no seeds to join through".into()));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

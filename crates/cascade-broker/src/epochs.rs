@@ -18,11 +18,16 @@ use std::path::{Path, PathBuf};
 /// The cache file of partition directory `dir`: beside it (`<topic>/<p>.leader-epochs`), as
 /// the storage engine owns everything inside it.
 pub fn file_of(dir: &Path) -> PathBuf {
+    sibling(dir, "leader-epochs")
+}
+
+/// A file beside a partition directory: `<topic>/<p>.<ext>`.
+pub fn sibling(dir: &Path, ext: &str) -> PathBuf {
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
-    dir.with_file_name(format!("{name}.leader-epochs"))
+    dir.with_file_name(format!("{name}.{ext}"))
 }
 
 /// See the module docs.

@@ -33,7 +33,11 @@ fn cluster_gauges(broker: &Broker) {
     metrics::gauge!("cascade_leader_partitions").set(led as f64);
     metrics::gauge!("cascade_under_replicated_partitions").set(under as f64);
     metrics::gauge!("cascade_is_controller").set(if controller { 1.0 } else { 0.0 });
-    metrics::gauge!("cascade_offline_partitions").set(if controller { offline as f64 } else { 0.0 });
+    metrics::gauge!("cascade_offline_partitions").set(if controller {
+        offline as f64
+    } else {
+        0.0
+    });
     metrics::gauge!("cascade_fenced_brokers").set(if controller { fenced as f64 } else { 0.0 });
     metrics::gauge!("cascade_metadata_version").set(snap.version as f64);
 }
@@ -82,6 +86,7 @@ pub(crate) fn spawn(broker: Arc<Broker>) {
                 metrics::gauge!("cascade_topics").set(handles.len() as f64);
                 for (name, h) in &handles {
                     for p in h.partitions.values() {
+                        p.checkpoint_hw();
                         let labels = [("topic", name.clone()), ("partition", p.index.to_string())];
                         let r = p.reader();
                         metrics::gauge!("cascade_log_size_bytes", &labels)

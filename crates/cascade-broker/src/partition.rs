@@ -70,6 +70,10 @@ pub(crate) enum Command {
         start: u64,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Look for damage in the whole log.
+    FindDamage {
+        reply: oneshot::Sender<Result<Option<u64>>>,
+    },
     /// Periodic housekeeping: interval flush, retention.
     Maintain { retention: bool },
     /// Replace the configuration for everything from now on.
@@ -190,12 +194,21 @@ pub struct Partition {
     epochs: Arc<Mutex<EpochCache>>,
     min_insync: Mutex<u32>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    damaged: Mutex<Option<u64>>,
+    /// The high watermark last checkpointed.
+    hw_saved: std::sync::atomic::AtomicU64,
 }
 
 impl Partition {
     /// Opens (recovering if needed) the log in `dir` and starts its actor thread. Blocking.
     /// The replica starts [`Role::Idle`]; a single-node or fresh partition becomes leader
     /// through [`Partition::become_leader`].
+    ///
+    /// A `repairable` replica (the topic has other replicas to copy from) whose sealed data
+    /// turns out damaged is opened cut at the damage instead of refusing to open, and remembers
+    /// it ([`Partition::damaged_at_open`]) so it is taken out of the in-sync set before it could
+    /// lead; replication then fetches the rest again. A lone replica refuses to open instead:
+    /// cutting it would lose acknowledged data for good.
     pub fn open(
         topic: Arc<str>,
         topic_id: Arc<str>,
@@ -203,13 +216,37 @@ impl Partition {
         node_id: u32,
         dir: &Path,
         config: &TopicConfig,
+        repairable: bool,
     ) -> Result<Self> {
         let log_cfg = log_config(config);
-        let log = Log::open(dir, log_cfg)?;
+        let mut damaged_at_open = None;
+        let log = match Log::open(dir, log_cfg.clone()) {
+            Err(e @ LogError::Corrupt { .. }) if repairable => {
+                tracing::error!(dir = %dir.display(), error = %e, "damaged replica: cutting it at the damage to fetch the rest from the leader");
+                let log = Log::open(
+                    dir,
+                    LogConfig {
+                        on_corruption: cascade_log::CorruptionPolicy::Truncate,
+                        ..log_cfg
+                    },
+                )?;
+                damaged_at_open = Some(log.end_offset());
+                log
+            }
+            r => r?,
+        };
         let epochs = Arc::new(Mutex::new(EpochCache::load(dir, log.end_offset())?));
         let reader = log.reader();
         let local_end = acknowledged_end(&log);
-        let (hw_tx, hw) = watch::channel(0);
+        // The last high watermark this replica knew: everything below it was on every in-sync
+        // replica, so it may be served again at once after a restart (capped by what is here).
+        let hw_file = crate::epochs::sibling(dir, "hw");
+        let checkpoint = std::fs::read_to_string(&hw_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            .min(local_end);
+        let (hw_tx, hw) = watch::channel(checkpoint);
         let (end_tx, end) = watch::channel(local_end);
         let (role_tx, _) = watch::channel(Role::Idle);
         let repl = Arc::new(Mutex::new(ReplState {
@@ -252,7 +289,31 @@ impl Partition {
             epochs,
             min_insync: Mutex::new(config.min_insync_replicas),
             thread: Mutex::new(Some(thread)),
+            damaged: Mutex::new(damaged_at_open),
+            hw_saved: std::sync::atomic::AtomicU64::new(checkpoint),
         })
+    }
+
+    /// Where this replica's log was cut because of damage found when opening it or by a
+    /// scrub, until the in-sync set no longer counts on it ([`Partition::clear_damage`]).
+    pub fn damaged_at_open(&self) -> Option<u64> {
+        *self.damaged.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records damage found after opening.
+    pub fn mark_damaged(&self, at: u64) {
+        *self.damaged.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
+    }
+
+    /// The damage has been dealt with (this replica left the in-sync set).
+    pub fn clear_damage(&self) {
+        *self.damaged.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Checks every batch of the log (CRC, framing, offsets); returns where the undamaged
+    /// prefix ends if something is damaged. Reads the whole log: run it in the background.
+    pub async fn scrub(&self) -> Result<Option<u64>> {
+        self.call(|reply| Command::FindDamage { reply }).await
     }
 
     /// The partition's directory.
@@ -298,6 +359,20 @@ impl Partition {
     /// The leader epoch cache.
     pub fn epochs(&self) -> std::sync::MutexGuard<'_, EpochCache> {
         self.epochs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Saves the high watermark beside the log (no fsync: a lost or older value only makes a
+    /// restarted replica wait for its followers before serving the newest events).
+    pub fn checkpoint_hw(&self) {
+        let hw = self.high_watermark();
+        if self.hw_saved.swap(hw, std::sync::atomic::Ordering::Relaxed) == hw {
+            return;
+        }
+        let path = crate::epochs::sibling(&self.dir, "hw");
+        let tmp = path.with_extension("hw.tmp");
+        if std::fs::write(&tmp, hw.to_string()).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
     }
 
     /// Recomputes the high watermark from the replication state and publishes it if it grew.
@@ -517,6 +592,7 @@ impl Partition {
 
     /// Flushes and closes the log (writing its clean-shutdown marker) and stops the actor.
     pub async fn close(&self) -> Result<()> {
+        self.checkpoint_hw();
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Command::Close { reply }).await.is_err() {
             return Ok(()); // already closed
@@ -688,6 +764,17 @@ impl Actor {
                             .truncate_fully(start)
                             .map_err(BrokerError::from)
                             .and_then(|()| self.epochs().clear());
+                        let _ = reply.send(r);
+                    }
+                    Command::FindDamage { reply } => {
+                        let r = match self.log.find_damage() {
+                            Ok(None) => Ok(None),
+                            Ok(Some((at, e))) => {
+                                tracing::error!(dir = %self.dir.display(), error = %e, at, "scrub found damage");
+                                Ok(Some(at))
+                            }
+                            Err(e) => Err(BrokerError::from(e)),
+                        };
                         let _ = reply.send(r);
                     }
                     Command::Maintain { retention } => {

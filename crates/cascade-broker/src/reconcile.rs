@@ -106,6 +106,15 @@ impl Broker {
                 let Some(a) = t.partitions.get(i as usize) else {
                     continue;
                 };
+                if part.damaged_at_open().is_some() {
+                    if a.isr.contains(&me) {
+                        // Never lead (or count as in sync) with a log cut for damage: leave
+                        // the in-sync set first; the next reconciliation gives the role.
+                        self.repair_damaged(part, None).await?;
+                        continue;
+                    }
+                    part.clear_damage();
+                }
                 let role = part.role();
                 if a.leader == me {
                     if role

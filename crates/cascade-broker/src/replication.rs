@@ -479,3 +479,110 @@ impl Replication for ReplicationService {
             .map_err(Status::from)
     }
 }
+
+impl Broker {
+    /// Deals with a damaged replica (see `Partition::open`, `Partition::scrub`): takes it out
+    /// of the in-sync set, handing leadership to another live in-sync replica if it led, and
+    /// only then cuts its log at `cut_at` so replication fetches the rest again. A replica
+    /// that is the last in-sync copy keeps its data (cutting would lose acknowledged events
+    /// for good) and stays flagged.
+    pub(crate) async fn repair_damaged(
+        self: &Arc<Self>,
+        part: &Arc<Partition>,
+        cut_at: Option<u64>,
+    ) -> Result<()> {
+        let me = self.config.node_id;
+        for _ in 0..50 {
+            let snap = self.meta.snapshot();
+            let Some(a) = snap.assignment(&part.topic, part.index) else {
+                return Ok(());
+            };
+            if !a.isr.contains(&me) {
+                break;
+            }
+            let others: Vec<u32> = a
+                .isr
+                .iter()
+                .copied()
+                .filter(|&r| r != me && snap.brokers.get(&r).is_some_and(|b| !b.fenced))
+                .collect();
+            if others.is_empty() {
+                tracing::error!(topic = %part.topic, partition = part.index, "damaged replica is the only live in-sync copy: keeping its data");
+                return Ok(());
+            }
+            let leader = if a.leader == me || a.leader == 0 {
+                others[0]
+            } else {
+                a.leader
+            };
+            let update = PartitionUpdate {
+                topic: part.topic.to_string(),
+                topic_id: part.topic_id.to_string(),
+                partition: part.index,
+                expected_partition_epoch: a.partition_epoch,
+                leader,
+                isr: others,
+            };
+            if let Err(e) = self
+                .meta
+                .apply(MetadataCommand::UpdatePartitions(vec![update]))
+                .await
+            {
+                tracing::warn!(topic = %part.topic, partition = part.index, error = %e, "leaving the in-sync set failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        if let Some(at) = cut_at {
+            let end = part.truncate(at).await?;
+            tracing::warn!(topic = %part.topic, partition = part.index, end, "cut a damaged replica; fetching the rest from the leader");
+        }
+        part.clear_damage();
+        metrics::counter!("cascade_replica_repairs_total").increment(1);
+        Ok(())
+    }
+
+    /// Checks every replicated partition this node holds for damage, one at a time, and
+    /// repairs what it finds. Run once in the background after start.
+    pub(crate) fn spawn_scrub(self: &Arc<Self>) {
+        let b = self.clone();
+        tokio::spawn(async move {
+            let snap = b.meta.snapshot();
+            let handles: Vec<_> = b
+                .topics_read()
+                .iter()
+                .map(|(n, h)| (n.clone(), h.clone()))
+                .collect();
+            for (name, h) in handles {
+                if snap
+                    .topics
+                    .get(&name)
+                    .is_none_or(|t| t.replication_factor < 2)
+                {
+                    continue;
+                }
+                for part in h.partitions.values() {
+                    if b.shutdown.is_cancelled() {
+                        return;
+                    }
+                    b.scrub_partition(part).await;
+                }
+            }
+        });
+    }
+
+    /// Scrubs one partition and repairs it if damaged.
+    pub(crate) async fn scrub_partition(self: &Arc<Self>, part: &Arc<Partition>) {
+        match part.scrub().await {
+            Ok(Some(at)) => {
+                part.mark_damaged(at);
+                if let Err(e) = self.repair_damaged(part, Some(at)).await {
+                    tracing::error!(topic = %part.topic, partition = part.index, error = %e, "repairing a damaged replica");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(topic = %part.topic, partition = part.index, error = %e, "scrub failed")
+            }
+        }
+    }
+}

@@ -671,25 +671,41 @@ impl Log {
     /// Reads every batch of every segment and checks it (CRC, framing, dense offsets) without
     /// changing anything. Returns the first damage found.
     pub fn verify(&self) -> Result<()> {
+        match self.find_damage()? {
+            None => Ok(()),
+            Some((_, e)) => Err(e),
+        }
+    }
+
+    /// Like [`Log::verify`], but also says where the undamaged prefix of the log ends: the
+    /// offset (a batch boundary) up to which every batch checks out, so a replica can cut the
+    /// log there with [`Log::truncate_to`] and fetch the rest again.
+    pub fn find_damage(&self) -> Result<Option<(u64, LogError)>> {
         let segs = self.shared.segments();
         for seg in segs.iter() {
             let out = seg.scan(self.config.index_interval_bytes, false)?;
             if let Some((pos, reason)) = out.damage {
-                return Err(LogError::corrupt(&seg.log_path, pos, reason));
+                return Ok(Some((
+                    out.end.next_offset,
+                    LogError::corrupt(&seg.log_path, pos, reason),
+                )));
             }
             let end = seg.end();
             if out.end != end {
-                return Err(LogError::corrupt(
-                    &seg.log_path,
-                    out.end.log_len,
-                    format!(
-                        "segment ends at offset {}, expected {}",
-                        out.end.next_offset, end.next_offset
+                return Ok(Some((
+                    out.end.next_offset,
+                    LogError::corrupt(
+                        &seg.log_path,
+                        out.end.log_len,
+                        format!(
+                            "segment ends at offset {}, expected {}",
+                            out.end.next_offset, end.next_offset
+                        ),
                     ),
-                ));
+                )));
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Flushes everything and writes the clean-shutdown marker, so the next open need not

@@ -74,7 +74,7 @@ fn flipped_bytes_in_a_sealed_segment_are_reported_never_returned() {
         match index_damage {
             None => {
                 // The quick check passes: the damage is found on read, and only there.
-                let log = Log::open(&dir, LogConfig::default()).unwrap();
+                let mut log = Log::open(&dir, LogConfig::default()).unwrap();
                 let r = log.reader();
                 assert_eq!(log.end_offset(), all.len() as u64);
                 for off in bad.base..=bad.last {
@@ -104,6 +104,17 @@ fn flipped_bytes_in_a_sealed_segment_are_reported_never_returned() {
                 );
                 let err = log.verify().unwrap_err();
                 assert_corrupt_at(&err, &log_path, &bad);
+                // find_damage names the undamaged prefix: cutting there leaves a log that
+                // verifies and holds exactly the events before the damaged batch.
+                let (cut, err) = log.find_damage().unwrap().expect("damage found");
+                assert_corrupt_at(&err, &log_path, &bad);
+                assert_eq!(
+                    cut, bad.base,
+                    "the prefix ends where the damaged batch starts"
+                );
+                assert_eq!(log.truncate_to(cut).unwrap(), cut);
+                log.verify().unwrap();
+                assert_eq!(read_all(&r, 0), all[..cut as usize].to_vec());
             }
             Some(how) => {
                 if how == "deleted" {

@@ -320,8 +320,12 @@ async fn graceful_stop_hands_leadership_over_before_exiting() {
     })
     .await;
     let admin = nodes[2].client().await;
-    let configs: BTreeMap<String, String> = [("min.insync.replicas".to_string(), "2".to_string())].into();
-    admin.create_topic("g", 3, 3, configs).await.expect("create");
+    let configs: BTreeMap<String, String> =
+        [("min.insync.replicas".to_string(), "2".to_string())].into();
+    admin
+        .create_topic("g", 3, 3, configs)
+        .await
+        .expect("create");
     let mut acked = BTreeMap::new();
     produce_all(&nodes, "g", 3, "a", 20, &mut acked).await;
 
@@ -339,4 +343,141 @@ async fn graceful_stop_hands_leadership_over_before_exiting() {
     }
     produce_all(&nodes, "g", 3, "b", 20, &mut acked).await;
     check_acked(&nodes, "g", &acked).await;
+}
+
+/// Starts every node again at once (each waits for a majority before it is ready).
+fn restart_all(nodes: &mut [Node]) {
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|s| {
+            for n in nodes.iter_mut() {
+                s.spawn(move || n.restart_same_port());
+            }
+        })
+    });
+}
+
+/// Flips bytes in the middle of the second (sealed) segment of a replica's partition.
+fn damage_sealed_segment(partition_dir: &Path) {
+    let mut logs: Vec<_> = std::fs::read_dir(partition_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    assert!(logs.len() >= 3, "need sealed segments, have {logs:?}");
+    let path = &logs[1];
+    let mut bytes = std::fs::read(path).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 4] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+async fn replicated_topic_with_segments(
+    nodes: &[Node],
+    topic: &str,
+) -> BTreeMap<u32, BTreeMap<u64, String>> {
+    let admin = nodes[0].client().await;
+    let configs: BTreeMap<String, String> = [
+        ("min.insync.replicas".to_string(), "2".to_string()),
+        ("segment.bytes".to_string(), "2048".to_string()),
+    ]
+    .into();
+    admin
+        .create_topic(topic, 1, 3, configs)
+        .await
+        .expect("create");
+    let mut acked = BTreeMap::new();
+    produce_all(nodes, topic, 1, "v", 300, &mut acked).await;
+    wait_for(
+        "all replicas in sync",
+        Duration::from_secs(20),
+        async || (partition(&describe(nodes).await, topic, 0).isr.len() == 3).then_some(()),
+    )
+    .await;
+    acked
+}
+
+fn assert_replicas_identical(dirs: &[tempfile::TempDir], topic: &str) {
+    let copies: Vec<Vec<u8>> = dirs
+        .iter()
+        .map(|d| replica_bytes(&d.path().join("topics").join(topic).join("0")))
+        .collect();
+    assert!(!copies[0].is_empty());
+    for (i, c) in copies.iter().enumerate().skip(1) {
+        assert_eq!(
+            &copies[0],
+            c,
+            "{topic}/0: replica {} differs from replica 1",
+            i + 1
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn damaged_follower_is_detected_by_checksum_and_repaired_from_the_leader() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = start_cluster(&dirs);
+    wait_for("3 live brokers", Duration::from_secs(20), async || {
+        let d = describe(&nodes).await;
+        (d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive)).then_some(())
+    })
+    .await;
+    let acked = replicated_topic_with_segments(&nodes, "d").await;
+    let p = partition(&describe(&nodes).await, "d", 0);
+    let follower = *p.replicas.iter().find(|&&r| r != p.leader).unwrap();
+    let f = &mut nodes[follower as usize - 1];
+    tokio::task::block_in_place(|| f.stop());
+    damage_sealed_segment(&dirs[follower as usize - 1].path().join("topics/d/0"));
+    nodes[follower as usize - 1].restart_same_port();
+    // The scrub finds the damage, the replica cuts its log there and fetches the rest.
+    wait_for(
+        "the repaired follower back in sync",
+        Duration::from_secs(30),
+        async || {
+            let p = partition(&describe(&nodes).await, "d", 0);
+            (p.isr.len() == 3).then_some(())
+        },
+    )
+    .await;
+    check_acked(&nodes, "d", &acked).await;
+    for n in nodes.iter_mut() {
+        tokio::task::block_in_place(|| n.stop());
+    }
+    assert_replicas_identical(&dirs, "d");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn damaged_leader_never_leads_with_its_damaged_log() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = start_cluster(&dirs);
+    wait_for("3 live brokers", Duration::from_secs(20), async || {
+        let d = describe(&nodes).await;
+        (d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive)).then_some(())
+    })
+    .await;
+    let acked = replicated_topic_with_segments(&nodes, "e").await;
+    let leader = partition(&describe(&nodes).await, "e", 0).leader;
+    // Every node stops; the leader's copy is damaged while it is down; all come back.
+    for n in nodes.iter_mut() {
+        tokio::task::block_in_place(|| n.stop());
+    }
+    damage_sealed_segment(&dirs[leader as usize - 1].path().join("topics/e/0"));
+    restart_all(&mut nodes);
+    wait_for(
+        "a sound leader and every replica in sync",
+        Duration::from_secs(40),
+        async || {
+            let p = partition(&describe(&nodes).await, "e", 0);
+            (p.leader != 0 && p.isr.len() == 3).then_some(())
+        },
+    )
+    .await;
+    check_acked(&nodes, "e", &acked).await;
+    for n in nodes.iter_mut() {
+        tokio::task::block_in_place(|| n.stop());
+    }
+    assert_replicas_identical(&dirs, "e");
 }
