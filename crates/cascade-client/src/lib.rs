@@ -21,12 +21,16 @@ mod client;
 mod consumer;
 mod error;
 mod instances;
+mod metadata;
 mod producer;
+pub mod retry;
 
+pub use cascade_proto::LeaderHint;
 pub use cascade_proto::v1 as proto;
 pub use client::{Acks, Client, Produced};
 pub use consumer::{
     ConsumedRecord, GroupConfig, GroupConsumer, OffsetReset, PartitionConsumer, decode_records,
 };
-pub use error::{ClientError, Result};
+pub use error::{ClientError, ClientError as Error, Result};
+pub use metadata::{BrokerInfo, ClusterMetadata, PartitionInfo};
 pub use producer::{Producer, ProducerConfig, ProducerRecord, RecordMetadata};
