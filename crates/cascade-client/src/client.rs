@@ -935,11 +935,11 @@ impl Client {
         self.prepare(Target::Partition(topic, 0)).await;
     }
 
-    /// Refreshes the metadata after a failure seen with the cache as it is now; errors are
-    /// left to the next call.
-    pub(crate) async fn invalidate(&self) {
+    /// Refreshes the metadata after a failure seen with the cache as it is now; an error
+    /// means no broker answered.
+    pub(crate) async fn invalidate(&self) -> Result<()> {
         let (version, _) = self.read_meta();
-        let _ = self.refresh_since(version).await;
+        self.refresh_since(version).await
     }
 
     /// Earliest, latest, or by-timestamp offsets of the given partitions (all when empty),
@@ -1030,6 +1030,9 @@ impl Client {
             position: pb::subscribe_request::Position,
             upstream: Option<tonic::Streaming<pb::FetchedPartition>>,
             done: bool,
+            /// Pause between reconnections, reset by every message: a stream that keeps
+            /// breaking at once must not spin.
+            backoff: Backoff,
         }
         let state = State {
             client: self.clone(),
@@ -1038,6 +1041,7 @@ impl Client {
             position,
             upstream: None,
             done: false,
+            backoff: Backoff::default(),
         };
         futures::stream::unfold(state, |mut s| async move {
             use futures::StreamExt;
@@ -1088,9 +1092,16 @@ impl Client {
                 }
                 tracing::debug!(topic = %s.topic, partition = s.partition, error = %failure,
                     "subscription interrupted: reconnecting");
-                if failure.leader_hint().is_none() {
-                    s.client.invalidate().await;
+                if failure.leader_hint().is_none()
+                    && s.client.invalidate().await.is_err()
+                    && failure.retry() == Retry::Ambiguous
+                {
+                    // No broker answers at all: the cluster is down, not moving.
+                    s.done = true;
+                    return Some((Err(failure), s));
                 }
+                let pause = s.backoff.next().unwrap_or_default();
+                tokio::time::sleep(crate::retry::jitter(pause)).await;
             }
         })
     }

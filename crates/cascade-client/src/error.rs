@@ -10,7 +10,7 @@ use std::time::Duration;
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
 /// An error from a client call.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
     /// No broker could be reached.
