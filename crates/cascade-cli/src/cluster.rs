@@ -49,10 +49,10 @@ fn state(p: &pb::PartitionDescription) -> &'static str {
     }
 }
 
-fn partitions<'a>(
-    c: &'a pb::ClusterDescription,
+fn partitions(
+    c: &pb::ClusterDescription,
     internal: bool,
-) -> impl Iterator<Item = (&'a pb::TopicDescription, &'a pb::PartitionDescription)> {
+) -> impl Iterator<Item = (&pb::TopicDescription, &pb::PartitionDescription)> {
     c.topics
         .iter()
         .filter(move |t| internal || !t.internal)

@@ -49,6 +49,16 @@ pub(crate) const MAX_MESSAGE: usize = 256 << 20;
 const MIN_ON_DEMAND_REFRESH: Duration = Duration::from_millis(100);
 
 /// A connection to a Cascade cluster. Cheap to clone; clones share connections and metadata.
+///
+/// Partition requests go to the partition's leader, group requests to the group's
+/// coordinator, admin requests to any broker. Retriable failures (`NOT_LEADER`,
+/// `LEADER_NOT_AVAILABLE`, `NOT_COORDINATOR`, `SHUTTING_DOWN`, `NOT_ENOUGH_REPLICAS`, a node
+/// down) are retried with backoff from 25 ms doubling to 1 s, following the server's leader
+/// hint or fresh metadata, within the retry budget ([`Client::with_retry_budget`], 15 s),
+/// then reported as [`ClientError::RetriesExhausted`]. Refusals are always safe to resend; a
+/// transport failure may hide a request that was carried out, so it is resent only for calls
+/// that are safe to repeat, and for produce, which is therefore at-least-once (a batch may be
+/// stored twice). If no broker answers at all, calls fail at once.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -1050,11 +1060,7 @@ impl Client {
                     return None;
                 }
                 let Some(up) = s.upstream.as_mut() else {
-                    match s
-                        .client
-                        .subscribe(&s.topic, s.partition, s.position.clone())
-                        .await
-                    {
+                    match s.client.subscribe(&s.topic, s.partition, s.position).await {
                         Ok(up) => {
                             s.upstream = Some(up);
                             continue;
@@ -1317,4 +1323,154 @@ pub(crate) fn split_by_partition(
             (p, sub)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(key: Option<&'static str>) -> pb::Record {
+        pb::Record {
+            key: key.map(|k| Bytes::from_static(k.as_bytes())),
+            value: Some(Bytes::from_static(b"v")),
+            ..Default::default()
+        }
+    }
+
+    fn entry(partition: i32, records: Vec<pb::Record>) -> pb::PartitionRecords {
+        pb::PartitionRecords {
+            partition,
+            batches: Bytes::new(),
+            records,
+        }
+    }
+
+    #[test]
+    fn split_places_records_like_the_broker() {
+        let req = pb::ProduceRequest {
+            topic: "t".into(),
+            partitions: vec![
+                entry(2, vec![rec(None)]),
+                entry(-1, vec![rec(Some("alice")), rec(None), rec(Some("bob"))]),
+                entry(2, vec![rec(Some("x"))]),
+            ],
+            acks: Acks::All as i32,
+            timeout_ms: 7,
+            idempotency_key: "k".into(),
+        };
+        let parts = split_by_partition(req, 4);
+        let alice = cascade_types::partition_for_key(b"alice", 4);
+        let bob = cascade_types::partition_for_key(b"bob", 4);
+        let sticky = cascade_types::partition_for_key(b"k", 4);
+        // Partition 2 first (first seen), with its two entries in order.
+        assert_eq!(parts[0].0, 2);
+        let p2 = &parts[0].1;
+        let n2 = if alice == 2 || bob == 2 || sticky == 2 {
+            3
+        } else {
+            2
+        };
+        assert!(p2.partitions.len() >= 2 && p2.partitions.len() <= n2);
+        assert_eq!(p2.partitions[0].records[0].key, None);
+        assert_eq!(
+            p2.partitions.last().unwrap().records[0].key.as_deref(),
+            Some(&b"x"[..])
+        );
+        for (p, sub) in &parts {
+            assert_eq!(sub.idempotency_key, format!("k/{p}"));
+            assert_eq!((sub.timeout_ms, sub.topic.as_str()), (7, "t"));
+            assert!(sub.partitions.iter().all(|e| e.partition == *p as i32));
+        }
+        let placed = |key: Option<&[u8]>| {
+            parts
+                .iter()
+                .find(|(_, sub)| {
+                    sub.partitions.iter().any(|e| {
+                        e.records
+                            .iter()
+                            .any(|r| r.key.as_deref() == key && key.is_some())
+                    })
+                })
+                .map(|(p, _)| *p)
+        };
+        assert_eq!(placed(Some(b"alice")), Some(alice));
+        assert_eq!(placed(Some(b"bob")), Some(bob));
+        let total: usize = parts
+            .iter()
+            .flat_map(|(_, s)| &s.partitions)
+            .map(|e| e.records.len())
+            .sum();
+        assert_eq!(total, 5, "no record lost or duplicated");
+    }
+
+    #[test]
+    fn produce_is_resent_only_when_every_partition_was_refused() {
+        let refused = |p: u32| pb::PartitionProduceResult {
+            partition: p,
+            error: Some(pb::Error {
+                code: pb::ErrorCode::NotLeader as i32,
+                message: "moved".into(),
+            }),
+            ..Default::default()
+        };
+        let ok = |p: u32| pb::PartitionProduceResult {
+            partition: p,
+            ..Default::default()
+        };
+        let all = pb::ProduceResponse {
+            results: vec![refused(0), refused(1)],
+        };
+        assert_eq!(all_refused("t", &all).unwrap_err().retry(), Retry::Refused);
+        let mixed = pb::ProduceResponse {
+            results: vec![refused(0), ok(1)],
+        };
+        assert!(
+            all_refused("t", &mixed).is_ok(),
+            "partition 1 would be written twice"
+        );
+        assert!(all_refused("t", &pb::ProduceResponse::default()).is_ok());
+    }
+
+    #[test]
+    fn needs_split_only_across_leaders() {
+        let desc = |leaders: &[u32]| {
+            ClusterMetadata::from_description(&pb::ClusterDescription {
+                brokers: (1..=2)
+                    .map(|n| pb::BrokerDescription {
+                        node_id: n,
+                        grpc_addr: format!("10.0.0.{n}:1"),
+                        http_addr: String::new(),
+                        alive: true,
+                    })
+                    .collect(),
+                topics: vec![pb::TopicDescription {
+                    name: "t".into(),
+                    partitions: leaders
+                        .iter()
+                        .enumerate()
+                        .map(|(i, l)| pb::PartitionDescription {
+                            partition: i as u32,
+                            leader: *l,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+        };
+        let req = |parts: &[i32]| pb::ProduceRequest {
+            topic: "t".into(),
+            partitions: parts.iter().map(|p| entry(*p, vec![rec(None)])).collect(),
+            ..Default::default()
+        };
+        let m = desc(&[1, 2, 1]);
+        assert!(!needs_split(&m, &req(&[0, 2])), "both on node 1");
+        assert!(needs_split(&m, &req(&[0, 1])));
+        assert!(
+            needs_split(&m, &req(&[-1])),
+            "the broker could pick either node"
+        );
+        assert!(!needs_split(&desc(&[1, 1]), &req(&[-1])));
+    }
 }
