@@ -1,18 +1,25 @@
-//! `cascade cluster status`: nodes, controller, partition leaders and health.
+//! `cascade cluster status`: nodes (with the controller marked), every partition's leader,
+//! leader epoch, replicas and in-sync replicas, flagged when under-replicated (ISR smaller
+//! than the replica set) or offline (no leader), and a summary line. `--output json` prints
+//! the same facts as one JSON document. The rendering is pure (tested below); `run` only
+//! fetches and prints.
 
 use crate::Common;
-use crate::output::{Format, json, table};
+use crate::output::{Format, format_table, json};
 use anyhow::Result;
+use cascade_client::proto as pb;
 use clap::Subcommand;
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// Cluster inspection.
 #[derive(Debug, Subcommand)]
 pub enum ClusterCmd {
-    /// Show nodes, the controller, every partition's leader, replicas and in-sync replicas, and
-    /// under-replicated or offline partitions.
+    /// Show the nodes (address, alive, which one is the controller), then every partition's
+    /// leader, leader epoch, replicas and in-sync replicas (ISR), flagging under-replicated
+    /// partitions (ISR smaller than the replicas) and offline ones (no leader), and a summary
+    /// line with their counts. Any broker answers.
     Status {
-        /// Include internal topics.
+        /// Include internal topics (names starting with "__", e.g. committed offsets).
         #[arg(long)]
         internal: bool,
     },
@@ -23,34 +30,65 @@ pub async fn run(cmd: ClusterCmd, common: &Common) -> Result<()> {
     let ClusterCmd::Status { internal } = cmd;
     let client = common.connect().await?;
     let c = client.describe_cluster().await?;
-    let topics: Vec<_> = c
-        .topics
-        .iter()
-        .filter(|t| internal || !t.internal)
-        .collect();
     if common.output == Format::Json {
-        json(&json!({
-            "cluster_id": c.cluster_id,
-            "controller_id": c.controller_id,
-            "brokers": c.brokers.iter().map(|b| json!({"node_id": b.node_id,
-                "grpc_addr": b.grpc_addr, "http_addr": b.http_addr, "alive": b.alive})).collect::<Vec<_>>(),
-            "partitions": topics.iter().flat_map(|t| t.partitions.iter().map(move |p| json!({
-                "topic": t.name, "partition": p.partition, "leader": p.leader,
-                "leader_epoch": p.leader_epoch, "replicas": p.replicas, "isr": p.isr,
-                "under_replicated": p.isr.len() < p.replicas.len(),
-                "high_watermark": p.high_watermark,
-            }))).collect::<Vec<_>>(),
-            "under_replicated_partitions": c.under_replicated_partitions,
-            "offline_partitions": c.offline_partitions,
-        }));
-        return Ok(());
+        json(&status_json(&c, internal));
+    } else {
+        print!("{}", status_text(&c, internal));
     }
-    println!(
-        "Cluster {}  controller: node {}",
-        c.cluster_id, c.controller_id
-    );
-    let rows: Vec<Vec<String>> = c
-        .brokers
+    Ok(())
+}
+
+/// Health of one partition.
+fn state(p: &pb::PartitionDescription) -> &'static str {
+    if p.leader == 0 {
+        "offline"
+    } else if p.isr.len() < p.replicas.len() {
+        "under-replicated"
+    } else {
+        "ok"
+    }
+}
+
+fn partitions(
+    c: &pb::ClusterDescription,
+    internal: bool,
+) -> impl Iterator<Item = (&pb::TopicDescription, &pb::PartitionDescription)> {
+    c.topics
+        .iter()
+        .filter(move |t| internal || !t.internal)
+        .flat_map(|t| t.partitions.iter().map(move |p| (t, p)))
+}
+
+fn ids(v: &[u32]) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
+    v.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// The counts shown: from the partitions listed, so they match the table (the server's own
+/// counts, which include internal topics, are in the JSON too).
+fn counts(c: &pb::ClusterDescription, internal: bool) -> (usize, usize, usize) {
+    let mut total = 0;
+    let mut under = 0;
+    let mut offline = 0;
+    for (_, p) in partitions(c, internal) {
+        total += 1;
+        match state(p) {
+            "offline" => offline += 1,
+            "under-replicated" => under += 1,
+            _ => {}
+        }
+    }
+    (total, under, offline)
+}
+
+/// The report for people.
+pub fn status_text(c: &pb::ClusterDescription, internal: bool) -> String {
+    let mut out = format!("Cluster {}\n\n", c.cluster_id);
+    let mut brokers: Vec<&pb::BrokerDescription> = c.brokers.iter().collect();
+    brokers.sort_by_key(|b| b.node_id);
+    let rows: Vec<Vec<String>> = brokers
         .iter()
         .map(|b| {
             vec![
@@ -61,39 +99,236 @@ pub async fn run(cmd: ClusterCmd, common: &Common) -> Result<()> {
                 } else {
                     b.http_addr.clone()
                 },
-                if b.alive { "up".into() } else { "down".into() },
+                if b.alive { "yes".into() } else { "NO".into() },
+                if b.node_id == c.controller_id {
+                    "controller".into()
+                } else {
+                    String::new()
+                },
             ]
         })
         .collect();
-    table(&["NODE", "GRPC", "HTTP", "STATUS"], &rows);
-    println!();
-    let rows: Vec<Vec<String>> = topics
-        .iter()
-        .flat_map(|t| {
-            t.partitions.iter().map(move |p| {
-                vec![
-                    t.name.clone(),
-                    p.partition.to_string(),
-                    p.leader.to_string(),
-                    format!("{:?}", p.replicas),
-                    format!("{:?}", p.isr),
-                    if p.isr.len() < p.replicas.len() {
-                        "under-replicated".into()
-                    } else {
-                        "ok".into()
-                    },
-                ]
-            })
+    out.push_str(&format_table(
+        &["NODE", "GRPC", "HTTP", "ALIVE", "ROLE"],
+        &rows,
+    ));
+    out.push('\n');
+    let rows: Vec<Vec<String>> = partitions(c, internal)
+        .map(|(t, p)| {
+            vec![
+                t.name.clone(),
+                p.partition.to_string(),
+                if p.leader == 0 {
+                    "none".into()
+                } else {
+                    p.leader.to_string()
+                },
+                p.leader_epoch.to_string(),
+                ids(&p.replicas),
+                ids(&p.isr),
+                state(p).into(),
+            ]
         })
         .collect();
-    table(
-        &["TOPIC", "PARTITION", "LEADER", "REPLICAS", "ISR", "STATE"],
-        &rows,
-    );
-    println!();
-    println!(
-        "Under-replicated partitions: {}  offline partitions: {}",
-        c.under_replicated_partitions, c.offline_partitions
-    );
-    Ok(())
+    if rows.is_empty() {
+        out.push_str("No topics.\n");
+    } else {
+        out.push_str(&format_table(
+            &[
+                "TOPIC",
+                "PARTITION",
+                "LEADER",
+                "EPOCH",
+                "REPLICAS",
+                "ISR",
+                "STATE",
+            ],
+            &rows,
+        ));
+    }
+    let (total, under, offline) = counts(c, internal);
+    let alive = c.brokers.iter().filter(|b| b.alive).count();
+    out.push_str(&format!(
+        "\n{alive}/{} nodes alive, controller: {}\n\
+         Partitions: {total}  Under-replicated partitions: {under}  Offline partitions: {offline}\n",
+        c.brokers.len(),
+        if c.controller_id == 0 {
+            "none".to_string()
+        } else {
+            format!("node {}", c.controller_id)
+        },
+    ));
+    out
+}
+
+/// The report for programs: one document.
+pub fn status_json(c: &pb::ClusterDescription, internal: bool) -> Value {
+    let (total, under, offline) = counts(c, internal);
+    json!({
+        "cluster_id": c.cluster_id,
+        "controller_id": c.controller_id,
+        "brokers": c.brokers.iter().map(|b| json!({
+            "node_id": b.node_id,
+            "grpc_addr": b.grpc_addr,
+            "http_addr": b.http_addr,
+            "alive": b.alive,
+            "controller": b.node_id == c.controller_id,
+        })).collect::<Vec<_>>(),
+        "partitions": partitions(c, internal).map(|(t, p)| json!({
+            "topic": t.name,
+            "partition": p.partition,
+            "leader": (p.leader != 0).then_some(p.leader),
+            "leader_epoch": p.leader_epoch,
+            "replicas": p.replicas,
+            "isr": p.isr,
+            "under_replicated": p.isr.len() < p.replicas.len(),
+            "offline": p.leader == 0,
+            "high_watermark": p.high_watermark,
+        })).collect::<Vec<_>>(),
+        "summary": {
+            "brokers": c.brokers.len(),
+            "alive_brokers": c.brokers.iter().filter(|b| b.alive).count(),
+            "partitions": total,
+            "under_replicated": under,
+            "offline": offline,
+        },
+        "under_replicated_partitions": c.under_replicated_partitions,
+        "offline_partitions": c.offline_partitions,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(p: u32, leader: u32, replicas: &[u32], isr: &[u32]) -> pb::PartitionDescription {
+        pb::PartitionDescription {
+            partition: p,
+            leader,
+            leader_epoch: 3,
+            replicas: replicas.to_vec(),
+            isr: isr.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn sample() -> pb::ClusterDescription {
+        pb::ClusterDescription {
+            cluster_id: "abc".into(),
+            controller_id: 2,
+            brokers: [(2, true), (1, true), (3, false)]
+                .into_iter()
+                .map(|(n, alive)| pb::BrokerDescription {
+                    node_id: n,
+                    grpc_addr: format!("10.0.0.{n}:50051"),
+                    http_addr: String::new(),
+                    alive,
+                })
+                .collect(),
+            topics: vec![
+                pb::TopicDescription {
+                    name: "orders".into(),
+                    partitions: vec![
+                        part(0, 1, &[1, 2, 3], &[1, 2, 3]),
+                        part(1, 2, &[2, 3, 1], &[2, 1]),
+                        part(2, 0, &[3], &[]),
+                    ],
+                    ..Default::default()
+                },
+                pb::TopicDescription {
+                    name: "__consumer_offsets".into(),
+                    internal: true,
+                    partitions: vec![part(0, 2, &[2, 3], &[2])],
+                    ..Default::default()
+                },
+            ],
+            under_replicated_partitions: 2,
+            offline_partitions: 1,
+        }
+    }
+
+    #[test]
+    fn text_marks_controller_and_flags_partitions() {
+        let s = status_text(&sample(), false);
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines[0], "Cluster abc");
+        let node = |id: &str| {
+            *lines
+                .iter()
+                .find(|l| l.starts_with(id) && l.contains("10.0.0."))
+                .unwrap()
+        };
+        assert!(node("2 ").ends_with("controller"), "{s}");
+        assert!(!node("1 ").contains("controller"), "{s}");
+        assert!(node("3 ").contains("NO"), "{s}");
+        let row = |p: &str| {
+            *lines
+                .iter()
+                .find(|l| l.starts_with(&format!("orders  {p} ")))
+                .unwrap_or_else(|| panic!("no row for {p}: {s}"))
+        };
+        assert!(row("0").ends_with("ok"), "{s}");
+        assert!(row("1").ends_with("under-replicated"), "{s}");
+        assert!(row("1").contains("2,3,1"), "{s}");
+        assert!(row("2").contains("none"), "{s}");
+        assert!(row("2").ends_with("offline"), "{s}");
+        assert!(!s.contains("__consumer_offsets"), "internal hidden: {s}");
+        assert!(s.contains("\n2/3 nodes alive, controller: node 2\n"), "{s}");
+        assert!(
+            s.trim_end()
+                .ends_with("Partitions: 3  Under-replicated partitions: 1  Offline partitions: 1"),
+            "{s}"
+        );
+        let with_internal = status_text(&sample(), true);
+        assert!(with_internal.contains("__consumer_offsets"));
+        assert!(
+            with_internal
+                .contains("Partitions: 4  Under-replicated partitions: 2  Offline partitions: 1")
+        );
+    }
+
+    #[test]
+    fn json_has_the_same_facts() {
+        let v = status_json(&sample(), false);
+        assert_eq!(v["controller_id"], 2);
+        let controllers: Vec<&Value> = v["brokers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["controller"] == true)
+            .collect();
+        assert_eq!(controllers.len(), 1);
+        assert_eq!(controllers[0]["node_id"], 2);
+        let parts = v["partitions"].as_array().unwrap();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[1]["under_replicated"], true);
+        assert_eq!(parts[1]["leader_epoch"], 3);
+        assert_eq!(parts[2]["offline"], true);
+        assert_eq!(parts[2]["leader"], Value::Null);
+        assert_eq!(v["summary"]["under_replicated"], 1);
+        assert_eq!(v["summary"]["offline"], 1);
+        assert_eq!(v["summary"]["alive_brokers"], 2);
+    }
+
+    #[test]
+    fn empty_cluster() {
+        let c = pb::ClusterDescription {
+            cluster_id: "x".into(),
+            controller_id: 1,
+            brokers: vec![pb::BrokerDescription {
+                node_id: 1,
+                grpc_addr: "127.0.0.1:50051".into(),
+                http_addr: "127.0.0.1:8082".into(),
+                alive: true,
+            }],
+            ..Default::default()
+        };
+        let s = status_text(&c, false);
+        assert!(s.contains("No topics."), "{s}");
+        assert!(s.contains("1/1 nodes alive, controller: node 1\n"), "{s}");
+        assert!(
+            s.contains("Partitions: 0  Under-replicated partitions: 0"),
+            "{s}"
+        );
+    }
 }

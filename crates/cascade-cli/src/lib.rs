@@ -16,7 +16,8 @@ use clap::Args;
 /// Options every client command takes.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// Brokers to contact (comma-separated host:port).
+    /// Brokers to start from (comma-separated host:port): the first that answers tells the
+    /// client the rest of the cluster, and requests then go to each partition's leader.
     #[arg(
         long,
         env = "CASCADE_BROKERS",

@@ -1,11 +1,19 @@
 //! Consumers: [`PartitionConsumer`] follows one partition from an offset; [`GroupConsumer`]
 //! joins a consumer group and reads the partitions the coordinator assigns it.
 //!
+//! Both follow the cluster: fetches go to each partition's leader, and one that hits a leader
+//! change or a dead node refreshes the metadata and continues from the same offset (nothing
+//! is skipped or read twice by the consumer itself). Group calls go to the coordinator and
+//! follow it when it moves; a member the new coordinator does not know (`UNKNOWN_MEMBER`
+//! after a failover, or evicted) rejoins with epoch 0 and resumes from the committed offsets,
+//! so records read but not yet committed are read again (at-least-once).
+//!
 //! Records are decoded from the stored batches without copying payloads: keys, values and
 //! header values are slices of the fetched buffer (`Bytes`).
 
 use crate::client::Client;
-use crate::error::{ClientError, Result};
+use crate::error::{ClientError, Result, Retry};
+use crate::retry::Backoff;
 use bytes::Bytes;
 use cascade_proto::v1 as pb;
 use cascade_record::Batches;
@@ -107,7 +115,8 @@ impl PartitionConsumer {
         self.position = offset;
     }
 
-    /// Fetches the next records, waiting up to `max_wait` when there are none yet.
+    /// Fetches the next records, waiting up to `max_wait` when there are none yet. Leader
+    /// changes are followed within the client's retry budget (see [`Client::fetch`]).
     pub async fn poll(&mut self, max_wait: Duration) -> Result<Vec<ConsumedRecord>> {
         let f = self
             .client
@@ -126,6 +135,14 @@ impl PartitionConsumer {
         }
         Ok(recs)
     }
+}
+
+/// True when the coordinator no longer counts us as a member.
+fn must_rejoin(e: &ClientError) -> bool {
+    matches!(
+        e.reason(),
+        Some(pb::ErrorCode::UnknownMember | pb::ErrorCode::FencedMemberEpoch)
+    )
 }
 
 /// Where a group consumer starts on a partition with no committed offset.
@@ -188,6 +205,11 @@ pub struct GroupConsumer {
     positions: BTreeMap<Tp, u64>,
     /// Positions already committed.
     committed: BTreeMap<Tp, u64>,
+    /// Partitions whose fetches fail retriably (leader moving, node down), since when and
+    /// why: they are retried on every poll until the client's retry budget is spent.
+    stalled: BTreeMap<Tp, (Instant, ClientError)>,
+    /// Pause between polls while some fetch fails, so a caller's loop does not spin.
+    backoff: Backoff,
 }
 
 impl GroupConsumer {
@@ -202,6 +224,8 @@ impl GroupConsumer {
             last_heartbeat: None,
             positions: BTreeMap::new(),
             committed: BTreeMap::new(),
+            stalled: BTreeMap::new(),
+            backoff: Backoff::default(),
         };
         c.heartbeat().await?;
         Ok(c)
@@ -234,18 +258,11 @@ impl GroupConsumer {
         };
         let resp = match self.client.heartbeat(req).await {
             Ok(r) => r,
-            Err(e)
-                if matches!(
-                    e.reason(),
-                    Some(pb::ErrorCode::UnknownMember | pb::ErrorCode::FencedMemberEpoch)
-                ) =>
-            {
-                // Evicted or fenced: whatever we owned is someone else's now. Rejoin.
+            Err(e) if must_rejoin(&e) && !(self.member_id.is_empty() && self.epoch == 0) => {
+                // Evicted, fenced, or unknown to a new coordinator after a failover: whatever
+                // we owned may be someone else's now. Rejoin and start from committed offsets.
                 tracing::info!(group = %self.config.group, error = %e, "rejoining group");
-                self.positions.clear();
-                self.committed.clear();
-                self.member_id.clear();
-                self.epoch = 0;
+                self.forget_membership();
                 return Box::pin(self.heartbeat()).await;
             }
             Err(e) => return Err(e),
@@ -283,6 +300,14 @@ impl GroupConsumer {
             self.start_positions(&added).await?;
         }
         Ok(())
+    }
+
+    fn forget_membership(&mut self) {
+        self.positions.clear();
+        self.committed.clear();
+        self.stalled.clear();
+        self.member_id.clear();
+        self.epoch = 0;
     }
 
     async fn start_positions(&mut self, added: &[Tp]) -> Result<()> {
@@ -350,9 +375,88 @@ impl GroupConsumer {
             return Ok(Vec::new());
         }
         let wait = max_wait.min(self.interval / 2);
+        // One fetch per leader. With several leaders, a first round that does not wait gives
+        // every node its turn; only when none has data do they all long-poll, and the first
+        // answer with records ends the poll (a cancelled fetch changes nothing: positions
+        // only move with answers we process).
+        let mut by_leader: BTreeMap<Option<String>, Vec<(Tp, u64)>> = BTreeMap::new();
+        for t in self.config.topics.clone() {
+            self.client.ensure_topic(&t).await;
+        }
+        for (tp, o) in &self.positions {
+            by_leader
+                .entry(self.client.route_key(&tp.0, tp.1))
+                .or_default()
+                .push((tp.clone(), *o));
+        }
+        let groups: Vec<Vec<(Tp, u64)>> = by_leader.into_values().collect();
+        let mut out = Vec::new();
+        let mut failed = false;
+        if groups.len() == 1 {
+            let r = self.fetch_group(&groups[0], wait).await;
+            failed |= self.absorb(&groups[0], r, &mut out).await?;
+        } else {
+            let answers = futures::future::join_all(
+                groups.iter().map(|g| self.fetch_group(g, Duration::ZERO)),
+            )
+            .await;
+            for (g, r) in groups.iter().zip(answers) {
+                failed |= self.absorb(g, r, &mut out).await?;
+            }
+            if out.is_empty() && !failed && !wait.is_zero() {
+                let mut pending: futures::stream::FuturesUnordered<_> = groups
+                    .iter()
+                    .map(|g| {
+                        let fetch = self.fetch_group(g, wait);
+                        async move { (g, fetch.await) }
+                    })
+                    .collect();
+                let mut answers = Vec::new();
+                while let Some((g, r)) = futures::StreamExt::next(&mut pending).await {
+                    let has_data = r
+                        .as_ref()
+                        .is_ok_and(|resp| resp.partitions.iter().any(|p| !p.batches.is_empty()));
+                    answers.push((g, r));
+                    if has_data {
+                        break;
+                    }
+                }
+                drop(pending);
+                for (g, r) in answers {
+                    failed |= self.absorb(g, r, &mut out).await?;
+                }
+            }
+        }
+        self.check_stalled()?;
+        if failed {
+            if self.client.invalidate().await.is_err()
+                && let Some((_, e)) = self
+                    .stalled
+                    .values()
+                    .find(|(_, e)| e.retry() == Retry::Ambiguous)
+            {
+                // No broker answers at all: the cluster is down, not moving.
+                return Err(e.clone());
+            }
+            if out.is_empty()
+                && let Some(d) = self.backoff.next()
+            {
+                tokio::time::sleep(d.min(max_wait.max(Duration::from_millis(25)))).await;
+            }
+        } else {
+            self.backoff = Backoff::default();
+        }
+        Ok(out)
+    }
+
+    /// One fetch of a group of partitions that share a leader.
+    fn fetch_group(
+        &self,
+        group: &[(Tp, u64)],
+        wait: Duration,
+    ) -> impl Future<Output = Result<pb::FetchResponse>> + use<> {
         let req = pb::FetchRequest {
-            partitions: self
-                .positions
+            partitions: group
                 .iter()
                 .map(|((t, p), o)| pb::FetchPartition {
                     topic: t.clone(),
@@ -365,13 +469,33 @@ impl GroupConsumer {
             min_bytes: 1,
             max_bytes: 8 << 20,
         };
-        let resp = self
-            .client
-            .records_for("", 0)
-            .fetch(req)
-            .await?
-            .into_inner();
-        let mut out = Vec::new();
+        let client = self.client.clone();
+        let first = group.first().map(|((t, p), _)| (t.clone(), *p));
+        async move {
+            let (t, p) = first.unwrap_or_default();
+            client.fetch_once((&t, p), req).await
+        }
+    }
+
+    /// Takes a fetch answer in: records into `out`, positions forward, retriable failures
+    /// noted as stalled partitions (true if there was one), other failures returned.
+    async fn absorb(
+        &mut self,
+        group: &[(Tp, u64)],
+        r: Result<pb::FetchResponse>,
+        out: &mut Vec<ConsumedRecord>,
+    ) -> Result<bool> {
+        let resp = match r {
+            Ok(resp) => resp,
+            Err(e) if e.retry() != Retry::No => {
+                for (tp, _) in group {
+                    self.stall(tp, e.clone());
+                }
+                return Ok(true);
+            }
+            Err(e) => return Err(e),
+        };
+        let mut failed = false;
         for p in resp.partitions {
             let tp = (p.topic.clone(), p.partition);
             let Some(pos) = self.positions.get(&tp).copied() else {
@@ -385,14 +509,47 @@ impl GroupConsumer {
                     self.start_positions_reset(&tp).await?;
                     continue;
                 }
-                crate::error::partition_error(&p.topic, p.partition, Some(e))?;
+                if let Err(e) = crate::error::partition_error(&p.topic, p.partition, Some(e)) {
+                    if e.retry() == Retry::No {
+                        return Err(e);
+                    }
+                    // Leader moved or none yet: same offset next time, at the new leader.
+                    self.stall(&tp, e);
+                    failed = true;
+                    continue;
+                }
             }
+            self.stalled.remove(&tp);
             out.extend(decode_records(&p.topic, p.partition, &p.batches, pos)?);
             if !p.batches.is_empty() {
                 self.positions.insert(tp, p.next_offset);
             }
         }
-        Ok(out)
+        Ok(failed)
+    }
+
+    fn stall(&mut self, tp: &Tp, e: ClientError) {
+        tracing::debug!(topic = %tp.0, partition = tp.1, error = %e, "fetch failed: retrying");
+        let since = self.stalled.get(tp).map_or_else(Instant::now, |s| s.0);
+        self.stalled.insert(tp.clone(), (since, e));
+    }
+
+    /// Fails once a partition has been failing for longer than the client's retry budget.
+    fn check_stalled(&self) -> Result<()> {
+        let budget = self.client.retry_budget();
+        match self
+            .stalled
+            .iter()
+            .find(|(_, (since, _))| since.elapsed() >= budget)
+        {
+            Some(((t, p), (since, e))) => Err(ClientError::RetriesExhausted {
+                target: format!("{t}/{p}"),
+                attempts: 0,
+                elapsed: since.elapsed(),
+                last: Box::new(e.clone()),
+            }),
+            None => Ok(()),
+        }
     }
 
     async fn start_positions_reset(&mut self, tp: &Tp) -> Result<()> {
@@ -436,14 +593,27 @@ impl GroupConsumer {
         if offsets.is_empty() {
             return Ok(());
         }
-        self.client
+        let r = self
+            .client
             .commit_offsets(
                 &self.config.group,
                 &self.member_id,
                 self.epoch,
                 offsets.clone(),
             )
-            .await?;
+            .await;
+        match r {
+            Ok(()) => {}
+            Err(e) if must_rejoin(&e) => {
+                // The coordinator no longer knows us (failover or eviction): these positions
+                // are not ours to commit. Rejoin; the partitions resume from their committed
+                // offsets, wherever they are assigned.
+                tracing::info!(group = %self.config.group, error = %e, "commit refused: rejoining");
+                self.forget_membership();
+                return Box::pin(self.heartbeat()).await;
+            }
+            Err(e) => return Err(e),
+        }
         for o in offsets {
             self.committed.insert((o.topic, o.partition), o.offset);
         }

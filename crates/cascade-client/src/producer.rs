@@ -1,13 +1,23 @@
 //! [`Producer`]: batches records per partition, sends batches encoded client-side (the broker
-//! stores them as they are), with linger, a bound on requests in flight, and retries.
+//! stores them as they are) to each partition's leader, with linger, a bound on requests in
+//! flight, and retries.
 //!
 //! Records for one partition accumulate in a [`BatchBuilder`] until it reaches `batch_bytes`
-//! or `linger` has passed since its first record; then the batch is sent as one request.
+//! or `linger` has passed since its first record; then the batch is sent as one request to the
+//! partition's leader through [`Client::produce_batches`], which follows leader changes and
+//! retries retriable failures within the client's retry budget (see the `client` module).
 //! Keyed records go to Kafka's murmur2 partition of their key; unkeyed ones stick to one
 //! partition until its batch is sent, then move on (sticky partitioning), which keeps batches
-//! full. With more than one request in flight and retries, a retried batch can land after a
-//! later one: set `max_in_flight = 1` when order across batches matters.
-
+//! full.
+//!
+//! What it guarantees, per partition:
+//! - Batches are formed and dispatched in send order; a batch is acknowledged whole or fails
+//!   whole, and every record's future resolves with its offset or the batch's error.
+//! - Delivery is at least once: a batch whose request failed in transport (node died, leader
+//!   moved mid-request) is sent again and may be stored twice.
+//! - With `max_in_flight = 1`, a partition's records are stored in send order (possibly with
+//!   such duplicates, never reordered). With more requests in flight, a batch that is retried
+//!   can land after a later batch of the same partition.
 use crate::client::{Acks, Client};
 use crate::error::{ClientError, Result};
 use bytes::Bytes;
@@ -30,9 +40,11 @@ pub struct ProducerConfig {
     pub batch_bytes: usize,
     /// Requests in flight at once, over all partitions.
     pub max_in_flight: usize,
-    /// Retries of a batch on retriable errors.
+    /// Further retries of a batch on errors the client does not retry itself (`TIMEOUT`,
+    /// deadline exceeded). Leader changes, unreachable nodes and too few in-sync replicas are
+    /// retried by the [`Client`] within its retry budget.
     pub retries: u32,
-    /// Wait between retries (doubled each time).
+    /// Wait between those retries (doubled each time).
     pub retry_backoff: Duration,
 }
 
@@ -289,18 +301,9 @@ impl Producer {
                     }
                 }
                 Err(e) => {
-                    let msg = e.to_string();
-                    let reason = e.reason();
+                    tracing::debug!(topic = %inner.topic, partition, error = %e, "batch failed");
                     for w in acc.waiters {
-                        let _ = w.send(Err(match reason {
-                            Some(reason) => ClientError::Partition {
-                                topic: inner.topic.clone(),
-                                partition,
-                                reason,
-                                message: msg.clone(),
-                            },
-                            None => ClientError::Decode(msg.clone()),
-                        }));
+                        let _ = w.send(Err(e.clone()));
                     }
                 }
             }
