@@ -1,0 +1,234 @@
+//! The run's report: what was done, what was measured, and the checker's verdict, as a human
+//! summary and as JSON (`--output json`).
+//!
+//! A run passes ([`RunReport::ok`]) only when the checker found no violation and the harness
+//! found no problem (the cluster settled after healing, everything could be read).
+
+use crate::checker::CheckReport;
+use crate::faults::FaultRecord;
+use crate::workload::WorkloadStats;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+/// Failover times over all faults, in ms.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct FailoverStats {
+    /// Faults with a measured failover.
+    pub measured: usize,
+    /// Faults after which no affected partition took an acknowledged write before the end.
+    pub unrecovered: usize,
+    /// Fastest.
+    pub min_ms: Option<f64>,
+    /// Median (nearest rank).
+    pub p50_ms: Option<f64>,
+    /// Slowest.
+    pub max_ms: Option<f64>,
+}
+
+impl FailoverStats {
+    /// Summarises the faults' failover times. Faults that affected no partition of the
+    /// workload topic (none of the nodes led one) have nothing to measure and are left out.
+    pub fn of(faults: &[FaultRecord]) -> Self {
+        let relevant: Vec<&FaultRecord> =
+            faults.iter().filter(|f| !f.partitions.is_empty()).collect();
+        let mut times: Vec<f64> = relevant.iter().filter_map(|f| f.failover_ms).collect();
+        times.sort_by(f64::total_cmp);
+        let rank = |q: f64| -> Option<f64> {
+            if times.is_empty() {
+                return None;
+            }
+            let i = ((q * times.len() as f64).ceil() as usize).clamp(1, times.len()) - 1;
+            Some(times[i])
+        };
+        Self {
+            measured: times.len(),
+            unrecovered: relevant.len() - times.len(),
+            min_ms: times.first().copied(),
+            p50_ms: rank(0.5),
+            max_ms: times.last().copied(),
+        }
+    }
+}
+
+/// Everything about one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// Passed: no violation, no problem.
+    pub ok: bool,
+    /// The seed (`--seed` reproduces the fault schedule).
+    pub seed: u64,
+    /// Nodes in the cluster.
+    pub nodes: u32,
+    /// Image run.
+    pub image: String,
+    /// Wall time of the fault phase, seconds.
+    pub duration_secs: f64,
+    /// Workload topic.
+    pub topic: String,
+    /// Its partitions.
+    pub partitions: u32,
+    /// Its replication factor.
+    pub replication_factor: u32,
+    /// Its `min.insync.replicas`.
+    pub min_insync_replicas: u32,
+    /// Faults injected, by kind.
+    pub faults_by_kind: BTreeMap<String, u64>,
+    /// Every fault.
+    pub faults: Vec<FaultRecord>,
+    /// Failover times.
+    pub failover: FailoverStats,
+    /// Workload counters.
+    pub workload: WorkloadStats,
+    /// Seconds the cluster took to settle after the final heal.
+    pub settle_secs: Option<f64>,
+    /// Problems found by the harness itself (each fails the run).
+    pub problems: Vec<String>,
+    /// The checker's verdict.
+    pub check: CheckReport,
+    /// Where the nodes' data (and container logs) were left, if kept.
+    pub data_dir: Option<String>,
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.0} ms"))
+}
+
+impl RunReport {
+    /// The human summary.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let c = &self.check;
+        let w = &self.workload;
+        let _ = writeln!(
+            s,
+            "cascade-chaos: {} — {} node(s), seed {}, {:.0}s of faults",
+            if self.ok { "PASS" } else { "FAIL" },
+            self.nodes,
+            self.seed,
+            self.duration_secs
+        );
+        let _ = writeln!(
+            s,
+            "  topic {}: {} partitions, RF {}, min.insync.replicas {}",
+            self.topic, self.partitions, self.replication_factor, self.min_insync_replicas
+        );
+        let kinds: Vec<String> = self
+            .faults_by_kind
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  faults: {} ({})",
+            self.faults.len(),
+            if kinds.is_empty() {
+                "none".into()
+            } else {
+                kinds.join(", ")
+            }
+        );
+        let f = &self.failover;
+        let _ = writeln!(
+            s,
+            "  failover (fault → first acks=all write to a partition the node led): min {} / p50 {} / max {} over {} fault(s){}",
+            ms(f.min_ms),
+            ms(f.p50_ms),
+            ms(f.max_ms),
+            f.measured,
+            if f.unrecovered > 0 {
+                format!(", {} never recovered", f.unrecovered)
+            } else {
+                String::new()
+            }
+        );
+        let _ = writeln!(
+            s,
+            "  produced: {} events acknowledged in {} requests; {} attempts failed or timed out, {} requests given up",
+            c.acknowledged, w.batches_acked, w.produce_failed_attempts, w.produce_given_up
+        );
+        let _ = writeln!(
+            s,
+            "  consumed: {} records, {} commits acknowledged, {} commits failed",
+            w.records_consumed, w.commits_acked, w.commit_failures
+        );
+        let _ = writeln!(
+            s,
+            "  checked: {} records read back from {} partitions, {} replica logs read offline",
+            c.records_read, c.partitions_checked, c.replica_logs
+        );
+        let _ = writeln!(
+            s,
+            "  lost: {}   duplicates: {}   violations: {}",
+            c.lost,
+            c.duplicates,
+            c.violation_counts.values().sum::<u64>()
+        );
+        for (k, n) in &c.violation_counts {
+            let _ = writeln!(s, "    {n} × {k:?}");
+        }
+        for v in c.violations.iter().take(20) {
+            let _ = writeln!(
+                s,
+                "    {}/{}: {:?}: {}",
+                v.topic, v.partition, v.kind, v.detail
+            );
+        }
+        for p in &self.problems {
+            let _ = writeln!(s, "  problem: {p}");
+        }
+        if !w.produce_errors.is_empty() {
+            let _ = writeln!(s, "  produce errors seen:");
+            let mut errors: Vec<(&String, &u64)> = w.produce_errors.iter().collect();
+            errors.sort_by(|a, b| b.1.cmp(a.1));
+            for (e, n) in errors.into_iter().take(8) {
+                let _ = writeln!(s, "    {n} × {e}");
+            }
+        }
+        if let Some(d) = &self.data_dir {
+            let _ = writeln!(s, "  data and container logs kept in {d}");
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::faults::FaultKind;
+
+    fn fault(partitions: Vec<u32>, failover_ms: Option<f64>) -> FaultRecord {
+        FaultRecord {
+            kind: FaultKind::PauseLeader,
+            nodes: vec![1],
+            partitions,
+            start: 0,
+            healed: 0,
+            failover_ms,
+        }
+    }
+
+    #[test]
+    fn failover_stats_take_min_median_max_and_count_the_unrecovered() {
+        let faults = vec![
+            fault(vec![0], Some(300.0)),
+            fault(vec![1], Some(100.0)),
+            fault(vec![2], Some(200.0)),
+            fault(vec![3], Some(900.0)),
+            fault(vec![4], None),
+            fault(vec![], None), // hit no leader: nothing to measure
+        ];
+        let s = FailoverStats::of(&faults);
+        assert_eq!(
+            s,
+            FailoverStats {
+                measured: 4,
+                unrecovered: 1,
+                min_ms: Some(100.0),
+                p50_ms: Some(200.0),
+                max_ms: Some(900.0),
+            }
+        );
+        assert_eq!(FailoverStats::of(&[]), FailoverStats::default());
+    }
+}
