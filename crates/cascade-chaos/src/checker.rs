@@ -420,7 +420,7 @@ fn check_acks(r: &mut CheckReport, p: &PartitionEvidence, acks: &[&Ack], recs: &
 /// Real-time order: if A's acknowledgement arrived before B was sent, A's offset is lower.
 fn check_order(r: &mut CheckReport, topic: &str, partition: u32, acks: &[&Ack]) {
     let mut by_offset: Vec<&Ack> = acks.to_vec();
-    by_offset.sort_by(|a, b| b.offset.cmp(&a.offset));
+    by_offset.sort_by_key(|a| std::cmp::Reverse(a.offset));
     // Walking offsets downwards, keep the earliest acknowledgement among higher offsets: any
     // event sent after it but stored below it was reordered.
     let mut earliest_above: Option<&Ack> = None;

@@ -359,15 +359,28 @@ impl Cluster {
     pub async fn wait_ready(&self, id: u32, timeout: Duration) -> Result<()> {
         let addr = format!("{}:{HTTP_PORT}", self.node(id).ip);
         let deadline = Instant::now() + timeout;
+        let mut polls = 0u32;
         loop {
             if http_ok(&addr, "/readyz").await {
                 return Ok(());
             }
-            if Instant::now() >= deadline {
+            polls += 1;
+            // A node that exited (bad flags, a refused data directory) will never be ready:
+            // say so now rather than after the whole timeout.
+            let exited = polls % 10 == 0
+                && docker(&["inspect", "-f", "{{.State.Running}}", &self.node(id).name])
+                    .await
+                    .is_ok_and(|r| r == "false");
+            if exited || Instant::now() >= deadline {
                 let logs = self.logs(id).await.unwrap_or_default();
                 let tail: Vec<&str> = logs.lines().rev().take(20).collect();
                 bail!(
-                    "node {id} ({addr}) not ready after {timeout:?}; last log lines:\n{}",
+                    "node {id} ({addr}) {}; last log lines:\n{}",
+                    if exited {
+                        "exited".to_string()
+                    } else {
+                        format!("not ready after {timeout:?}")
+                    },
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 );
             }

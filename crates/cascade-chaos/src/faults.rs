@@ -114,6 +114,9 @@ pub struct FaultRecord {
     /// Fault start → the first acknowledged produce, sent after the start, to one of
     /// `partitions`; `None` if there was none.
     pub failover_ms: Option<f64>,
+    /// The same write measured from the end of healing (0 when it came before): how long the
+    /// healed nodes took to serve again, which is all a one-node cluster can show.
+    pub after_heal_ms: Option<f64>,
 }
 
 /// Settings of the fault loop.
@@ -229,6 +232,7 @@ pub async fn run(
             start,
             healed: rec.now(),
             failover_ms: None,
+            after_heal_ms: None,
         });
     }
     Ok(done)
@@ -239,12 +243,13 @@ pub async fn run(
 pub fn measure_failover(faults: &mut [FaultRecord], acks: &[Ack]) {
     for f in faults.iter_mut() {
         let affected: BTreeSet<u32> = f.partitions.iter().copied().collect();
-        f.failover_ms = acks
+        let first = acks
             .iter()
             .filter(|a| a.invoked >= f.start && affected.contains(&a.partition))
-            .map(|a| a.acked - f.start)
-            .min()
-            .map(|ns| ns as f64 / 1e6);
+            .map(|a| a.acked)
+            .min();
+        f.failover_ms = first.map(|t| (t - f.start) as f64 / 1e6);
+        f.after_heal_ms = first.map(|t| t.saturating_sub(f.healed) as f64 / 1e6);
     }
 }
 
@@ -299,8 +304,9 @@ mod tests {
             nodes: vec![2],
             partitions: vec![1, 4],
             start: 1_000_000_000,
-            healed: 3_000_000_000,
+            healed: 1_500_000_000,
             failover_ms: None,
+            after_heal_ms: None,
         }];
         let acks = vec![
             ack(1, 900_000_000, 1_100_000_000),   // sent before the fault
@@ -310,7 +316,12 @@ mod tests {
         ];
         measure_failover(&mut f, &acks);
         assert_eq!(f[0].failover_ms, Some(1000.0));
+        assert_eq!(f[0].after_heal_ms, Some(500.0));
+        // A write that came back before the heal ended counts as no wait after it.
+        f[0].healed = 2_500_000_000;
+        measure_failover(&mut f, &acks);
+        assert_eq!(f[0].after_heal_ms, Some(0.0));
         measure_failover(&mut f, &acks[..2]);
-        assert_eq!(f[0].failover_ms, None);
+        assert_eq!((f[0].failover_ms, f[0].after_heal_ms), (None, None));
     }
 }

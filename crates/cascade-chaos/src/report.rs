@@ -24,6 +24,10 @@ pub struct FailoverStats {
     pub p50_ms: Option<f64>,
     /// Slowest.
     pub max_ms: Option<f64>,
+    /// Median of the time from the end of healing to that write.
+    pub after_heal_p50_ms: Option<f64>,
+    /// Slowest of those.
+    pub after_heal_max_ms: Option<f64>,
 }
 
 impl FailoverStats {
@@ -32,23 +36,28 @@ impl FailoverStats {
     pub fn of(faults: &[FaultRecord]) -> Self {
         let relevant: Vec<&FaultRecord> =
             faults.iter().filter(|f| !f.partitions.is_empty()).collect();
-        let mut times: Vec<f64> = relevant.iter().filter_map(|f| f.failover_ms).collect();
-        times.sort_by(f64::total_cmp);
-        let rank = |q: f64| -> Option<f64> {
-            if times.is_empty() {
-                return None;
-            }
-            let i = ((q * times.len() as f64).ceil() as usize).clamp(1, times.len()) - 1;
-            Some(times[i])
+        let sorted = |f: fn(&FaultRecord) -> Option<f64>| {
+            let mut v: Vec<f64> = relevant.iter().filter_map(|r| f(r)).collect();
+            v.sort_by(f64::total_cmp);
+            v
         };
+        let times = sorted(|f| f.failover_ms);
+        let after = sorted(|f| f.after_heal_ms);
         Self {
             measured: times.len(),
             unrecovered: relevant.len() - times.len(),
             min_ms: times.first().copied(),
-            p50_ms: rank(0.5),
+            p50_ms: median(&times),
             max_ms: times.last().copied(),
+            after_heal_p50_ms: median(&after),
+            after_heal_max_ms: after.last().copied(),
         }
     }
+}
+
+/// The nearest-rank median of sorted values.
+fn median(sorted: &[f64]) -> Option<f64> {
+    (!sorted.is_empty()).then(|| sorted[sorted.len().div_ceil(2) - 1])
 }
 
 /// Everything about one run.
@@ -205,6 +214,7 @@ mod tests {
             start: 0,
             healed: 0,
             failover_ms,
+            after_heal_ms: failover_ms.map(|f| f / 10.0),
         }
     }
 
@@ -227,6 +237,8 @@ mod tests {
                 min_ms: Some(100.0),
                 p50_ms: Some(200.0),
                 max_ms: Some(900.0),
+                after_heal_p50_ms: Some(20.0),
+                after_heal_max_ms: Some(90.0),
             }
         );
         assert_eq!(FailoverStats::of(&[]), FailoverStats::default());
