@@ -48,11 +48,6 @@ impl Rng {
             lo + self.next_u64() % (hi - lo)
         }
     }
-
-    /// One element of a non-empty slice.
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.range(0, items.len() as u64) as usize]
-    }
 }
 
 /// The kinds of fault.
@@ -132,6 +127,20 @@ pub struct FaultConfig {
     pub hold_ms: (u64, u64),
 }
 
+/// The next kind of fault: the menu is dealt in rounds, each a seeded shuffle of every kind,
+/// so that even a short run injects every kind (independent draws left some kinds out of
+/// whole CI runs).
+fn next_kind(pending: &mut Vec<FaultKind>, menu: &[FaultKind], rng: &mut Rng) -> FaultKind {
+    if pending.is_empty() {
+        pending.extend_from_slice(menu);
+        for i in (1..pending.len()).rev() {
+            let j = rng.range(0, i as u64 + 1) as usize;
+            pending.swap(i, j);
+        }
+    }
+    pending.pop().expect("the menu is not empty")
+}
+
 /// Partition → leader of the topic, from the cluster's metadata; `None` if it cannot be read
 /// quickly (the cluster may be mid-failover).
 async fn leaders(client: &Client, topic: &str) -> Option<Vec<(u32, u32)>> {
@@ -158,6 +167,7 @@ pub async fn run(
 ) -> Result<Vec<FaultRecord>> {
     let n = cluster.nodes.len() as u32;
     let menu = FaultKind::menu(n);
+    let mut pending = Vec::new();
     let mut done = Vec::new();
     loop {
         let quiet = Duration::from_millis(rng.range(cfg.quiet_ms.0, cfg.quiet_ms.1));
@@ -166,7 +176,7 @@ pub async fn run(
             break;
         }
         tokio::time::sleep(quiet).await;
-        let kind = *rng.pick(&menu);
+        let kind = next_kind(&mut pending, &menu, rng);
         // A random partition's leader is the target; if metadata cannot be had, a random
         // node, and every partition counts as affected.
         let choice = rng.range(0, u64::from(cfg.partitions)) as u32;
@@ -276,6 +286,27 @@ mod tests {
         }
         assert!(seen.iter().all(|n| (800..1200).contains(n)), "{seen:?}");
         assert_eq!(r.range(5, 5), 5);
+    }
+
+    #[test]
+    fn every_kind_comes_once_per_round_in_a_seeded_order() {
+        let menu = FaultKind::menu(5);
+        let mut sorted = menu.clone();
+        sorted.sort();
+        let deal = |seed| {
+            let (mut rng, mut pending) = (Rng::new(seed), Vec::new());
+            (0..3 * menu.len())
+                .map(|_| next_kind(&mut pending, &menu, &mut rng))
+                .collect::<Vec<_>>()
+        };
+        let a = deal(9);
+        assert_eq!(a, deal(9));
+        for round in a.chunks(menu.len()) {
+            let mut r = round.to_vec();
+            r.sort();
+            assert_eq!(r, sorted);
+        }
+        assert_ne!(a, deal(10));
     }
 
     #[test]
