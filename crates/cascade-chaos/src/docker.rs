@@ -367,7 +367,7 @@ impl Cluster {
             polls += 1;
             // A node that exited (bad flags, a refused data directory) will never be ready:
             // say so now rather than after the whole timeout.
-            let exited = polls % 10 == 0
+            let exited = polls.is_multiple_of(10)
                 && docker(&["inspect", "-f", "{{.State.Running}}", &self.node(id).name])
                     .await
                     .is_ok_and(|r| r == "false");
