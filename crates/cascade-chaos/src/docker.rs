@@ -9,7 +9,7 @@
 //! - Everything created is recorded in the [`Cluster`] before the next step runs, and
 //!   dropping the [`Cluster`] removes it (containers, then the network) unless `keep` is set:
 //!   cleanup happens on success, on error, on panic, and when Ctrl-C drops the run.
-//! - [`Cluster::state`] mirrors what was done to each node, so [`Cluster::heal_all`] undoes
+//! - [`Node::state`] mirrors what was done to each node, so [`Cluster::heal_all`] undoes
 //!   exactly the faults in force.
 //! - Every `docker` call has a timeout: a wedged daemon fails the run rather than hanging it.
 
@@ -29,26 +29,39 @@ pub const HTTP_PORT: u16 = 8082;
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs `docker args...` and returns its standard output, or an error with its stderr.
+///
+/// The command runs on the blocking pool under coreutils' `timeout`, which kills a `docker`
+/// that hangs. (Not tokio's process support: enabling that feature of the workspace's tokio
+/// would rebuild every crate above tokio just for this binary.)
 pub async fn docker(args: &[&str]) -> Result<String> {
-    let child = tokio::process::Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("running docker (is it installed and on PATH?)")?;
-    let out = tokio::time::timeout(DOCKER_TIMEOUT, child.wait_with_output())
-        .await
-        .with_context(|| format!("docker {} timed out", args.join(" ")))??;
+    let out = run_docker(args).await?;
     if !out.status.success() {
         bail!(
-            "docker {} failed: {}",
+            "docker {} failed{}: {}",
             args.join(" "),
+            if out.status.code() == Some(124) {
+                " (timed out)"
+            } else {
+                ""
+            },
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+async fn run_docker(args: &[&str]) -> Result<std::process::Output> {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new("timeout")
+            .arg(DOCKER_TIMEOUT.as_secs().to_string())
+            .arg("docker")
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+    })
+    .await?
+    .context("running docker under timeout (are docker and coreutils installed?)")
 }
 
 /// The same, blocking: for cleanup from `Drop`, where there is no runtime to await on.
@@ -390,11 +403,7 @@ impl Cluster {
 
     /// The node's stdout and stderr so far.
     pub async fn logs(&self, id: u32) -> Result<String> {
-        let out = tokio::process::Command::new("docker")
-            .args(["logs", &self.node(id).name])
-            .stdin(Stdio::null())
-            .output()
-            .await?;
+        let out = run_docker(&["logs", &self.node(id).name]).await?;
         let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
         s.push_str(&String::from_utf8_lossy(&out.stderr));
         Ok(s)

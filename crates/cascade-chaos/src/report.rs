@@ -153,6 +153,12 @@ impl RunReport {
         );
         let _ = writeln!(
             s,
+            "  after healing, the first such write came: p50 {} / max {}",
+            ms(f.after_heal_p50_ms),
+            ms(f.after_heal_max_ms)
+        );
+        let _ = writeln!(
+            s,
             "  produced: {} events acknowledged in {} requests; {} attempts failed or timed out, {} requests given up",
             c.acknowledged, w.batches_acked, w.produce_failed_attempts, w.produce_given_up
         );
@@ -242,5 +248,61 @@ mod tests {
             }
         );
         assert_eq!(FailoverStats::of(&[]), FailoverStats::default());
+    }
+
+    #[test]
+    fn the_summary_shows_the_verdict_counts_failover_and_violations() {
+        let mut check = CheckReport {
+            acknowledged: 10,
+            ..Default::default()
+        };
+        let faults = vec![fault(vec![0], Some(1500.0))];
+        let mut report = RunReport {
+            ok: true,
+            seed: 3,
+            nodes: 3,
+            image: "cascade:latest".into(),
+            duration_secs: 60.0,
+            topic: "chaos".into(),
+            partitions: 6,
+            replication_factor: 3,
+            min_insync_replicas: 2,
+            faults_by_kind: [("pause_leader".to_string(), 1)].into(),
+            failover: FailoverStats::of(&faults),
+            faults,
+            workload: WorkloadStats::default(),
+            settle_secs: Some(1.0),
+            problems: vec![],
+            check: check.clone(),
+            data_dir: None,
+        };
+        let s = report.summary();
+        assert!(
+            s.starts_with("cascade-chaos: PASS — 3 node(s), seed 3"),
+            "{s}"
+        );
+        assert!(s.contains("faults: 1 (pause_leader 1)"), "{s}");
+        assert!(
+            s.contains("min 1500 ms / p50 1500 ms / max 1500 ms over 1 fault(s)"),
+            "{s}"
+        );
+        assert!(
+            s.contains("after healing, the first such write came: p50 150 ms"),
+            "{s}"
+        );
+        assert!(s.contains("lost: 0   duplicates: 0   violations: 0"), "{s}");
+
+        check.lost = 1;
+        check
+            .violation_counts
+            .insert(crate::checker::ViolationKind::Lost, 1);
+        report.check = check;
+        report.ok = false;
+        report.problems.push("cluster did not settle".into());
+        let s = report.summary();
+        assert!(s.starts_with("cascade-chaos: FAIL"), "{s}");
+        assert!(s.contains("lost: 1   duplicates: 0   violations: 1"), "{s}");
+        assert!(s.contains("1 × Lost"), "{s}");
+        assert!(s.contains("problem: cluster did not settle"), "{s}");
     }
 }
