@@ -1,0 +1,358 @@
+//! Fault injection: which faults exist, the seeded choice among them, and the loop that
+//! injects, holds and heals one fault at a time.
+//!
+//! Invariants:
+//! - At most one fault is in force at any moment, and each is healed before the next quiet
+//!   period, so the cluster always gets a chance to recover (the run measures recovery, it
+//!   does not try to keep the cluster down).
+//! - Every random choice comes from one [`Rng`] seeded by `--seed`: the same seed and node
+//!   count give the same sequence of faults, targets and hold times (timings of the cluster
+//!   itself, and so who leads what, still vary).
+//! - A fault's start is taken when the `docker` command that causes it has returned, so the
+//!   fault is certainly in force from then on; failover is measured from there.
+
+use crate::checker::{Ack, Nanos};
+use crate::docker::Cluster;
+use crate::workload::Recorder;
+use anyhow::Result;
+use cascade_client::Client;
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// A small deterministic generator (SplitMix64). Its own, not a crate's, so a seed printed
+/// today reproduces the same choices after any dependency upgrade.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..hi` (`lo` when the range is empty).
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        if hi <= lo {
+            lo
+        } else {
+            lo + self.next_u64() % (hi - lo)
+        }
+    }
+}
+
+/// The kinds of fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// SIGKILL a partition leader, later start it again.
+    KillLeader,
+    /// Freeze a partition leader (`docker pause`), later thaw it.
+    PauseLeader,
+    /// Disconnect a partition leader from the network, later reconnect it.
+    IsolateLeader,
+    /// Disconnect a minority (including a leader), later reconnect it.
+    IsolateMinority,
+    /// SIGKILL every node, then start them all.
+    FullRestart,
+}
+
+impl FaultKind {
+    /// The name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::KillLeader => "kill_leader",
+            Self::PauseLeader => "pause_leader",
+            Self::IsolateLeader => "isolate_leader",
+            Self::IsolateMinority => "isolate_minority",
+            Self::FullRestart => "full_restart",
+        }
+    }
+
+    /// The faults that make sense for `nodes` nodes. Isolating the only node of a one-node
+    /// cluster is just unavailability (the host is cut off too), and isolating "a minority" of
+    /// three is isolating one node, already on the list.
+    pub fn menu(nodes: u32) -> Vec<FaultKind> {
+        let mut m = vec![Self::KillLeader, Self::PauseLeader, Self::FullRestart];
+        if nodes >= 3 {
+            m.push(Self::IsolateLeader);
+        }
+        if nodes >= 5 {
+            m.push(Self::IsolateMinority);
+        }
+        m
+    }
+}
+
+/// One injected fault.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultRecord {
+    /// What.
+    pub kind: FaultKind,
+    /// Nodes it hit.
+    pub nodes: Vec<u32>,
+    /// Partitions of the workload topic those nodes led when it started.
+    pub partitions: Vec<u32>,
+    /// When it was in force (ns since the run started).
+    pub start: Nanos,
+    /// When healing finished.
+    pub healed: Nanos,
+    /// Fault start → the first acknowledged produce, sent after the start, to one of
+    /// `partitions`; `None` if there was none.
+    pub failover_ms: Option<f64>,
+    /// The same write measured from the end of healing (0 when it came before): how long the
+    /// healed nodes took to serve again, which is all a one-node cluster can show.
+    pub after_heal_ms: Option<f64>,
+}
+
+/// Settings of the fault loop.
+#[derive(Debug, Clone)]
+pub struct FaultConfig {
+    /// Workload topic (its leaders are the targets).
+    pub topic: String,
+    /// Its partition count.
+    pub partitions: u32,
+    /// Quiet time between faults, ms (`lo..hi`).
+    pub quiet_ms: (u64, u64),
+    /// How long a fault is held, ms (`lo..hi`).
+    pub hold_ms: (u64, u64),
+}
+
+/// The next kind of fault: the menu is dealt in rounds, each a seeded shuffle of every kind,
+/// so that even a short run injects every kind (independent draws left some kinds out of
+/// whole CI runs).
+fn next_kind(pending: &mut Vec<FaultKind>, menu: &[FaultKind], rng: &mut Rng) -> FaultKind {
+    if pending.is_empty() {
+        pending.extend_from_slice(menu);
+        for i in (1..pending.len()).rev() {
+            let j = rng.range(0, i as u64 + 1) as usize;
+            pending.swap(i, j);
+        }
+    }
+    pending.pop().expect("the menu is not empty")
+}
+
+/// Partition → leader of the topic, from the cluster's metadata; `None` if it cannot be read
+/// quickly (the cluster may be mid-failover).
+async fn leaders(client: &Client, topic: &str) -> Option<Vec<(u32, u32)>> {
+    let d = tokio::time::timeout(Duration::from_secs(3), client.describe_topic(topic))
+        .await
+        .ok()?
+        .ok()?;
+    Some(
+        d.partitions
+            .iter()
+            .map(|p| (p.partition, p.leader))
+            .collect(),
+    )
+}
+
+/// Injects faults until `until`, one at a time; returns what was done.
+pub async fn run(
+    cluster: &mut Cluster,
+    client: &Client,
+    cfg: &FaultConfig,
+    rng: &mut Rng,
+    rec: &Recorder,
+    until: Instant,
+) -> Result<Vec<FaultRecord>> {
+    let n = cluster.nodes.len() as u32;
+    let menu = FaultKind::menu(n);
+    let mut pending = Vec::new();
+    let mut done = Vec::new();
+    loop {
+        let quiet = Duration::from_millis(rng.range(cfg.quiet_ms.0, cfg.quiet_ms.1));
+        let hold = Duration::from_millis(rng.range(cfg.hold_ms.0, cfg.hold_ms.1));
+        if Instant::now() + quiet + hold >= until {
+            break;
+        }
+        tokio::time::sleep(quiet).await;
+        let kind = next_kind(&mut pending, &menu, rng);
+        // A random partition's leader is the target; if metadata cannot be had, a random
+        // node, and every partition counts as affected.
+        let choice = rng.range(0, u64::from(cfg.partitions)) as u32;
+        let fallback = rng.range(1, u64::from(n) + 1) as u32;
+        let leaders = leaders(client, &cfg.topic).await;
+        let target = leaders
+            .as_ref()
+            .and_then(|l| l.iter().find(|(p, _)| *p == choice).map(|(_, l)| *l))
+            .filter(|l| (1..=n).contains(l))
+            .unwrap_or(fallback);
+        let mut nodes = vec![target];
+        match kind {
+            FaultKind::FullRestart => nodes = (1..=n).collect(),
+            FaultKind::IsolateMinority => {
+                let others: Vec<u32> = (1..=n).filter(|x| *x != target).collect();
+                let mut others = others;
+                while nodes.len() < ((n - 1) / 2) as usize {
+                    let i = rng.range(0, others.len() as u64) as usize;
+                    nodes.push(others.remove(i));
+                }
+                nodes.sort_unstable();
+            }
+            _ => {}
+        }
+        let hit: BTreeSet<u32> = nodes.iter().copied().collect();
+        let partitions: Vec<u32> = match &leaders {
+            Some(l) => l
+                .iter()
+                .filter(|(_, leader)| hit.contains(leader))
+                .map(|(p, _)| *p)
+                .collect(),
+            None => (0..cfg.partitions).collect(),
+        };
+        eprintln!(
+            "[{:>7.1}s] fault {} on node(s) {nodes:?} (leading partitions {partitions:?}), held {:.1}s",
+            rec.now() as f64 / 1e9,
+            kind.name(),
+            hold.as_secs_f64()
+        );
+        for id in &nodes {
+            match kind {
+                FaultKind::KillLeader | FaultKind::FullRestart => cluster.kill(*id).await?,
+                FaultKind::PauseLeader => cluster.pause(*id).await?,
+                FaultKind::IsolateLeader | FaultKind::IsolateMinority => {
+                    cluster.disconnect(*id).await?
+                }
+            }
+        }
+        let start = rec.now();
+        tokio::time::sleep(hold).await;
+        cluster.heal_all().await?;
+        // Restarted nodes get time to open their logs before the next fault, so that faults
+        // hit a working cluster rather than pile up on a node still starting.
+        for id in &nodes {
+            if let Err(e) = cluster.wait_ready(*id, Duration::from_secs(60)).await {
+                eprintln!("warning: {e}");
+            }
+        }
+        done.push(FaultRecord {
+            kind,
+            nodes,
+            partitions,
+            start,
+            healed: rec.now(),
+            failover_ms: None,
+            after_heal_ms: None,
+        });
+    }
+    Ok(done)
+}
+
+/// Fills in each fault's failover time from the acknowledged events: the first produce sent
+/// after the fault started, to a partition the faulted nodes led, that was acknowledged.
+pub fn measure_failover(faults: &mut [FaultRecord], acks: &[Ack]) {
+    for f in faults.iter_mut() {
+        let affected: BTreeSet<u32> = f.partitions.iter().copied().collect();
+        let first = acks
+            .iter()
+            .filter(|a| a.invoked >= f.start && affected.contains(&a.partition))
+            .map(|a| a.acked)
+            .min();
+        f.failover_ms = first.map(|t| (t - f.start) as f64 / 1e6);
+        f.after_heal_ms = first.map(|t| t.saturating_sub(f.healed) as f64 / 1e6);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generator_is_reproducible_and_spread() {
+        let a: Vec<u64> = {
+            let mut r = Rng::new(42);
+            (0..5).map(|_| r.range(0, 1000)).collect()
+        };
+        let mut r = Rng::new(42);
+        let b: Vec<u64> = (0..5).map(|_| r.range(0, 1000)).collect();
+        assert_eq!(a, b);
+        let mut r = Rng::new(43);
+        let c: Vec<u64> = (0..5).map(|_| r.range(0, 1000)).collect();
+        assert_ne!(a, c);
+        let mut r = Rng::new(7);
+        let mut seen = [0u32; 4];
+        for _ in 0..4000 {
+            seen[r.range(0, 4) as usize] += 1;
+        }
+        assert!(seen.iter().all(|n| (800..1200).contains(n)), "{seen:?}");
+        assert_eq!(r.range(5, 5), 5);
+    }
+
+    #[test]
+    fn every_kind_comes_once_per_round_in_a_seeded_order() {
+        let menu = FaultKind::menu(5);
+        let mut sorted = menu.clone();
+        sorted.sort();
+        let deal = |seed| {
+            let (mut rng, mut pending) = (Rng::new(seed), Vec::new());
+            (0..3 * menu.len())
+                .map(|_| next_kind(&mut pending, &menu, &mut rng))
+                .collect::<Vec<_>>()
+        };
+        let a = deal(9);
+        assert_eq!(a, deal(9));
+        for round in a.chunks(menu.len()) {
+            let mut r = round.to_vec();
+            r.sort();
+            assert_eq!(r, sorted);
+        }
+        assert_ne!(a, deal(10));
+    }
+
+    #[test]
+    fn the_menu_fits_the_cluster_size() {
+        assert!(!FaultKind::menu(1).contains(&FaultKind::IsolateLeader));
+        assert!(FaultKind::menu(3).contains(&FaultKind::IsolateLeader));
+        assert!(!FaultKind::menu(3).contains(&FaultKind::IsolateMinority));
+        assert!(FaultKind::menu(5).contains(&FaultKind::IsolateMinority));
+    }
+
+    fn ack(partition: u32, invoked: u64, acked: u64) -> Ack {
+        Ack {
+            topic: "t".into(),
+            partition,
+            offset: 0,
+            payload: vec![],
+            invoked,
+            acked,
+        }
+    }
+
+    #[test]
+    fn failover_counts_only_produces_sent_after_the_fault_to_affected_partitions() {
+        let mut f = vec![FaultRecord {
+            kind: FaultKind::KillLeader,
+            nodes: vec![2],
+            partitions: vec![1, 4],
+            start: 1_000_000_000,
+            healed: 1_500_000_000,
+            failover_ms: None,
+            after_heal_ms: None,
+        }];
+        let acks = vec![
+            ack(1, 900_000_000, 1_100_000_000),   // sent before the fault
+            ack(0, 1_000_000_000, 1_200_000_000), // partition not led by the node
+            ack(4, 1_500_000_000, 2_500_000_000),
+            ack(1, 1_100_000_000, 2_000_000_000), // the first one to count
+        ];
+        measure_failover(&mut f, &acks);
+        assert_eq!(f[0].failover_ms, Some(1000.0));
+        assert_eq!(f[0].after_heal_ms, Some(500.0));
+        // A write that came back before the heal ended counts as no wait after it.
+        f[0].healed = 2_500_000_000;
+        measure_failover(&mut f, &acks);
+        assert_eq!(f[0].after_heal_ms, Some(0.0));
+        measure_failover(&mut f, &acks[..2]);
+        assert_eq!((f[0].failover_ms, f[0].after_heal_ms), (None, None));
+    }
+}
