@@ -643,6 +643,17 @@ impl Broker {
         }
     }
 
+    /// Partitions `node` leads (from this node's metadata).
+    pub(crate) fn leaderships_of(&self, node: u32) -> u32 {
+        self.meta
+            .snapshot()
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.iter())
+            .filter(|a| a.leader == node)
+            .count() as u32
+    }
+
     /// Partitions this node leads that another in-sync replica could take over.
     pub(crate) fn leaderships(&self, snap: &ClusterMetadata) -> u32 {
         let me = self.config.node_id;

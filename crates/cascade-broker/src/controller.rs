@@ -1,8 +1,8 @@
 //! Controller duties and the internal `Controller` gRPC service.
 //!
-//! The controller is whichever node leads the metadata Raft group. Every broker heartbeats it
-//! every `heartbeat_interval`; the controller keeps the last heartbeat per broker in memory
-//! ([`Liveness`]) and, every tick:
+//! The controller is whichever node leads the metadata Raft group. Every broker heartbeats
+//! every other member every `heartbeat_interval`; each node keeps the last heartbeat per
+//! broker in memory ([`Liveness`]), and the controller, every tick:
 //! - fences a broker silent for `session_timeout` and unfences one that heartbeats again;
 //! - for every partition, removes fenced (or shutting-down) brokers from the in-sync set and,
 //!   if the leader is one of them or there is none, elects the first live in-sync replica in
@@ -11,9 +11,9 @@
 //! - moves leadership back to the preferred replica once it is in sync again, so leadership
 //!   stays spread evenly after failures.
 //!
-//! A new controller starts with every broker considered alive (it cannot know better), so a
-//! controller change fences nobody wrongly; a broker that is really gone is fenced one session
-//! timeout later. All decisions are metadata commands through Raft, compare-and-set on each
+//! A new controller already holds recent heartbeats (every node receives them), so a dead
+//! broker is fenced one session after its last heartbeat even when it was the controller; a
+//! broker the new controller has never heard from gets a full session first. All decisions are metadata commands through Raft, compare-and-set on each
 //! partition's epoch, so a stale decision is skipped, never applied.
 //!
 //! Every node also runs the leader-side in-sync checks of its own partitions
@@ -98,35 +98,36 @@ pub(crate) fn spawn(broker: Arc<Broker>) {
     });
 }
 
-/// Sends one heartbeat to the controller (directly to itself when this node is it).
+/// Sends one heartbeat to every other member (and records this node's own). Every node keeps
+/// the liveness table, not only the controller, so a newly elected controller already knows
+/// who is alive and fences a dead broker one session after its last heartbeat, not one session
+/// after the election.
 pub(crate) async fn send_heartbeat(b: &Arc<Broker>) -> Result<()> {
     let leaving = b.leaving.load(std::sync::atomic::Ordering::SeqCst);
     let me = b.config.node_id;
-    let controller = b
+    b.liveness.heard(me, leaving);
+    let version = b.meta.snapshot().version;
+    let sends = b
         .meta
-        .controller_id()
-        .ok_or_else(|| BrokerError::NoController("none elected".into()))?;
-    if controller == me {
-        b.liveness.heard(me, leaving);
-        return Ok(());
+        .voters()
+        .into_iter()
+        .filter(|&id| id != me)
+        .filter_map(|id| {
+            let addr = b.meta.member_addr(id)?;
+            let channel = crate::raft::network::channel(&addr).ok()?;
+            let mut req = Request::new(BrokerHeartbeatRequest {
+                node_id: me,
+                metadata_version: version,
+                shutting_down: leaving,
+            });
+            req.set_timeout(Duration::from_secs(1));
+            Some(async move { ControllerClient::new(channel).heartbeat(req).await })
+        });
+    let results = futures::future::join_all(sends).await;
+    match results.into_iter().find_map(|r| r.err()) {
+        Some(s) if b.meta.voters().len() <= 1 => Err(BrokerError::from_remote(&s)),
+        _ => Ok(()),
     }
-    let addr = b
-        .meta
-        .member_addr(controller)
-        .ok_or_else(|| BrokerError::NoController(format!("no address for {controller}")))?;
-    let channel = crate::raft::network::channel(&addr)
-        .map_err(|e| BrokerError::NoController(e.to_string()))?;
-    let mut req = Request::new(BrokerHeartbeatRequest {
-        node_id: me,
-        metadata_version: b.meta.snapshot().version,
-        shutting_down: leaving,
-    });
-    req.set_timeout(Duration::from_secs(1));
-    ControllerClient::new(channel)
-        .heartbeat(req)
-        .await
-        .map_err(|s| BrokerError::from_remote(&s))?;
-    Ok(())
 }
 
 /// Joins an existing cluster through `contacts` (seeds, or the known members when this node
@@ -179,11 +180,13 @@ impl Broker {
         let (dead, leaving) = {
             let mut l = self.liveness.lock();
             if l.since_term != Some(term) {
-                // New controller: everyone gets a full session before being judged.
+                // New controller: a broker it has never heard from gets a full session before
+                // being judged; the others are judged by the heartbeats already received.
                 l.since_term = Some(term);
                 let now = Instant::now();
-                l.last = snap.brokers.keys().map(|&id| (id, now)).collect();
-                l.leaving.clear();
+                for &id in snap.brokers.keys() {
+                    l.last.entry(id).or_insert(now);
+                }
             }
             let now = Instant::now();
             let dead: BTreeSet<u32> = snap
@@ -375,13 +378,11 @@ impl Controller for ControllerService {
     ) -> Result<Response<BrokerHeartbeatResponse>, Status> {
         let r = req.into_inner();
         let b = &self.broker;
-        if !b.meta.is_controller() {
-            return Err(self.not_controller());
-        }
+        // Every node keeps the table (see `send_heartbeat`); only the controller acts on it.
         b.liveness.heard(r.node_id, r.shutting_down);
         Ok(Response::new(BrokerHeartbeatResponse {
-            controller_id: b.config.node_id,
-            leaderships: 0,
+            controller_id: b.meta.controller_id().unwrap_or(0),
+            leaderships: b.leaderships_of(r.node_id),
         }))
     }
 

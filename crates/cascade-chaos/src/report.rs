@@ -31,6 +31,18 @@ pub struct FailoverStats {
 }
 
 impl FailoverStats {
+    /// [`FailoverStats::of`] per kind of fault.
+    pub fn by_kind(faults: &[FaultRecord]) -> BTreeMap<String, Self> {
+        let mut kinds: BTreeMap<String, Vec<FaultRecord>> = BTreeMap::new();
+        for f in faults {
+            kinds
+                .entry(f.kind.name().to_string())
+                .or_default()
+                .push(f.clone());
+        }
+        kinds.into_iter().map(|(k, v)| (k, Self::of(&v))).collect()
+    }
+
     /// Summarises the faults' failover times. Faults that affected no partition of the
     /// workload topic (none of the nodes led one) have nothing to measure and are left out.
     pub fn of(faults: &[FaultRecord]) -> Self {
@@ -87,6 +99,9 @@ pub struct RunReport {
     pub faults: Vec<FaultRecord>,
     /// Failover times.
     pub failover: FailoverStats,
+    /// Failover times per kind of fault: a leader that dies, hangs or is cut off is replaced
+    /// by a survivor; a full restart has no survivor and measures the restart itself.
+    pub failover_by_kind: BTreeMap<String, FailoverStats>,
     /// Workload counters.
     pub workload: WorkloadStats,
     /// Seconds the cluster took to settle after the final heal.
@@ -151,6 +166,16 @@ impl RunReport {
                 String::new()
             }
         );
+        for (kind, f) in &self.failover_by_kind {
+            let _ = writeln!(
+                s,
+                "    {kind}: min {} / p50 {} / max {} over {}",
+                ms(f.min_ms),
+                ms(f.p50_ms),
+                ms(f.max_ms),
+                f.measured
+            );
+        }
         let _ = writeln!(
             s,
             "  after healing, the first such write came: p50 {} / max {}",
@@ -269,6 +294,7 @@ mod tests {
             min_insync_replicas: 2,
             faults_by_kind: [("pause_leader".to_string(), 1)].into(),
             failover: FailoverStats::of(&faults),
+            failover_by_kind: FailoverStats::by_kind(&faults),
             faults,
             workload: WorkloadStats::default(),
             settle_secs: Some(1.0),

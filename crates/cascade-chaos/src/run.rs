@@ -284,6 +284,7 @@ pub async fn run(opts: &Options) -> Result<RunReport> {
         replication_factor: rf,
         min_insync_replicas: min_isr,
         failover: FailoverStats::of(&faults),
+        failover_by_kind: FailoverStats::by_kind(&faults),
         faults_by_kind,
         faults,
         workload: rec.stats(),

@@ -14,7 +14,7 @@
 //! Retries: a call that fails with a retriable reason (`NOT_LEADER`, `LEADER_NOT_AVAILABLE`,
 //! `NOT_COORDINATOR`, `SHUTTING_DOWN`, `NOT_ENOUGH_REPLICAS`, or a transport failure) is sent
 //! again, to the node the server's hint names or, without a hint, after a metadata refresh,
-//! with bounded exponential backoff (25 ms doubling to 1 s) until the client's retry budget
+//! with bounded exponential backoff (25 ms doubling to 400 ms) until the client's retry budget
 //! ([`Client::with_retry_budget`], 15 s by default) is spent; then it fails with
 //! [`ClientError::RetriesExhausted`] naming the target and the last reason. Refusals are
 //! always safe to resend (the node did nothing). A transport failure is ambiguous (the node
@@ -53,7 +53,7 @@ const MIN_ON_DEMAND_REFRESH: Duration = Duration::from_millis(100);
 /// Partition requests go to the partition's leader, group requests to the group's
 /// coordinator, admin requests to any broker. Retriable failures (`NOT_LEADER`,
 /// `LEADER_NOT_AVAILABLE`, `NOT_COORDINATOR`, `SHUTTING_DOWN`, `NOT_ENOUGH_REPLICAS`, a node
-/// down) are retried with backoff from 25 ms doubling to 1 s, following the server's leader
+/// down) are retried with backoff from 25 ms doubling to 400 ms, following the server's leader
 /// hint or fresh metadata, within the retry budget ([`Client::with_retry_budget`], 15 s),
 /// then reported as [`ClientError::RetriesExhausted`]. Refusals are always safe to resend; a
 /// transport failure may hide a request that was carried out, so it is resent only for calls

@@ -7,7 +7,7 @@ use std::time::Duration;
 /// First delay between attempts.
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(25);
 /// Largest delay between attempts.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+pub const MAX_BACKOFF: Duration = Duration::from_millis(400);
 /// How long a client keeps retrying one request by default.
 pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(15);
 
@@ -31,7 +31,8 @@ impl Backoff {
 }
 
 impl Default for Backoff {
-    /// 25 ms, 50 ms, 100 ms, ... up to 1 s.
+    /// 25 ms, 50 ms, 100 ms, ... up to 400 ms (a failover takes a few seconds: retrying
+    /// often keeps the client close behind it).
     fn default() -> Self {
         Self::new(INITIAL_BACKOFF, MAX_BACKOFF)
     }
@@ -76,7 +77,7 @@ mod tests {
     #[test]
     fn doubles_then_caps() {
         let ms: Vec<u128> = Backoff::default().take(9).map(|d| d.as_millis()).collect();
-        assert_eq!(ms, [25, 50, 100, 200, 400, 800, 1000, 1000, 1000]);
+        assert_eq!(ms, [25, 50, 100, 200, 400, 400, 400, 400, 400]);
     }
 
     #[test]
