@@ -608,9 +608,12 @@ impl GroupConsumer {
                 // The coordinator no longer knows us (failover or eviction): these positions
                 // are not ours to commit. Rejoin; the partitions resume from their committed
                 // offsets, wherever they are assigned.
+                // The commit did not happen: say so (as Kafka's CommitFailed does), after
+                // rejoining, so the caller knows its records may be delivered again.
                 tracing::info!(group = %self.config.group, error = %e, "commit refused: rejoining");
                 self.forget_membership();
-                return Box::pin(self.heartbeat()).await;
+                Box::pin(self.heartbeat()).await?;
+                return Err(e);
             }
             Err(e) => return Err(e),
         }

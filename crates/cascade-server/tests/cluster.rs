@@ -481,3 +481,140 @@ async fn damaged_leader_never_leads_with_its_damaged_log() {
     }
     assert_replicas_identical(&dirs, "e");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_follow_leaders_and_groups_survive_a_coordinator_failover() {
+    use cascade_client::{GroupConfig, GroupConsumer, Producer, ProducerConfig, ProducerRecord};
+    use std::collections::BTreeSet;
+
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = start_cluster(&dirs);
+    wait_for("3 live brokers", Duration::from_secs(20), async || {
+        let d = describe(&nodes).await;
+        (d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive)).then_some(())
+    })
+    .await;
+    // One client for the whole cluster: it routes every request to the right node itself.
+    let seeds: Vec<String> = nodes.iter().map(|n| n.grpc.clone()).collect();
+    let client = Client::connect(&seeds.join(",")).await.expect("connect");
+    let configs: BTreeMap<String, String> =
+        [("min.insync.replicas".to_string(), "2".to_string())].into();
+    client
+        .create_topic("w", 4, 3, configs)
+        .await
+        .expect("create");
+
+    let producer = Producer::new(client.clone(), "w", ProducerConfig::default())
+        .await
+        .expect("producer");
+    let mut sent = BTreeSet::new();
+    let send = async |producer: &Producer, from: usize, to: usize, sent: &mut BTreeSet<String>| {
+        let futs: Vec<_> = (from..to)
+            .map(|i| {
+                let v = format!("w-{i}");
+                sent.insert(v.clone());
+                producer.send(ProducerRecord::keyed(format!("k{i}"), v))
+            })
+            .collect();
+        for f in futures::future::join_all(futs).await {
+            f.expect("acknowledged");
+        }
+    };
+    send(&producer, 0, 400, &mut sent).await;
+
+    let mut member = GroupConsumer::join(client.clone(), GroupConfig::new("gw", &["w"]))
+        .await
+        .expect("join");
+    let mut seen = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < 200 {
+        assert!(Instant::now() < deadline, "consuming the first half");
+        for r in member.poll(Duration::from_millis(200)).await.expect("poll") {
+            seen.insert(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
+        }
+    }
+    member.commit().await.expect("commit");
+    let before: BTreeMap<(String, u32), u64> = client
+        .fetch_offsets("gw", vec![])
+        .await
+        .expect("offsets")
+        .into_iter()
+        .map(|c| ((c.topic, c.partition), c.offset))
+        .collect();
+    assert!(!before.is_empty());
+
+    // kill -9 the group's coordinator.
+    let coordinator = client
+        .coordinator_of("gw")
+        .await
+        .expect("coordinator")
+        .node_id;
+    nodes[coordinator as usize - 1].kill9();
+    // The producer keeps going through the failover, and the member keeps consuming.
+    send(&producer, 400, 500, &mut sent).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < sent.len() {
+        assert!(
+            Instant::now() < deadline,
+            "consuming everything after the failover: {} of {}",
+            seen.len(),
+            sent.len()
+        );
+        match member.poll(Duration::from_millis(200)).await {
+            Ok(recs) => {
+                for r in recs {
+                    seen.insert(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
+                }
+            }
+            Err(e) => eprintln!("poll during failover: {e}"),
+        }
+    }
+    assert_eq!(seen, sent, "every acknowledged event consumed");
+    // A commit refused because the member had to rejoin (its coordinator changed) says so;
+    // the member then resumes from the committed offsets (at-least-once) and commits again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for _ in 0..5 {
+            let _ = member.poll(Duration::from_millis(100)).await;
+        }
+        let committed = member.commit().await;
+        let total: u64 = client
+            .fetch_offsets("gw", vec![])
+            .await
+            .map(|o| o.iter().map(|c| c.offset).sum())
+            .unwrap_or(0);
+        if committed.is_ok() && total == sent.len() as u64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "committing everything after the failover: {committed:?}, {total}"
+        );
+    }
+    let new_coordinator = client
+        .coordinator_of("gw")
+        .await
+        .expect("coordinator")
+        .node_id;
+    assert_ne!(new_coordinator, coordinator);
+    let after: BTreeMap<(String, u32), u64> = client
+        .fetch_offsets("gw", vec![])
+        .await
+        .expect("offsets")
+        .into_iter()
+        .map(|c| ((c.topic, c.partition), c.offset))
+        .collect();
+    for (tp, off) in &before {
+        assert!(
+            after.get(tp).is_some_and(|a| a >= off),
+            "{tp:?}: committed offset went back from {off} to {:?}",
+            after.get(tp)
+        );
+    }
+    let total: u64 = after.values().sum();
+    assert_eq!(
+        total,
+        sent.len() as u64,
+        "the commits cover everything consumed"
+    );
+}
