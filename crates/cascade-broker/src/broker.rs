@@ -45,6 +45,9 @@ pub struct BrokerConfig {
     pub replica_lag_max: Duration,
     /// Replication factor of `__consumer_offsets` (capped at the live brokers when created).
     pub offsets_replication_factor: u32,
+    /// Where partition logs do their IO: the real file system, or an in-memory one whose
+    /// `crash()` drops every write not yet fsynced (power-loss tests).
+    pub log_fs: Arc<dyn cascade_log::fs::FileSystem>,
 }
 
 impl BrokerConfig {
@@ -63,6 +66,7 @@ impl BrokerConfig {
             session_timeout: Duration::from_millis(2500),
             replica_lag_max: Duration::from_secs(5),
             offsets_replication_factor: 3,
+            log_fs: Arc::new(cascade_log::fs::StdFs),
         }
     }
 }
@@ -287,6 +291,7 @@ impl Broker {
         let config = t.config.clone();
         let node = self.config.node_id;
         let repairable = t.replication_factor > 1;
+        let fs = self.config.log_fs.clone();
         // The topic id marks whose data a directory holds, so a re-created topic never adopts
         // an old one's files.
         let idfile = topic_dir(&self.config.data_dir, &t.name).join("topic-id");
@@ -308,7 +313,7 @@ impl Broker {
                 }
             }
             Ok(Arc::new(Partition::open(
-                name, id, p, node, &dir, &config, repairable,
+                fs, name, id, p, node, &dir, &config, repairable,
             )?))
         })
         .await
@@ -425,6 +430,10 @@ impl Broker {
             ));
         }
         let mut config = self.config.default_topic_config.clone();
+        if replication_factor >= 3 && !configs.contains_key("min.insync.replicas") {
+            // An acks=all write must survive the loss of any one replica by default.
+            config.min_insync_replicas = config.min_insync_replicas.max(2);
+        }
         for (k, v) in configs {
             config.set(k, v)?;
         }

@@ -209,7 +209,9 @@ impl Partition {
     /// it ([`Partition::damaged_at_open`]) so it is taken out of the in-sync set before it could
     /// lead; replication then fetches the rest again. A lone replica refuses to open instead:
     /// cutting it would lose acknowledged data for good.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
+        fs: Arc<dyn cascade_log::fs::FileSystem>,
         topic: Arc<str>,
         topic_id: Arc<str>,
         index: u32,
@@ -220,10 +222,13 @@ impl Partition {
     ) -> Result<Self> {
         let log_cfg = log_config(config);
         let mut damaged_at_open = None;
-        let log = match Log::open(dir, log_cfg.clone()) {
+        let clock: Arc<dyn cascade_log::Clock> = Arc::new(cascade_log::SystemClock);
+        let log = match Log::open_with(fs.clone(), clock.clone(), dir, log_cfg.clone()) {
             Err(e @ LogError::Corrupt { .. }) if repairable => {
                 tracing::error!(dir = %dir.display(), error = %e, "damaged replica: cutting it at the damage to fetch the rest from the leader");
-                let log = Log::open(
+                let log = Log::open_with(
+                    fs,
+                    clock,
                     dir,
                     LogConfig {
                         on_corruption: cascade_log::CorruptionPolicy::Truncate,

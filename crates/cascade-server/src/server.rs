@@ -156,6 +156,69 @@ pub(crate) async fn signal() {
     let _ = ctrl_c.await;
 }
 
+/// Every gRPC service of a node. The public API answers UNAVAILABLE (retriable) until `ready`
+/// (the broker has joined its cluster and opened its partitions), and again once shutdown
+/// begins; the internal services serve from the start, because peers need them while this
+/// node joins.
+pub fn grpc_router(
+    broker: &Arc<Broker>,
+    max: usize,
+    ready: Arc<AtomicBool>,
+) -> tonic::transport::server::Router {
+    let gate = move |req: tonic::Request<()>| {
+        if ready.load(Ordering::SeqCst) {
+            Ok(req)
+        } else {
+            Err(cascade_proto::status(
+                tonic::Code::Unavailable,
+                cascade_proto::v1::ErrorCode::LeaderNotAvailable,
+                "the node is starting or stopping",
+            ))
+        }
+    };
+    use tonic::service::interceptor::InterceptedService as Gated;
+    // HTTP/2's default 64 KiB flow-control windows would stall every request or fetch larger
+    // than that for a round trip; batches and fetches are routinely 100 KiB to MiBs.
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(32 << 20))
+        // Larger frames than HTTP/2's 16 KiB default: a 1 MiB batch is 16 frames, not 64.
+        .max_frame_size(Some(1 << 20))
+        .add_service(Gated::new(
+            AdminServer::new(AdminService::new(broker.clone())).max_decoding_message_size(max),
+            gate.clone(),
+        ))
+        .add_service(Gated::new(
+            RecordsServer::new(RecordsService::new(broker.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(256 << 20),
+            gate.clone(),
+        ))
+        .add_service(Gated::new(
+            GroupsServer::new(GroupsService::new(broker.clone())).max_decoding_message_size(max),
+            gate.clone(),
+        ))
+        .add_service(Gated::new(
+            ConsumersServer::new(ConsumersService::new(broker.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(256 << 20),
+            gate,
+        ))
+        .add_service(
+            RaftServer::new(RaftService::new(broker.metadata().raft().clone()))
+                .max_decoding_message_size(256 << 20)
+                .max_encoding_message_size(256 << 20),
+        )
+        .add_service(ControllerServer::new(ControllerService::new(
+            broker.clone(),
+        )))
+        .add_service(
+            ReplicationServer::new(ReplicationService::new(broker.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(256 << 20),
+        )
+}
+
 /// Runs a node until a signal or `stop` is cancelled.
 pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
     let _lock = lock_data_dir(&cfg.data_dir)?;
@@ -227,68 +290,11 @@ pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
         session_timeout: cfg.session_timeout,
         replica_lag_max: cfg.replica_lag_max,
         offsets_replication_factor: cfg.offsets_replication_factor,
+        ..BrokerConfig::new(&cfg.data_dir)
     })
     .await
     .context("opening the broker")?;
-    let max = cfg.max_request_bytes;
-    // The public API answers UNAVAILABLE (retriable) until the broker has joined its cluster
-    // and opened its partitions, and again once shutdown begins; the internal services serve
-    // from the start, because peers need them while this node joins.
-    let gate = {
-        let ready = ready.clone();
-        move |req: tonic::Request<()>| {
-            if ready.load(Ordering::SeqCst) {
-                Ok(req)
-            } else {
-                Err(cascade_proto::status(
-                    tonic::Code::Unavailable,
-                    cascade_proto::v1::ErrorCode::LeaderNotAvailable,
-                    "the node is starting or stopping",
-                ))
-            }
-        }
-    };
-    use tonic::service::interceptor::InterceptedService as Gated;
-    // HTTP/2's default 64 KiB flow-control windows would stall every request or fetch larger
-    // than that for a round trip; batches and fetches are routinely 100 KiB to MiBs.
-    let grpc = tonic::transport::Server::builder()
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(32 << 20))
-        // Larger frames than HTTP/2's 16 KiB default: a 1 MiB batch is 16 frames, not 64.
-        .max_frame_size(Some(1 << 20))
-        .add_service(Gated::new(
-            AdminServer::new(AdminService::new(broker.clone())).max_decoding_message_size(max),
-            gate.clone(),
-        ))
-        .add_service(Gated::new(
-            RecordsServer::new(RecordsService::new(broker.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(256 << 20),
-            gate.clone(),
-        ))
-        .add_service(Gated::new(
-            GroupsServer::new(GroupsService::new(broker.clone())).max_decoding_message_size(max),
-            gate.clone(),
-        ))
-        .add_service(Gated::new(
-            ConsumersServer::new(ConsumersService::new(broker.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(256 << 20),
-            gate,
-        ))
-        .add_service(
-            RaftServer::new(RaftService::new(broker.metadata().raft().clone()))
-                .max_decoding_message_size(256 << 20)
-                .max_encoding_message_size(256 << 20),
-        )
-        .add_service(ControllerServer::new(ControllerService::new(
-            broker.clone(),
-        )))
-        .add_service(
-            ReplicationServer::new(ReplicationService::new(broker.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(256 << 20),
-        );
+    let grpc = grpc_router(&broker, cfg.max_request_bytes, ready.clone());
     let grpc_stop = stop.clone();
     tasks.spawn(async move {
         // Our own listener (bound before the broker starts, so port conflicts fail fast) means

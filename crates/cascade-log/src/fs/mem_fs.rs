@@ -22,7 +22,8 @@ pub struct MemFsFaults {
     /// Bytes that writes may still add; a write that needs more writes what fits (a short,
     /// torn write) and then fails with `StorageFull` (ENOSPC). `None` means unlimited.
     pub write_budget: Option<u64>,
-    /// Every `sync_data` fails with an IO error (EIO), leaving durable state unchanged.
+    /// Every `sync_data` and `sync_dir` fails with an IO error (EIO), leaving durable state
+    /// unchanged.
     pub fail_sync: bool,
 }
 
@@ -268,6 +269,9 @@ impl FileSystem for MemFs {
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        if lock(&self.shared.faults).fail_sync {
+            return Err(io::Error::other("injected directory fsync failure"));
+        }
         let mut tree = lock(&self.tree);
         let Tree { live, durable, .. } = &mut *tree;
         durable.retain(|p, _| p.parent() != Some(path));
