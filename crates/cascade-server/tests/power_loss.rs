@@ -171,7 +171,7 @@ async fn simultaneous_power_loss_of_every_node_loses_no_acknowledged_event() {
         {
             let mut a = acked.lock().unwrap();
             a.0 = true; // acknowledgements from here on came after the power went out
-            all_acked.extend(a.1.drain(..));
+            all_acked.append(&mut a.1);
         }
         power_loss(nodes, &fs).await;
         running.cancel();
