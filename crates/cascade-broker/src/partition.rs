@@ -835,3 +835,103 @@ impl Actor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(role: Role, isr: &[u32], followers: &[(u32, u64)], local_end: u64) -> ReplState {
+        let now = Instant::now();
+        ReplState {
+            node_id: 1,
+            role,
+            replicas: vec![1, 2, 3],
+            isr: isr.to_vec(),
+            followers: followers
+                .iter()
+                .map(|&(id, end)| {
+                    (
+                        id,
+                        FollowerProgress {
+                            end,
+                            last_fetch: now,
+                            leader_end_at_last_fetch: 0,
+                            last_caught_up: now,
+                        },
+                    )
+                })
+                .collect(),
+            leader_hw: 0,
+            local_end,
+            isr_change_pending: false,
+        }
+    }
+
+    #[test]
+    fn leader_high_watermark_is_the_slowest_in_sync_replica() {
+        let leader = Role::Leader { epoch: 3 };
+        // Everyone in sync: the slowest acknowledged end.
+        assert_eq!(
+            state(leader, &[1, 2, 3], &[(2, 80), (3, 95)], 100).compute_hw(),
+            80
+        );
+        // The leader's own durable end bounds it too.
+        assert_eq!(
+            state(leader, &[1, 2, 3], &[(2, 120), (3, 130)], 100).compute_hw(),
+            100
+        );
+        // A follower outside the ISR does not hold it back.
+        assert_eq!(
+            state(leader, &[1, 3], &[(2, 10), (3, 95)], 100).compute_hw(),
+            95
+        );
+        // An in-sync follower not heard from since this leadership began counts as 0.
+        assert_eq!(state(leader, &[1, 2], &[], 100).compute_hw(), 0);
+        // Alone in the ISR: its own durable end.
+        assert_eq!(state(leader, &[1], &[(2, 5)], 100).compute_hw(), 100);
+    }
+
+    #[test]
+    fn follower_high_watermark_is_the_leaders_capped_by_its_own_end() {
+        let mut s = state(
+            Role::Follower {
+                leader: 2,
+                epoch: 3,
+            },
+            &[1, 2],
+            &[],
+            50,
+        );
+        s.leader_hw = 70;
+        assert_eq!(s.compute_hw(), 50);
+        s.local_end = 90;
+        assert_eq!(s.compute_hw(), 70);
+        assert_eq!(state(Role::Idle, &[1], &[], 50).compute_hw(), 0);
+    }
+
+    #[test]
+    fn epochs_are_stamped_and_read_back_per_batch() {
+        let mut bytes = Vec::new();
+        for (base, n) in [(0i64, 2usize), (2, 3)] {
+            let mut b = cascade_record::BatchBuilder::new();
+            for i in 0..n {
+                let v = format!("v{i}");
+                b.push(cascade_record::Record {
+                    timestamp: 0,
+                    key: None,
+                    value: Some(v.as_bytes()),
+                    headers: &[],
+                });
+            }
+            let mut batch = b.finish();
+            cascade_record::header::set_base_offset(&mut batch, base);
+            bytes.extend(batch);
+        }
+        stamp_epoch(&mut bytes, 7);
+        assert_eq!(epochs_in(&bytes), vec![(7, 0)]);
+        // The stamp is outside the CRC: the batches still validate.
+        for b in cascade_record::Batches::new(&bytes) {
+            b.expect("valid after stamping");
+        }
+    }
+}

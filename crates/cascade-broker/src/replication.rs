@@ -47,7 +47,7 @@ pub struct Fetchers {
 
 impl Broker {
     /// A channel to a broker's gRPC address (cached per address).
-    pub(crate) fn peer_channel(&self, node_id: u32) -> Result<Channel> {
+    pub fn peer_channel(&self, node_id: u32) -> Result<Channel> {
         let addr = self
             .meta
             .snapshot()

@@ -154,12 +154,17 @@ fn endpoint(addr: &str) -> Result<Endpoint> {
         .map(|e| {
             // Large flow-control windows: fetches and batches are often far above HTTP/2's
             // default 64 KiB, which would cost a round trip per window.
-            e.connect_timeout(Duration::from_secs(5))
+            // Frequent HTTP/2 pings: a broker that hangs (SIGSTOP, a VM pause) or is cut off
+            // by the network fails its connection within about three seconds, so requests in
+            // flight to it error out and are retried at the new leader instead of waiting
+            // for the OS to give up on the TCP connection.
+            e.connect_timeout(Duration::from_secs(2))
                 .tcp_nodelay(true)
                 .initial_stream_window_size(8 << 20)
                 .initial_connection_window_size(32 << 20)
                 .max_frame_size(1 << 20)
-                .http2_keep_alive_interval(Duration::from_secs(30))
+                .http2_keep_alive_interval(Duration::from_secs(1))
+                .keep_alive_timeout(Duration::from_secs(2))
                 .keep_alive_while_idle(true)
         })
         .map_err(|e| ClientError::InvalidArgument(format!("bad broker address {addr:?}: {e}")))

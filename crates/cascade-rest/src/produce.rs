@@ -365,6 +365,8 @@ fn per_record_error(p: u32, e: &pb::Error) -> OffsetResult {
     let retriable = matches!(
         reason,
         pb::ErrorCode::NotLeader
+            | pb::ErrorCode::LeaderNotAvailable
+            | pb::ErrorCode::NotCoordinator
             | pb::ErrorCode::NotEnoughReplicas
             | pb::ErrorCode::Timeout
             | pb::ErrorCode::ShuttingDown

@@ -100,9 +100,16 @@ struct Follow {
     partition: u32,
     format: EmbeddedFormat,
     next: u64,
-    upstream: Option<tonic::Streaming<pb::FetchedPartition>>,
+    /// True until the first record when the stream started at the partition's end.
+    at_latest: bool,
+    upstream: Option<Upstream>,
     pending: VecDeque<Event>,
+    client: cascade_client::Client,
 }
+
+type Upstream = std::pin::Pin<
+    Box<dyn Stream<Item = Result<pb::FetchedPartition, cascade_client::ClientError>> + Send>,
+>;
 
 fn error_event(e: &ApiError) -> Event {
     Event::default()
@@ -111,14 +118,29 @@ fn error_event(e: &ApiError) -> Event {
 }
 
 impl Follow {
-    /// Turns one upstream message into events; an error ends the stream after its event.
-    fn absorb(&mut self, msg: Result<pb::FetchedPartition, tonic::Status>) {
-        let result = msg
-            .map_err(|s| ApiError::from(cascade_client::ClientError::from(s)))
-            .and_then(|f| {
-                decode_records(&self.topic, self.partition, &f.batches, self.next)
-                    .map_err(ApiError::from)
-            });
+    /// Turns one upstream message into events. A retriable failure (the leader moved or went
+    /// down) switches to [`cascade_client::Client::follow`], which finds the new leader and
+    /// resumes after the last record sent; any other error ends the stream after its event.
+    fn absorb(&mut self, msg: Result<pb::FetchedPartition, cascade_client::ClientError>) {
+        if let Err(e) = &msg
+            && e.is_retriable()
+        {
+            let position = if self.at_latest {
+                Position::Latest(true)
+            } else {
+                Position::Offset(self.next)
+            };
+            self.upstream = Some(Box::pin(self.client.follow(
+                &self.topic,
+                self.partition,
+                position,
+            )));
+            return;
+        }
+        let result = msg.map_err(ApiError::from).and_then(|f| {
+            decode_records(&self.topic, self.partition, &f.batches, self.next)
+                .map_err(ApiError::from)
+        });
         let records = match result {
             Ok(r) => r,
             Err(e) => {
@@ -134,6 +156,7 @@ impl Follow {
                     self.pending
                         .push_back(Event::default().id(r.offset.to_string()).data(data));
                     self.next = r.offset + 1;
+                    self.at_latest = false;
                 }
                 Err(e) => {
                     self.pending.push_back(error_event(&e));
@@ -150,11 +173,10 @@ impl Follow {
                 if let Some(ev) = s.pending.pop_front() {
                     return Some((Ok(ev), s));
                 }
-                let msg = s.upstream.as_mut()?.message().await;
-                match msg {
-                    Ok(Some(f)) => s.absorb(Ok(f)),
-                    Ok(None) => return None,
-                    Err(status) => s.absorb(Err(status)),
+                use futures::StreamExt;
+                match s.upstream.as_mut()?.next().await {
+                    Some(msg) => s.absorb(msg),
+                    None => return None,
                 }
             }
         })
@@ -204,14 +226,21 @@ pub async fn stream(
         Some(o) => Position::Offset(o),
         None => Position::Latest(true),
     };
+    // The first subscription is opened here so that a bad topic, partition or offset is an
+    // HTTP error rather than an error event.
     let upstream = state.client.subscribe(&topic, partition, position).await?;
+    let upstream: Upstream = Box::pin(futures::StreamExt::map(upstream, |r| {
+        r.map_err(cascade_client::ClientError::from)
+    }));
     let follow = Follow {
         topic,
         partition,
         format: q.format.unwrap_or_default(),
         next: start.unwrap_or(0),
+        at_latest: start.is_none(),
         upstream: Some(upstream),
         pending: VecDeque::new(),
+        client: state.client.clone(),
     };
     let sse = Sse::new(follow.into_stream()).keep_alive(
         KeepAlive::new()

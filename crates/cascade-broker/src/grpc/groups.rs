@@ -10,6 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
 
+/// Request metadata key asking a node for only the groups it coordinates itself.
+const LOCAL_ONLY: &str = "x-cascade-local-only";
+
 /// The Groups service.
 #[derive(Debug, Clone)]
 pub struct GroupsService {
@@ -137,21 +140,58 @@ impl Groups for GroupsService {
 
     async fn list_groups(
         &self,
-        _req: Request<pb::ListGroupsRequest>,
+        req: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        // Each node knows the groups it coordinates; the node asked gathers the others'
+        // (asking them for their own only, so the fan-out stops there).
+        let local_only = req.metadata().contains_key(LOCAL_ONLY);
         observe("list_groups", async {
+            let mut groups: BTreeMap<String, pb::GroupSummary> = self
+                .broker
+                .groups()
+                .list()
+                .into_iter()
+                .map(|(group_id, state, members)| {
+                    (
+                        group_id.clone(),
+                        pb::GroupSummary {
+                            group_id,
+                            state: state.to_string(),
+                            members: members as u32,
+                        },
+                    )
+                })
+                .collect();
+            if !local_only {
+                let me = self.broker.config().node_id;
+                let snap = self.broker.cluster();
+                let asks = snap
+                    .brokers
+                    .values()
+                    .filter(|b| b.node_id != me && !b.fenced)
+                    .filter_map(|b| self.broker.peer_channel(b.node_id).ok())
+                    .map(|ch| async move {
+                        let mut r = Request::new(pb::ListGroupsRequest {});
+                        r.metadata_mut()
+                            .insert(LOCAL_ONLY, "1".parse().expect("ascii"));
+                        r.set_timeout(Duration::from_secs(2));
+                        pb::groups_client::GroupsClient::new(ch)
+                            .list_groups(r)
+                            .await
+                    });
+                for r in futures::future::join_all(asks).await {
+                    match r {
+                        Ok(resp) => {
+                            for g in resp.into_inner().groups {
+                                groups.entry(g.group_id.clone()).or_insert(g);
+                            }
+                        }
+                        Err(e) => tracing::debug!(error = %e, "listing a peer's groups"),
+                    }
+                }
+            }
             Ok(pb::ListGroupsResponse {
-                groups: self
-                    .broker
-                    .groups()
-                    .list()
-                    .into_iter()
-                    .map(|(group_id, state, members)| pb::GroupSummary {
-                        group_id,
-                        state: state.to_string(),
-                        members: members as u32,
-                    })
-                    .collect(),
+                groups: groups.into_values().collect(),
             })
         })
         .await
