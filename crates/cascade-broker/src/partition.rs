@@ -155,6 +155,11 @@ pub struct ReplState {
     pub local_end: u64,
     /// An ISR change is in flight (leader only), so it is not proposed twice.
     pub isr_change_pending: bool,
+    /// A follower being added to the ISR: it counts for the high watermark from the moment
+    /// the leader proposes it, not from when the metadata says so, so nothing is acknowledged
+    /// without it that the metadata could then let it lead without ("maximal ISR", as
+    /// Kafka's KIP-497). Cleared once the metadata's ISR has it, or the proposal failed.
+    pub pending_isr_add: Option<u32>,
 }
 
 impl ReplState {
@@ -164,6 +169,7 @@ impl ReplState {
             Role::Leader { .. } => self
                 .isr
                 .iter()
+                .chain(self.pending_isr_add.iter())
                 .filter(|&&r| r != self.node_id)
                 .map(|r| self.followers.get(r).map(|f| f.end).unwrap_or(0))
                 .fold(self.local_end, u64::min),
@@ -263,6 +269,7 @@ impl Partition {
             leader_hw: 0,
             local_end,
             isr_change_pending: false,
+            pending_isr_add: None,
         }));
         let (tx, rx) = mpsc::channel(QUEUE);
         let name = format!("p-{topic}-{index}");
@@ -540,6 +547,7 @@ impl Partition {
             r.replicas = replicas;
             r.isr = isr;
             r.isr_change_pending = false;
+            r.pending_isr_add = None;
         }
         self.role_tx.send_replace(Role::Leader { epoch });
         self.update_hw();
@@ -566,6 +574,7 @@ impl Partition {
             r.replicas = replicas;
             r.isr = isr;
             r.followers.clear();
+            r.pending_isr_add = None;
         }
         self.role_tx.send_replace(role);
         Ok(())
@@ -575,9 +584,16 @@ impl Partition {
     pub fn set_isr(&self, replicas: Vec<u32>, isr: Vec<u32>) {
         {
             let mut r = self.lock_repl();
+            if r.pending_isr_add.is_some_and(|f| isr.contains(&f)) {
+                r.pending_isr_add = None;
+            }
+            // An expansion still in flight keeps its flag (and its place in the high-watermark
+            // computation) until the metadata has it or the proposal fails.
+            if r.pending_isr_add.is_none() {
+                r.isr_change_pending = false;
+            }
             r.replicas = replicas;
             r.isr = isr;
-            r.isr_change_pending = false;
         }
         self.update_hw();
     }
@@ -864,6 +880,7 @@ mod tests {
             leader_hw: 0,
             local_end,
             isr_change_pending: false,
+            pending_isr_add: None,
         }
     }
 
@@ -887,6 +904,11 @@ mod tests {
         );
         // An in-sync follower not heard from since this leadership began counts as 0.
         assert_eq!(state(leader, &[1, 2], &[], 100).compute_hw(), 0);
+        // A follower whose addition to the ISR is in flight already holds it back.
+        let mut s = state(leader, &[1, 3], &[(2, 60), (3, 95)], 100);
+        assert_eq!(s.compute_hw(), 95);
+        s.pending_isr_add = Some(2);
+        assert_eq!(s.compute_hw(), 60);
         // Alone in the ISR: its own durable end.
         assert_eq!(state(leader, &[1], &[(2, 5)], 100).compute_hw(), 100);
     }

@@ -329,6 +329,7 @@ impl Broker {
             let expand = !r.isr.contains(&follower) && end >= hw && !r.isr_change_pending;
             if expand {
                 r.isr_change_pending = true;
+                r.pending_isr_add = Some(follower);
             }
             expand
         };
@@ -358,25 +359,46 @@ impl Broker {
                 isr: isr.clone(),
             };
             if a.leader != broker.config.node_id {
-                part.lock_repl().isr_change_pending = false;
+                let mut r = part.lock_repl();
+                r.isr_change_pending = false;
+                r.pending_isr_add = None;
                 return;
             }
-            match broker
+            let grows = isr.len() > a.isr.len();
+            let result = broker
                 .meta
                 .apply(MetadataCommand::UpdatePartitions(vec![update]))
-                .await
-            {
+                .await;
+            let applied = result.as_ref().is_ok_and(|snap| {
+                snap.assignment(&part.topic, part.index)
+                    .is_some_and(|now| now.isr == isr)
+            });
+            match &result {
+                Ok(_) if applied => {
+                    tracing::info!(topic = %part.topic, partition = part.index, ?isr, "in-sync set changed");
+                    if grows {
+                        metrics::counter!("cascade_isr_expands_total").increment(1);
+                    } else {
+                        metrics::counter!("cascade_isr_shrinks_total").increment(1);
+                    }
+                }
                 Ok(_) => {
-                    tracing::info!(topic = %part.topic, partition = part.index, ?isr, "in-sync set changed")
+                    tracing::info!(topic = %part.topic, partition = part.index, ?isr, "in-sync set change was stale; skipped")
                 }
                 Err(e) => {
                     tracing::warn!(topic = %part.topic, partition = part.index, error = %e, "in-sync set change failed")
                 }
             }
-            metrics::counter!("cascade_isr_changes_total").increment(1);
-            // The reconciler applies the result (and clears the pending flag); clear it here
-            // too in case the update was stale and nothing changed.
-            part.lock_repl().isr_change_pending = false;
+            // The reconciler applies a change that took (and clears an expansion's pending
+            // member once the metadata has it); one that did not take leaves nothing to
+            // apply, so the in-flight state is cleared here.
+            if !applied {
+                let mut r = part.lock_repl();
+                r.isr_change_pending = false;
+                r.pending_isr_add = None;
+            } else if !grows {
+                part.lock_repl().isr_change_pending = false;
+            }
         });
     }
 

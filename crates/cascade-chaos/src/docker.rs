@@ -83,7 +83,7 @@ pub enum NodeState {
     Running,
     /// Killed or stopped.
     Down,
-    /// Frozen with `docker pause`.
+    /// Stopped with SIGSTOP.
     Paused,
     /// Disconnected from the network.
     Disconnected,
@@ -298,16 +298,19 @@ impl Cluster {
         Ok(())
     }
 
-    /// Freezes every process of the node (cgroup freezer, like SIGSTOP).
+    /// Stops the node's broker process with SIGSTOP: it hangs with its connections open, as a
+    /// stalled machine does. (SIGSTOP rather than `docker pause`: the cgroup freezer sometimes
+    /// fails to freeze a process inside an fsync, which would fail the run for the harness's
+    /// sake.)
     pub async fn pause(&mut self, id: u32) -> Result<()> {
-        docker(&["pause", &self.node(id).name.clone()]).await?;
+        docker(&["kill", "-s", "STOP", &self.node(id).name.clone()]).await?;
         self.set(id, NodeState::Paused);
         Ok(())
     }
 
-    /// Thaws a paused node.
+    /// Resumes a stopped node (SIGCONT).
     pub async fn unpause(&mut self, id: u32) -> Result<()> {
-        docker(&["unpause", &self.node(id).name.clone()]).await?;
+        docker(&["kill", "-s", "CONT", &self.node(id).name.clone()]).await?;
         self.set(id, NodeState::Running);
         Ok(())
     }
@@ -443,7 +446,7 @@ impl Cluster {
         for n in &self.nodes {
             // A paused container cannot always be removed at once: thaw it first.
             if n.state == NodeState::Paused {
-                docker_blocking(&["unpause", &n.name]);
+                docker_blocking(&["kill", "-s", "CONT", &n.name]);
             }
             docker_blocking(&["rm", "-f", "-v", &n.name]);
         }

@@ -56,7 +56,7 @@ impl Rng {
 pub enum FaultKind {
     /// SIGKILL a partition leader, later start it again.
     KillLeader,
-    /// Freeze a partition leader (`docker pause`), later thaw it.
+    /// Stop a partition leader with SIGSTOP, later resume it (SIGCONT).
     PauseLeader,
     /// Disconnect a partition leader from the network, later reconnect it.
     IsolateLeader,
