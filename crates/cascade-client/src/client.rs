@@ -158,7 +158,7 @@ fn endpoint(addr: &str) -> Result<Endpoint> {
             // by the network fails its connection within about three seconds, so requests in
             // flight to it error out and are retried at the new leader instead of waiting
             // for the OS to give up on the TCP connection.
-            e.connect_timeout(Duration::from_secs(2))
+            e.connect_timeout(Duration::from_secs(1))
                 .tcp_nodelay(true)
                 .initial_stream_window_size(8 << 20)
                 .initial_connection_window_size(32 << 20)
