@@ -66,7 +66,7 @@ pub struct Ack {
 }
 
 /// An acknowledged offset commit.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Commit {
     /// Topic.
     pub topic: String,
@@ -78,6 +78,8 @@ pub struct Commit {
     pub invoked: Nanos,
     /// When it was acknowledged.
     pub acked: Nanos,
+    /// Who committed: consumer, member id and epoch (for reading a failed run's history).
+    pub by: String,
 }
 
 /// A record as stored or read back: (offset, value).
@@ -750,6 +752,7 @@ mod tests {
 
     fn commit(offset: u64, invoked: u64, acked: u64) -> Commit {
         Commit {
+            by: String::new(),
             topic: T.into(),
             partition: 0,
             offset,

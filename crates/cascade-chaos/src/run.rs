@@ -255,6 +255,10 @@ pub async fn run(opts: &Options) -> Result<RunReport> {
     };
     let check = checker::check(&history);
     faults::measure_failover(&mut faults, &acks);
+    // Keep the commit history beside the nodes' logs, for a run that fails or is kept.
+    if let Ok(json) = serde_json::to_vec(&history.commits) {
+        let _ = std::fs::write(data.path().join("commits.json"), json);
+    }
 
     let mut faults_by_kind: BTreeMap<String, u64> = FaultKind::menu(opts.nodes)
         .into_iter()

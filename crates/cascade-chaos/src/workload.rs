@@ -323,6 +323,7 @@ pub async fn consumer(
             })
             .collect();
         let invoked = rec.now();
+        let by = format!("consumer {id} member {} epoch {}", c.member_id(), c.member_epoch());
         let r = tokio::time::timeout(
             cfg.request_timeout,
             client.commit_offsets(&cfg.group, c.member_id(), c.member_epoch(), offsets),
@@ -337,6 +338,7 @@ pub async fn consumer(
                     offset,
                     invoked,
                     acked: at,
+                    by: by.clone(),
                 }
             }));
         } else {

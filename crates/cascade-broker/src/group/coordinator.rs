@@ -26,6 +26,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+/// How long a read barrier may wait for the in-sync replicas before the coordinator gives
+/// up (and answers NOT_COORDINATOR, which clients retry elsewhere).
+const BARRIER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Name of the internal topic holding committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
@@ -317,6 +321,51 @@ impl GroupCoordinator {
             })?;
         part.append(b.finish()).await?;
         Ok(())
+    }
+
+    /// Makes sure this node still coordinates `group` before it answers a read from memory:
+    /// appends a marker (a record without key, which replay skips) to the group's offsets
+    /// partition and waits for every in-sync replica to have it. A deposed coordinator that
+    /// has not yet learned it was replaced (it was paused or cut off while another took over)
+    /// cannot get the marker acknowledged — its old followers now follow the new leader — so
+    /// it fails instead of serving committed offsets that may be stale.
+    pub async fn read_barrier(&self, group: &str) -> Result<()> {
+        let p = self.partition_of(group);
+        let part = self
+            .store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&p)
+            .cloned()
+            .ok_or_else(|| BrokerError::NotCoordinator {
+                node: self.meta.node_id(),
+                group: group.to_string(),
+                coordinator: None,
+            })?;
+        let mut b = BatchBuilder::new();
+        b.push(Record {
+            timestamp: now_ms(),
+            key: None,
+            value: None,
+            headers: &[],
+        });
+        match tokio::time::timeout(BARRIER_TIMEOUT, part.append(b.finish())).await {
+            Ok(r) => r.map(|_| ()).map_err(|e| match e {
+                BrokerError::NotLeader { .. } | BrokerError::LeaderNotAvailable { .. } => {
+                    BrokerError::NotCoordinator {
+                        node: self.meta.node_id(),
+                        group: group.to_string(),
+                        coordinator: None,
+                    }
+                }
+                other => other,
+            }),
+            Err(_) => Err(BrokerError::NotCoordinator {
+                node: self.meta.node_id(),
+                group: group.to_string(),
+                coordinator: None,
+            }),
+        }
     }
 
     /// Committed offsets of `group`, all or those in `filter`.

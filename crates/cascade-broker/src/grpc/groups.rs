@@ -205,6 +205,7 @@ impl Groups for GroupsService {
         let r = req.into_inner();
         observe("describe_group", async {
             self.broker.own_group(&r.group_id).await?;
+            self.broker.groups().read_barrier(&r.group_id).await?;
             let view = self.broker.groups().describe(&r.group_id)?;
             let g = &view.group;
             let now = std::time::Instant::now();
