@@ -312,11 +312,6 @@ impl Partition {
         *self.damaged.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records damage found after opening.
-    pub fn mark_damaged(&self, at: u64) {
-        *self.damaged.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
-    }
-
     /// The damage has been dealt with (this replica left the in-sync set).
     pub fn clear_damage(&self) {
         *self.damaged.lock().unwrap_or_else(|e| e.into_inner()) = None;

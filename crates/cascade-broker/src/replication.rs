@@ -117,7 +117,13 @@ impl Broker {
                     truncated = true;
                 }
                 let fetch_offset = part.reader().end_offset();
+                let partition_epoch = self
+                    .meta
+                    .snapshot()
+                    .assignment(&part.topic, part.index)
+                    .map_or(-1, |a| a.partition_epoch);
                 let mut req = Request::new(ReplicaFetchRequest {
+                    partition_epoch,
                     topic: part.topic.to_string(),
                     topic_id: part.topic_id.to_string(),
                     partition: part.index,
@@ -273,7 +279,7 @@ impl Broker {
                 end,
             });
         }
-        self.record_follower(&part, r.replica_id, r.fetch_offset);
+        self.record_follower(&part, r.replica_id, r.fetch_offset, r.partition_epoch);
         // Long-poll until something past the fetch offset is acknowledged locally.
         let mut end_rx = part.watch_end();
         let wait = Duration::from_millis(u64::from(r.max_wait_ms).min(5_000));
@@ -302,8 +308,22 @@ impl Broker {
         })
     }
 
-    fn record_follower(self: &Arc<Self>, part: &Arc<Partition>, follower: u32, end: u64) {
+    fn record_follower(
+        self: &Arc<Self>,
+        part: &Arc<Partition>,
+        follower: u32,
+        end: u64,
+        partition_epoch: i32,
+    ) {
         let now = Instant::now();
+        // Only a fetch sent after the latest ISR change may bring a follower back (see the
+        // proto's `partition_epoch`).
+        let current = self
+            .meta
+            .snapshot()
+            .assignment(&part.topic, part.index)
+            .map_or(i32::MAX, |a| a.partition_epoch);
+        let fresh = partition_epoch >= current;
         let expand = {
             let mut r = part.lock_repl();
             if !r.replicas.contains(&follower) {
@@ -326,7 +346,7 @@ impl Broker {
             f.leader_end_at_last_fetch = leader_end;
             let hw = r.compute_hw();
             // Back into the in-sync set once it has everything consumers may see.
-            let expand = !r.isr.contains(&follower) && end >= hw && !r.isr_change_pending;
+            let expand = fresh && !r.isr.contains(&follower) && end >= hw && !r.isr_change_pending;
             if expand {
                 r.isr_change_pending = true;
                 r.pending_isr_add = Some(follower);
@@ -596,7 +616,8 @@ impl Broker {
     pub(crate) async fn scrub_partition(self: &Arc<Self>, part: &Arc<Partition>) {
         match part.scrub().await {
             Ok(Some(at)) => {
-                part.mark_damaged(at);
+                // Not the "damaged when opened" flag, which the reconciler repairs on its own
+                // (two repairs of one replica would race); this one cuts the log itself.
                 if let Err(e) = self.repair_damaged(part, Some(at)).await {
                     tracing::error!(topic = %part.topic, partition = part.index, error = %e, "repairing a damaged replica");
                 }

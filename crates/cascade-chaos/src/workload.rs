@@ -323,7 +323,11 @@ pub async fn consumer(
             })
             .collect();
         let invoked = rec.now();
-        let by = format!("consumer {id} member {} epoch {}", c.member_id(), c.member_epoch());
+        let by = format!(
+            "consumer {id} member {} epoch {}",
+            c.member_id(),
+            c.member_epoch()
+        );
         let r = tokio::time::timeout(
             cfg.request_timeout,
             client.commit_offsets(&cfg.group, c.member_id(), c.member_epoch(), offsets),

@@ -345,6 +345,22 @@ async fn graceful_stop_hands_leadership_over_before_exiting() {
     check_acked(&nodes, "g", &acked).await;
 }
 
+/// A counter or gauge from a node's `/metrics` (0 if absent).
+fn metric(node: &Node, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let Some(http) = &node.http else { return 0.0 };
+    let Ok(mut s) = std::net::TcpStream::connect(http) else {
+        return 0.0;
+    };
+    let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Starts every node again at once (each waits for a majority before it is ready).
 fn restart_all(nodes: &mut [Node]) {
     tokio::task::block_in_place(|| {
@@ -407,11 +423,12 @@ fn assert_replicas_identical(dirs: &[tempfile::TempDir], topic: &str) {
         .collect();
     assert!(!copies[0].is_empty());
     for (i, c) in copies.iter().enumerate().skip(1) {
-        assert_eq!(
-            &copies[0],
-            c,
-            "{topic}/0: replica {} differs from replica 1",
-            i + 1
+        assert!(
+            &copies[0] == c,
+            "{topic}/0: replica {} differs from replica 1 ({} vs {} bytes)",
+            i + 1,
+            c.len(),
+            copies[0].len()
         );
     }
 }

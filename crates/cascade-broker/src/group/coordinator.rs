@@ -65,6 +65,10 @@ pub struct GroupView {
 struct Inner {
     groups: BTreeMap<String, Group>,
     offsets: BTreeMap<String, BTreeMap<Tp, Committed>>,
+    /// The offsets-partition offset of the record that set each committed offset: a commit's
+    /// answer may come back after a later commit's (different members, one partition), and
+    /// memory must end as the log does, with the later record winning.
+    set_at: BTreeMap<(String, Tp), u64>,
 }
 
 /// Consumer groups of this node. See the module docs.
@@ -137,7 +141,7 @@ impl GroupCoordinator {
     /// Takes over the groups of offsets partition `p` (this node now leads it): replays it.
     pub async fn load_partition(&self, p: u32, part: Arc<Partition>) -> Result<()> {
         let reader = part.reader().clone();
-        let (offsets, records) = tokio::task::spawn_blocking(move || replay(&reader))
+        let (offsets, set_at, records) = tokio::task::spawn_blocking(move || replay(&reader))
             .await
             .map_err(|e| BrokerError::Metadata(format!("replaying offsets panicked: {e}")))??;
         let groups = offsets.len();
@@ -146,7 +150,11 @@ impl GroupCoordinator {
             inner
                 .offsets
                 .retain(|g, _| partition_for_key(g.as_bytes(), self.count) != p);
+            inner
+                .set_at
+                .retain(|(g, _), _| partition_for_key(g.as_bytes(), self.count) != p);
             inner.offsets.extend(offsets);
+            inner.set_at.extend(set_at);
         }
         self.store
             .lock()
@@ -175,6 +183,9 @@ impl GroupCoordinator {
         inner
             .groups
             .retain(|g, _| partition_for_key(g.as_bytes(), count) != p);
+        inner
+            .set_at
+            .retain(|(g, _), _| partition_for_key(g.as_bytes(), count) != p);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -268,12 +279,21 @@ impl GroupCoordinator {
                 )
             })
             .collect();
-        self.persist(group, entries.iter().map(|(tp, c)| (tp, Some(c))), ts)
+        let at = self
+            .persist(group, entries.iter().map(|(tp, c)| (tp, Some(c))), ts)
             .await?;
         let mut inner = self.lock();
-        let map = inner.offsets.entry(group.to_string()).or_default();
         for (tp, c) in entries {
-            map.insert(tp, c);
+            let key = (group.to_string(), tp.clone());
+            if inner.set_at.get(&key).is_some_and(|&prev| prev > at) {
+                continue; // a later record already set it
+            }
+            inner.set_at.insert(key, at);
+            inner
+                .offsets
+                .entry(group.to_string())
+                .or_default()
+                .insert(tp, c);
         }
         inner
             .groups
@@ -287,7 +307,7 @@ impl GroupCoordinator {
         group: &str,
         entries: impl Iterator<Item = (&'a Tp, Option<&'a Committed>)>,
         ts: i64,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let mut b = BatchBuilder::new();
         for (tp, c) in entries {
             let key = serde_json::to_vec(&OffsetKey {
@@ -305,7 +325,7 @@ impl GroupCoordinator {
             });
         }
         if b.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let p = self.partition_of(group);
         let part = self
@@ -319,8 +339,7 @@ impl GroupCoordinator {
                 group: group.to_string(),
                 coordinator: None,
             })?;
-        part.append(b.finish()).await?;
-        Ok(())
+        Ok(part.append(b.finish()).await?.base_offset)
     }
 
     /// Makes sure this node still coordinates `group` before it answers a read from memory:
@@ -480,9 +499,12 @@ impl GroupCoordinator {
 
 type Offsets = BTreeMap<String, BTreeMap<Tp, Committed>>;
 
-/// Reads a whole offsets partition: the committed offsets it holds and how many records.
-fn replay(reader: &cascade_log::LogReader) -> Result<(Offsets, u64)> {
+/// Reads a whole offsets partition: the committed offsets it holds, the offset of the record
+/// that set each, and how many records.
+#[allow(clippy::type_complexity)]
+fn replay(reader: &cascade_log::LogReader) -> Result<(Offsets, BTreeMap<(String, Tp), u64>, u64)> {
     let mut offsets: Offsets = BTreeMap::new();
+    let mut set_at = BTreeMap::new();
     let mut records = 0u64;
     let mut next = reader.start_offset();
     let end = reader.end_offset();
@@ -513,6 +535,7 @@ fn replay(reader: &cascade_log::LogReader) -> Result<(Offsets, u64)> {
                     .and_then(|v| serde_json::from_slice::<Committed>(v).ok())
                 {
                     Some(c) => {
+                        set_at.insert((key.g.clone(), tp.clone()), rec.offset as u64);
                         offsets.entry(key.g).or_default().insert(tp, c);
                     }
                     None => {
@@ -528,5 +551,5 @@ fn replay(reader: &cascade_log::LogReader) -> Result<(Offsets, u64)> {
         }
         next = f.next_offset;
     }
-    Ok((offsets, records))
+    Ok((offsets, set_at, records))
 }
