@@ -229,7 +229,17 @@ impl Broker {
                 elections,
                 "controller: updating partitions"
             );
+            // Fencing a broker takes it out of in-sync sets here rather than at the leader,
+            // so the controller counts those shrinks itself.
+            let shrinks = updates
+                .iter()
+                .filter(|u| {
+                    snap.assignment(&u.topic, u.partition)
+                        .is_some_and(|a| u.isr.len() < a.isr.len())
+                })
+                .count();
             metrics::counter!("cascade_leader_elections_total").increment(elections as u64);
+            metrics::counter!("cascade_isr_shrinks_total").increment(shrinks as u64);
             self.meta
                 .propose_local(MetadataCommand::UpdatePartitions(updates))
                 .await?;

@@ -207,6 +207,25 @@ async fn three_nodes_replicate_fail_over_and_catch_up() {
         );
         assert_ne!(part.leader, victim);
     }
+    // The survivors report what happened in /metrics.
+    let survivors: Vec<usize> = (0..3).filter(|&i| i + 1 != victim as usize).collect();
+    wait_for(
+        "under-replicated partitions, ISR shrinks and elections in /metrics",
+        Duration::from_secs(20),
+        async || {
+            let sum = |name: &str| {
+                survivors
+                    .iter()
+                    .map(|&i| metric(&nodes[i], name))
+                    .sum::<f64>()
+            };
+            (sum("cascade_under_replicated_partitions") >= 1.0
+                && sum("cascade_isr_shrinks_total") >= 1.0
+                && sum("cascade_leader_elections_total") >= 1.0)
+                .then_some(())
+        },
+    )
+    .await;
     // Two in-sync replicas remain: acks=all still works.
     produce_all(&nodes, "r", 3, "b", 50, &mut acked).await;
     check_acked(&nodes, "r", &acked).await;
@@ -221,6 +240,22 @@ async fn three_nodes_replicate_fail_over_and_catch_up() {
             (0..3)
                 .all(|p| partition(&d, "r", p).isr.len() == 3)
                 .then_some(())
+        },
+    )
+    .await;
+    wait_for(
+        "no under-replicated partition and ISR expands in /metrics",
+        Duration::from_secs(20),
+        async || {
+            let under: f64 = nodes
+                .iter()
+                .map(|n| metric(n, "cascade_under_replicated_partitions"))
+                .sum();
+            let expands: f64 = nodes
+                .iter()
+                .map(|n| metric(n, "cascade_isr_expands_total"))
+                .sum();
+            (under == 0.0 && expands >= 1.0).then_some(())
         },
     )
     .await;
