@@ -54,9 +54,10 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<AppendInfo>>,
     },
     /// Start leading at `epoch`.
+    /// Start leading at `epoch`; replies with the offset where the epoch starts.
     BecomeLeader {
         epoch: i32,
-        reply: oneshot::Sender<Result<()>>,
+        reply: oneshot::Sender<Result<u64>>,
     },
     /// Stop leading (appends are refused from now on).
     BecomeFollower { reply: oneshot::Sender<Result<()>> },
@@ -160,6 +161,11 @@ pub struct ReplState {
     /// without it that the metadata could then let it lead without ("maximal ISR", as
     /// Kafka's KIP-497). Cleared once the metadata's ISR has it, or the proposal failed.
     pub pending_isr_add: Option<u32>,
+    /// Where the current leader epoch starts: this replica's log end when it took over
+    /// (leader only). Everything a previous leader may have exposed to consumers lies below
+    /// it, while the high watermark a new leader inherits can lag; so a follower rejoins the
+    /// in-sync set only once it has reached both (Kafka's `leaderEpochStartOffset` check).
+    pub epoch_start: u64,
 }
 
 impl ReplState {
@@ -176,6 +182,19 @@ impl ReplState {
             Role::Follower { .. } => self.leader_hw.min(self.local_end),
             Role::Idle => 0,
         }
+    }
+
+    /// Whether a follower whose log ends at `end` may rejoin the in-sync set, given the
+    /// published high watermark `hw`. It must hold everything consumers may have seen: the
+    /// high watermark, and everything this leader had when its epoch began (a new leader's
+    /// high watermark can lag the one its predecessor published; a replica admitted on the
+    /// lagging one could later lead without records consumers already read).
+    pub fn may_rejoin_isr(&self, follower: u32, end: u64, hw: u64) -> bool {
+        matches!(self.role, Role::Leader { .. })
+            && self.replicas.contains(&follower)
+            && !self.isr.contains(&follower)
+            && !self.isr_change_pending
+            && end >= hw.max(self.compute_hw()).max(self.epoch_start)
     }
 }
 
@@ -270,6 +289,7 @@ impl Partition {
             local_end,
             isr_change_pending: false,
             pending_isr_add: None,
+            epoch_start: 0,
         }));
         let (tx, rx) = mpsc::channel(QUEUE);
         let name = format!("p-{topic}-{index}");
@@ -517,10 +537,12 @@ impl Partition {
 
     /// Takes the leader role at `epoch` with the given replicas and in-sync set.
     pub async fn become_leader(&self, epoch: i32, replicas: Vec<u32>, isr: Vec<u32>) -> Result<()> {
-        self.call(|reply| Command::BecomeLeader { epoch, reply })
+        let epoch_start = self
+            .call(|reply| Command::BecomeLeader { epoch, reply })
             .await?;
         {
             let mut r = self.lock_repl();
+            r.epoch_start = epoch_start;
             let now = Instant::now();
             // Followers get a grace period: they are caught up until proven otherwise.
             r.followers = replicas
@@ -753,7 +775,17 @@ impl Actor {
                     }
                     Command::BecomeLeader { epoch, reply } => {
                         let end = self.log.end_offset();
-                        let r = self.epochs().assign(epoch, end);
+                        let r = {
+                            let mut epochs = self.epochs();
+                            epochs.assign(epoch, end).map(|()| {
+                                // Taking the same epoch again (a repeated reconcile) keeps
+                                // the start recorded the first time.
+                                match epochs.latest() {
+                                    Some((e, start)) if e == epoch => start,
+                                    _ => end,
+                                }
+                            })
+                        };
                         if r.is_ok() {
                             self.leader_epoch = Some(epoch);
                         }
@@ -876,6 +908,7 @@ mod tests {
             local_end,
             isr_change_pending: false,
             pending_isr_add: None,
+            epoch_start: 0,
         }
     }
 
@@ -906,6 +939,33 @@ mod tests {
         assert_eq!(s.compute_hw(), 60);
         // Alone in the ISR: its own durable end.
         assert_eq!(state(leader, &[1], &[(2, 5)], 100).compute_hw(), 100);
+    }
+
+    #[test]
+    fn a_follower_rejoins_only_with_everything_consumers_may_have_seen() {
+        let leader = Role::Leader { epoch: 4 };
+        // Just elected, with nothing heard from the other in-sync follower yet: the computed
+        // high watermark is 0, but the inherited one (90) and the epoch start (120) still
+        // bound who may rejoin.
+        let mut s = state(leader, &[1, 2], &[(3, 0)], 130);
+        s.epoch_start = 120;
+        assert!(!s.may_rejoin_isr(3, 0, 90));
+        assert!(!s.may_rejoin_isr(3, 100, 90), "below the epoch start");
+        assert!(s.may_rejoin_isr(3, 120, 90));
+        // The published high watermark bounds it when it is past the epoch start.
+        assert!(!s.may_rejoin_isr(3, 125, 128));
+        assert!(s.may_rejoin_isr(3, 128, 128));
+        // Already in sync, not a replica, a change in flight, or not leading: no.
+        assert!(!s.may_rejoin_isr(2, 130, 90));
+        assert!(!s.may_rejoin_isr(7, 130, 90));
+        s.isr_change_pending = true;
+        assert!(!s.may_rejoin_isr(3, 130, 90));
+        s.isr_change_pending = false;
+        s.role = Role::Follower {
+            leader: 2,
+            epoch: 4,
+        };
+        assert!(!s.may_rejoin_isr(3, 130, 90));
     }
 
     #[test]

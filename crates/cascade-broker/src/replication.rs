@@ -324,6 +324,7 @@ impl Broker {
             .assignment(&part.topic, part.index)
             .map_or(i32::MAX, |a| a.partition_epoch);
         let fresh = partition_epoch >= current;
+        let published_hw = part.high_watermark();
         let expand = {
             let mut r = part.lock_repl();
             if !r.replicas.contains(&follower) {
@@ -344,9 +345,7 @@ impl Broker {
             f.end = end;
             f.last_fetch = now;
             f.leader_end_at_last_fetch = leader_end;
-            let hw = r.compute_hw();
-            // Back into the in-sync set once it has everything consumers may see.
-            let expand = fresh && !r.isr.contains(&follower) && end >= hw && !r.isr_change_pending;
+            let expand = fresh && r.may_rejoin_isr(follower, end, published_hw);
             if expand {
                 r.isr_change_pending = true;
                 r.pending_isr_add = Some(follower);

@@ -18,7 +18,7 @@ use super::assignor::Tp;
 use super::state::{Group, HeartbeatIn, HeartbeatOut};
 use crate::error::{BrokerError, Result};
 use crate::metadata::Metadata;
-use crate::partition::Partition;
+use crate::partition::{Partition, Role};
 use cascade_record::{BatchBuilder, Batches, Record};
 use cascade_types::{partition_for_key, validate_group_id};
 use serde::{Deserialize, Serialize};
@@ -347,7 +347,9 @@ impl GroupCoordinator {
     /// partition and waits for every in-sync replica to have it. A deposed coordinator that
     /// has not yet learned it was replaced (it was paused or cut off while another took over)
     /// cannot get the marker acknowledged — its old followers now follow the new leader — so
-    /// it fails instead of serving committed offsets that may be stale.
+    /// it fails instead of serving committed offsets that may be stale. A partition with a
+    /// single replica cannot change hands, so it needs no marker (and a read leaves its log
+    /// untouched).
     pub async fn read_barrier(&self, group: &str) -> Result<()> {
         let p = self.partition_of(group);
         let part = self
@@ -361,6 +363,16 @@ impl GroupCoordinator {
                 group: group.to_string(),
                 coordinator: None,
             })?;
+        if part.lock_repl().replicas.len() <= 1 {
+            return match part.role() {
+                Role::Leader { .. } => Ok(()),
+                _ => Err(BrokerError::NotCoordinator {
+                    node: self.meta.node_id(),
+                    group: group.to_string(),
+                    coordinator: None,
+                }),
+            };
+        }
         let mut b = BatchBuilder::new();
         b.push(Record {
             timestamp: now_ms(),
