@@ -153,6 +153,23 @@ pub enum BrokerError {
         /// The leader, if known.
         leader: Option<LeaderHint>,
     },
+    /// This node still leads the partition at an older epoch than the client knows: it has
+    /// been replaced and not heard yet. Reported as `NOT_LEADER`.
+    #[error(
+        "node {node} leads {topic}/{partition} at epoch {epoch}, but the request knows epoch {requested}: a newer leader has taken over"
+    )]
+    StaleLeader {
+        /// This node.
+        node: u32,
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// This node's leader epoch.
+        epoch: i32,
+        /// The epoch the request named.
+        requested: i32,
+    },
     /// The partition has no leader right now.
     #[error(
         "{topic}/{partition} has no leader right now (election under way or no in-sync replica alive)"
@@ -277,7 +294,7 @@ impl BrokerError {
             Self::ShuttingDown => ErrorCode::ShuttingDown,
             Self::Storage(_) => ErrorCode::StorageError,
             Self::Metadata(_) => ErrorCode::Internal,
-            Self::NotLeader { .. } => ErrorCode::NotLeader,
+            Self::NotLeader { .. } | Self::StaleLeader { .. } => ErrorCode::NotLeader,
             Self::LeaderNotAvailable { .. } | Self::NoController(_) => {
                 ErrorCode::LeaderNotAvailable
             }

@@ -3,7 +3,7 @@
 
 use crate::broker::Broker;
 use crate::error::{BrokerError, Result};
-use crate::partition::Partition;
+use crate::partition::{Partition, Role};
 use bytes::Bytes;
 use cascade_log::LogError;
 use futures::future::select_all;
@@ -33,6 +33,9 @@ pub struct FetchPart {
     pub position: Position,
     /// Byte budget for this partition.
     pub max_bytes: usize,
+    /// The newest leader epoch the requester knows: a replica leading at an older one has been
+    /// replaced and refuses to serve (see [`BrokerError::StaleLeader`]).
+    pub leader_epoch: Option<i32>,
 }
 
 /// What a partition returned.
@@ -52,6 +55,8 @@ pub struct FetchOut {
     pub log_start_offset: u64,
     /// Set if this partition failed.
     pub error: Option<Arc<BrokerError>>,
+    /// The leader epoch this replica served at (0 on failure).
+    pub leader_epoch: i32,
 }
 
 /// Default per-partition budget.
@@ -69,6 +74,26 @@ impl Broker {
                 .offset_for_timestamp(ts)?
                 .map_or(hw, |o| o.min(hw)),
         })
+    }
+
+    /// Refuses to serve from a replica that leads at an older epoch than the requester knows.
+    fn check_fetch_epoch(
+        &self,
+        part: Arc<Partition>,
+        requested: Option<i32>,
+    ) -> Result<Arc<Partition>> {
+        match (part.role(), requested) {
+            (Role::Leader { epoch }, Some(requested)) if epoch < requested => {
+                Err(BrokerError::StaleLeader {
+                    node: self.config.node_id,
+                    topic: part.topic.to_string(),
+                    partition: part.index,
+                    epoch,
+                    requested,
+                })
+            }
+            _ => Ok(part),
+        }
     }
 
     /// Reads one partition once, without waiting.
@@ -110,6 +135,7 @@ impl Broker {
             high_watermark: hw,
             log_start_offset: f.start_offset,
             error: None,
+            leader_epoch: epoch_of(part),
         })
     }
 
@@ -133,6 +159,7 @@ impl Broker {
         for p in parts {
             let r = self
                 .partition(&p.topic, p.partition)
+                .and_then(|part| self.check_fetch_epoch(part, p.leader_epoch))
                 .and_then(|part| self.resolve_position(&part, p.position).map(|o| (part, o)))
                 .map_err(Arc::new);
             resolved.push((p, r));
@@ -193,6 +220,14 @@ fn empty(req: &FetchPart, part: &Partition, offset: u64) -> FetchOut {
         high_watermark: part.high_watermark(),
         log_start_offset: part.reader().start_offset(),
         error: None,
+        leader_epoch: epoch_of(part),
+    }
+}
+
+fn epoch_of(part: &Partition) -> i32 {
+    match part.role() {
+        Role::Leader { epoch } | Role::Follower { epoch, .. } => epoch,
+        Role::Idle => 0,
     }
 }
 
@@ -205,5 +240,6 @@ fn failed(req: &FetchPart, error: Arc<BrokerError>) -> FetchOut {
         high_watermark: 0,
         log_start_offset: 0,
         error: Some(error),
+        leader_epoch: 0,
     }
 }

@@ -89,6 +89,10 @@ struct Inner {
     refresh: tokio::sync::Mutex<()>,
     /// Group coordinators learned from FindCoordinator or hints.
     coordinators: Mutex<HashMap<String, LeaderHint>>,
+    /// The newest leader epoch seen per partition in fetch answers. Never goes back, even
+    /// when a metadata refresh answered by a lagging broker does: fetches carry it so a
+    /// replaced leader that has not heard yet cannot serve a log shorter than what was read.
+    leader_epochs: Mutex<HashMap<(String, u32), i32>>,
 }
 
 #[derive(Default)]
@@ -220,6 +224,7 @@ impl Client {
                 meta: RwLock::new(MetaState::default()),
                 refresh: tokio::sync::Mutex::new(()),
                 coordinators: Mutex::new(HashMap::new()),
+                leader_epochs: Mutex::new(HashMap::new()),
             }),
             budget: DEFAULT_RETRY_BUDGET,
         }
@@ -890,6 +895,33 @@ impl Client {
             .collect()
     }
 
+    /// The newest leader epoch known for a partition: from fetch answers and the cached
+    /// metadata, whichever is newer.
+    pub(crate) fn known_leader_epoch(&self, topic: &str, partition: u32) -> Option<i32> {
+        let seen = self
+            .inner
+            .leader_epochs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(topic.to_string(), partition))
+            .copied();
+        let cached = self
+            .metadata()
+            .and_then(|m| m.partition(topic, partition).map(|p| p.leader_epoch));
+        seen.max(cached)
+    }
+
+    /// Notes the leader epoch a fetch answer came from.
+    pub(crate) fn saw_leader_epoch(&self, topic: &str, partition: u32, epoch: i32) {
+        let mut m = self
+            .inner
+            .leader_epochs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let e = m.entry((topic.to_string(), partition)).or_insert(epoch);
+        *e = (*e).max(epoch);
+    }
+
     /// Reads one partition from `offset` at its leader, waiting up to `max_wait` for data.
     pub async fn fetch(
         &self,
@@ -905,19 +937,23 @@ impl Client {
                 partition,
                 position: Some(pb::fetch_partition::Position::Offset(offset)),
                 max_bytes,
+                current_leader_epoch: None,
             }],
             max_wait_ms: max_wait.as_millis().min(u128::from(u32::MAX)) as u32,
             min_bytes: 1,
             max_bytes,
         };
         self.call(Target::Partition(topic, partition), Repeatable, |ch| {
-            let req = req.clone();
+            let mut req = req.clone();
+            // Per attempt: a retry after a refresh knows the newer epoch.
+            req.partitions[0].current_leader_epoch = self.known_leader_epoch(topic, partition);
             async move {
                 let mut resp = records_on(ch).fetch(req).await?.into_inner();
                 let p = resp.partitions.pop().ok_or_else(|| {
                     ClientError::Decode("fetch response without partitions".into())
                 })?;
                 partition_error(topic, partition, p.error.as_ref())?;
+                self.saw_leader_epoch(topic, partition, p.leader_epoch);
                 Ok(p)
             }
         })

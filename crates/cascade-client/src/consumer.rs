@@ -208,6 +208,8 @@ pub struct GroupConsumer {
     /// Partitions whose fetches fail retriably (leader moving, node down), since when and
     /// why: they are retried on every poll until the client's retry budget is spent.
     stalled: BTreeMap<Tp, (Instant, ClientError)>,
+    /// Partitions whose position is past the end of the log that answered, since when.
+    beyond_end: BTreeMap<Tp, Instant>,
     /// Pause between polls while some fetch fails, so a caller's loop does not spin.
     backoff: Backoff,
 }
@@ -225,6 +227,7 @@ impl GroupConsumer {
             positions: BTreeMap::new(),
             committed: BTreeMap::new(),
             stalled: BTreeMap::new(),
+            beyond_end: BTreeMap::new(),
             backoff: Backoff::default(),
         };
         c.heartbeat().await?;
@@ -289,6 +292,8 @@ impl GroupConsumer {
             for tp in &revoked {
                 self.positions.remove(tp);
                 self.committed.remove(tp);
+                self.stalled.remove(tp);
+                self.beyond_end.remove(tp);
             }
         }
         let added: Vec<Tp> = new
@@ -306,6 +311,7 @@ impl GroupConsumer {
         self.positions.clear();
         self.committed.clear();
         self.stalled.clear();
+        self.beyond_end.clear();
         self.member_id.clear();
         self.epoch = 0;
     }
@@ -463,6 +469,7 @@ impl GroupConsumer {
                     partition: *p,
                     position: Some(pb::fetch_partition::Position::Offset(*o)),
                     max_bytes: 1 << 20,
+                    current_leader_epoch: self.client.known_leader_epoch(t, *p),
                 })
                 .collect(),
             max_wait_ms: wait.as_millis() as u32,
@@ -503,7 +510,30 @@ impl GroupConsumer {
             };
             if let Some(e) = &p.error {
                 if e.code == pb::ErrorCode::OffsetOutOfRange as i32 {
-                    // Retention moved past us (or the offset is bogus): apply the reset policy.
+                    // Past the end of the log that answered: most likely a replica that has
+                    // not learned it was replaced (and knows no newer epoch to be fenced by)
+                    // or a stale metadata answer. Refresh and retry like a leader move; only
+                    // a position that stays past the end for the whole retry budget is reset.
+                    // Before the start, retention moved past us: reset now.
+                    let beyond_end = pos >= p.log_start_offset;
+                    let since = *self
+                        .beyond_end
+                        .entry(tp.clone())
+                        .or_insert_with(Instant::now);
+                    if beyond_end && since.elapsed() < self.client.retry_budget() {
+                        tracing::debug!(
+                            topic = %tp.0, partition = tp.1, position = pos, reason = %e.message,
+                            "position past the end of the log that answered: retrying"
+                        );
+                        failed = true;
+                        continue;
+                    }
+                    self.beyond_end.remove(&tp);
+                    tracing::warn!(
+                        group = %self.config.group, topic = %tp.0, partition = tp.1,
+                        position = pos, reason = %e.message,
+                        "position out of range: applying the offset reset policy"
+                    );
                     self.positions.remove(&tp);
                     self.committed.remove(&tp);
                     self.start_positions_reset(&tp).await?;
@@ -520,6 +550,9 @@ impl GroupConsumer {
                 }
             }
             self.stalled.remove(&tp);
+            self.beyond_end.remove(&tp);
+            self.client
+                .saw_leader_epoch(&p.topic, p.partition, p.leader_epoch);
             out.extend(decode_records(&p.topic, p.partition, &p.batches, pos)?);
             if !p.batches.is_empty() {
                 self.positions.insert(tp, p.next_offset);

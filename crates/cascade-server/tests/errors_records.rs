@@ -178,6 +178,42 @@ async fn record_errors_are_specific_and_append_nothing() {
         ErrorCode::OffsetOutOfRange,
         "long-poll fetch past the end",
     );
+    // A fetch naming a newer leader epoch than this node leads at (it would be a replaced
+    // leader that has not heard yet) is refused as NOT_LEADER; the current epoch or an older
+    // one is served.
+    let epoch_fetch = |epoch: i32| {
+        let client = client.clone();
+        async move {
+            client
+                .records_for("data", 0)
+                .fetch(proto::FetchRequest {
+                    partitions: vec![proto::FetchPartition {
+                        topic: "data".into(),
+                        partition: 0,
+                        position: Some(proto::fetch_partition::Position::Offset(0)),
+                        max_bytes: 0,
+                        current_leader_epoch: Some(epoch),
+                    }],
+                    max_wait_ms: 0,
+                    min_bytes: 1,
+                    max_bytes: 0,
+                })
+                .await
+                .expect("fetch answered")
+                .into_inner()
+                .partitions
+                .remove(0)
+        }
+    };
+    let served = epoch_fetch(0).await;
+    assert!(served.error.is_none(), "{served:?}");
+    assert!(!served.batches.is_empty());
+    assert_eq!(served.leader_epoch, 0);
+    let stale = epoch_fetch(3).await;
+    let e = stale.error.expect("refused");
+    assert_eq!(e.code, ErrorCode::NotLeader as i32, "{e:?}");
+    assert!(e.message.contains("epoch 3"), "{}", e.message);
+    assert!(stale.batches.is_empty());
 
     // A 4 KiB record in a topic with max.message.bytes=1024, typed or client-encoded.
     let big = vec![b'x'; 4096];

@@ -321,6 +321,7 @@ impl Broker {
                     partition: tp.partition,
                     position: Position::Offset(*o),
                     max_bytes,
+                    leader_epoch: None,
                 })
                 .collect();
             let out = b.fetch(parts, timeout, 1, max_bytes).await?;

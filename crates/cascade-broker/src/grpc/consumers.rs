@@ -177,6 +177,7 @@ impl Consumers for ConsumersService {
                             high_watermark: f.high_watermark,
                             log_start_offset: f.log_start_offset,
                             error: f.error.as_deref().map(wire_error),
+                            leader_epoch: f.leader_epoch,
                         }),
                         from_offset: from,
                     })

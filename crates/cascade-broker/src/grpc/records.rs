@@ -155,6 +155,7 @@ fn to_wire(f: FetchOut) -> pb::FetchedPartition {
         high_watermark: f.high_watermark,
         log_start_offset: f.log_start_offset,
         error: f.error.as_deref().map(wire_error),
+        leader_epoch: f.leader_epoch,
     }
 }
 
@@ -189,6 +190,7 @@ impl Records for RecordsService {
                         0 => DEFAULT_PARTITION_MAX_BYTES,
                         n => (n as usize).min(MAX_FETCH_BYTES),
                     },
+                    leader_epoch: p.current_leader_epoch,
                 })
                 .collect();
             let max_bytes = match r.max_bytes {
