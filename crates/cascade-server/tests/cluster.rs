@@ -1,6 +1,7 @@
 //! Multi-process cluster tests on 127.0.0.1: three real `cascade server` processes forming a
 //! cluster through `--seeds`, replicated topics, leader kill -9 and failover, follower
-//! catch-up, `min.insync.replicas`, and replicas compared byte for byte afterwards.
+//! catch-up, `min.insync.replicas`, a broker added later taking replicas and leadership of new
+//! topics, and replicas compared byte for byte afterwards.
 //!
 //! Requests are routed to partition leaders by hand here (from DescribeCluster), so these
 //! tests check the servers, not the client's routing.
@@ -669,4 +670,92 @@ async fn clients_follow_leaders_and_groups_survive_a_coordinator_failover() {
         sent.len() as u64,
         "the commits cover everything consumed"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_added_later_gets_replicas_and_leadership_of_new_topics() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = start_cluster(&dirs[..3]);
+    wait_for("3 live brokers", Duration::from_secs(20), async || {
+        let d = describe(&nodes).await;
+        (d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive)).then_some(())
+    })
+    .await;
+    let admin = nodes[0].client().await;
+    admin
+        .create_topic("before", 3, 3, BTreeMap::new())
+        .await
+        .expect("create before");
+    let placed_before = describe(&nodes).await;
+
+    // A fourth broker joins through any seed.
+    let seed = nodes[1].grpc.clone();
+    let mut args = vec!["--node-id", "4", "--seeds", seed.as_str()];
+    args.extend_from_slice(FAST);
+    nodes.push(Node::start_with(dirs[3].path(), &args));
+    wait_for("4 live brokers", Duration::from_secs(20), async || {
+        let d = describe(&nodes).await;
+        (d.brokers.len() == 4 && d.brokers.iter().all(|b| b.alive)).then_some(())
+    })
+    .await;
+
+    // Existing topics stay where they were (no reassignment).
+    let d = describe(&nodes).await;
+    for p in 0..3 {
+        assert_eq!(
+            partition(&d, "before", p).replicas,
+            partition(&placed_before, "before", p).replicas
+        );
+    }
+
+    // A new topic spreads over all four, leadership one partition each.
+    admin
+        .create_topic("after", 4, 2, BTreeMap::new())
+        .await
+        .expect("create after");
+    let d = describe(&nodes).await;
+    let mut leaders: Vec<u32> = (0..4).map(|p| partition(&d, "after", p).leader).collect();
+    leaders.sort_unstable();
+    assert_eq!(leaders, [1, 2, 3, 4], "leadership spread over the brokers");
+    let on_new: usize = (0..4)
+        .filter(|&p| partition(&d, "after", p).replicas.contains(&4))
+        .count();
+    assert_eq!(
+        on_new, 2,
+        "4 partitions × 2 replicas over 4 brokers: 2 each"
+    );
+    wait_for("full in-sync sets", Duration::from_secs(20), async || {
+        let d = describe(&nodes).await;
+        (0..4)
+            .all(|p| partition(&d, "after", p).isr.len() == 2)
+            .then_some(())
+    })
+    .await;
+    let mut acked = BTreeMap::new();
+    produce_all(&nodes, "after", 4, "n", 30, &mut acked).await;
+    check_acked(&nodes, "after", &acked).await;
+    for n in nodes.iter_mut() {
+        assert_eq!(n.stop(), Some(0));
+    }
+    // The new broker's replicas hold the same bytes as their peers.
+    for p in 0..4u32 {
+        let replicas = partition(&d, "after", p).replicas;
+        let copies: Vec<Vec<u8>> = replicas
+            .iter()
+            .map(|&id| {
+                replica_bytes(
+                    &dirs[id as usize - 1]
+                        .path()
+                        .join("topics")
+                        .join("after")
+                        .join(p.to_string()),
+                )
+            })
+            .collect();
+        assert!(!copies[0].is_empty());
+        assert_eq!(
+            copies[0], copies[1],
+            "after/{p}: replicas {replicas:?} differ"
+        );
+    }
 }
