@@ -45,6 +45,12 @@ async fn wait_for<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> 
     }
 }
 
+/// The cluster as one node sees it (None if it does not answer).
+async fn describe_at(node: &Node) -> Option<ClusterDescription> {
+    let c = Client::connect(&node.grpc).await.ok()?;
+    c.describe_cluster().await.ok()
+}
+
 /// The cluster as a running node sees it.
 async fn describe(nodes: &[Node]) -> ClusterDescription {
     for n in nodes.iter().filter(|n| n.child.is_some()) {
@@ -485,13 +491,22 @@ async fn damaged_follower_is_detected_by_checksum_and_repaired_from_the_leader()
     tokio::task::block_in_place(|| f.stop());
     damage_sealed_segment(&dirs[follower as usize - 1].path().join("topics/d/0"));
     nodes[follower as usize - 1].restart_same_port();
-    // The scrub finds the damage, the replica cuts its log there and fetches the rest.
+    // The scrub finds the damage, the replica leaves the ISR, cuts its log there and fetches
+    // the rest. Until the repair is counted the ISR may still show the replica from before.
+    let repaired = &nodes[follower as usize - 1];
+    let end = acked[&0].keys().max().unwrap() + 1;
     wait_for(
         "the repaired follower back in sync",
         Duration::from_secs(30),
         async || {
+            // Its ISR membership as any node sees it, and its own log complete again (a
+            // view of the ISR can lag the replica's leaving and coming back).
             let p = partition(&describe(&nodes).await, "d", 0);
-            (p.isr.len() == 3).then_some(())
+            let own = partition(&describe_at(repaired).await?, "d", 0);
+            (own.log_end_offset == end
+                && metric(repaired, "cascade_replica_repairs_total") >= 1.0
+                && p.isr.len() == 3)
+                .then_some(())
         },
     )
     .await;
@@ -519,12 +534,21 @@ async fn damaged_leader_never_leads_with_its_damaged_log() {
     }
     damage_sealed_segment(&dirs[leader as usize - 1].path().join("topics/e/0"));
     restart_all(&mut nodes);
+    let repaired = &nodes[leader as usize - 1];
+    let end = acked[&0].keys().max().unwrap() + 1;
     wait_for(
         "a sound leader and every replica in sync",
         Duration::from_secs(40),
         async || {
+            // Its ISR membership as any node sees it, and its own log complete again (a
+            // view of the ISR can lag the replica's leaving and coming back).
             let p = partition(&describe(&nodes).await, "e", 0);
-            (p.leader != 0 && p.isr.len() == 3).then_some(())
+            let own = partition(&describe_at(repaired).await?, "e", 0);
+            (own.log_end_offset == end
+                && metric(repaired, "cascade_replica_repairs_total") >= 1.0
+                && p.leader != 0
+                && p.isr.len() == 3)
+                .then_some(())
         },
     )
     .await;
