@@ -382,8 +382,8 @@ cat <<EOF
   stream, one subject and one connection per producer, a request is 100 async JetStream publishes
   whose acks are all awaited.
 - **consume**: reads back the ${N_1K} events of the 1-producer 1 KiB run from the start; latency
-  per read request. Cascade: fetches of up to 4 MiB (about 4000 events of 1 KiB; MB/s counts
-  the stored batch bytes); Redis: XRANGE pages of 1000; NATS: a pull consumer (AckPolicy
+  per read request. Cascade: fetches of up to 1 MiB (\`--fetch-bytes\`, about 1000 events of 1 KiB;
+  MB/s counts the stored batch bytes); Redis: XRANGE pages of 1000; NATS: a pull consumer (AckPolicy
   none) fetching batches of up to 1000. Everything read was written seconds earlier, so it comes
   from memory (page cache, or Redis's own memory) on every system.
 - **fixed rate**: ${RATE} events/s, one event per request, for ${RATE_SECS} s, up to
@@ -430,8 +430,9 @@ cat <<EOF
   own ack. That is how each system batches, but it is not the same work on the wire.
 - Durability differs (see above): NATS does no fsync on the acknowledgement path at all, so
   its rows compare with Cascade's \`flush=never\` rows, not with the \`flush=always\` ones.
-- Consume: Cascade fetches up to 4 MiB per request, the peers 1000 events; per-request
-  latencies are therefore for different amounts of data.
+- Consume: a Cascade fetch of 1 MiB returns whole stored batches, about 1010 events of 1 KiB,
+  against the peers' pages of exactly 1000; per-request latencies are for the same amount of
+  data within 1%.
 - Short runs on a shared VM are noisy; the load averages above show what else was running.
 
 ## Raw results (one JSON object per run)

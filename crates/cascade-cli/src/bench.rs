@@ -78,6 +78,10 @@ pub struct BenchArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// consume: the byte budget of each fetch (whole batches up to about this much). The
+    /// default, 1 MiB, is about 1000 events of 1 KiB: the page size the peer benchmarks use.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub fetch_bytes: u32,
 }
 
 /// Runs a benchmark.
@@ -324,6 +328,7 @@ async fn consume(client: &Client, a: &BenchArgs) -> Result<Outcome> {
             .find(|s| s.partition == e.partition)
             .map_or(0, |s| s.offset);
         let stop = e.offset.min(offset + per);
+        let fetch_bytes = a.fetch_bytes;
         tasks.push(tokio::spawn(async move {
             let mut hist = histogram();
             let mut msgs = 0u64;
@@ -331,7 +336,7 @@ async fn consume(client: &Client, a: &BenchArgs) -> Result<Outcome> {
             while offset < stop {
                 let t = Instant::now();
                 let f = client
-                    .fetch(&topic, e.partition, offset, 4 << 20, Duration::ZERO)
+                    .fetch(&topic, e.partition, offset, fetch_bytes, Duration::ZERO)
                     .await?;
                 hist.record(t.elapsed().as_micros().max(1) as u64).ok();
                 if f.batches.is_empty() {

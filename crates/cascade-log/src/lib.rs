@@ -33,6 +33,7 @@
 //! file IO goes through [`fs::FileSystem`], so tests inject faults and power loss with
 //! [`fs::MemFs`].
 
+mod bufpool;
 mod config;
 mod error;
 pub mod format;

@@ -10,6 +10,7 @@
 //! [`LogError::Corrupt`] naming the file and byte, never as garbage handed to a consumer. The
 //! active segment's batches were checked when appended or recovered.
 
+use crate::bufpool;
 use crate::error::{LogError, Result};
 use crate::log::Shared;
 use crate::segment::{Segment, batch_len_prefix};
@@ -138,38 +139,41 @@ impl LogReader {
             return Ok(Some(empty));
         }
         let avail = (limit_pos - pos) as usize;
-        let mut buf = vec![0u8; max_bytes.max(HEADER_LEN).min(avail)];
-        let n = seg
+        // `buf` may be longer than asked and hold stale bytes from an earlier read (it comes
+        // from the buffer pool): only `buf[..len]`, filled below, is ever looked at.
+        let want = max_bytes.max(HEADER_LEN).min(avail);
+        let mut buf = bufpool::take(want);
+        let mut len = seg
             .log
-            .read_full_at(&mut buf, pos)
+            .read_full_at(&mut buf[..want], pos)
             .map_err(|e| LogError::io("read", &seg.log_path, e))?;
-        buf.truncate(n);
         // At least one whole batch, however large.
-        if let Some(first_len) = batch_len_prefix(&buf)
-            && first_len > buf.len()
+        if let Some(first_len) = batch_len_prefix(&buf[..len])
+            && first_len > len
             && first_len <= avail
         {
-            let have = buf.len();
-            buf.resize(first_len, 0);
+            if buf.len() < first_len {
+                buf.resize(first_len, 0);
+            }
             let n = seg
                 .log
-                .read_full_at(&mut buf[have..], pos + have as u64)
+                .read_full_at(&mut buf[len..first_len], pos + len as u64)
                 .map_err(|e| LogError::io("read", &seg.log_path, e))?;
-            buf.truncate(have + n);
+            len += n;
         }
-        let whole = whole_batches(&buf);
+        let whole = whole_batches(&buf[..len]);
         if whole == 0 {
             if raced() {
                 return Ok(None);
             }
-            let reason = match BatchHeader::parse(&buf) {
+            let reason = match BatchHeader::parse(&buf[..len]) {
                 Err(e) => format!("batch header: {e}"),
                 Ok(_) => "batch runs past the end of the segment".to_string(),
             };
             return Err(LogError::corrupt(&seg.log_path, pos, reason));
         }
-        buf.truncate(whole);
-        let first = BatchHeader::parse(&buf)
+        let data = &buf[..whole];
+        let first = BatchHeader::parse(data)
             .map_err(|e| LogError::corrupt(&seg.log_path, pos, format!("batch header: {e}")))?;
         if first.base_offset < 0
             || first.base_offset as u64 > offset
@@ -184,13 +188,13 @@ impl LogReader {
                 format!("index entry for offset {offset} points at a batch that does not hold it"),
             ));
         }
-        let next_offset = match check_batches(seg, pos, &buf, seg.is_sealed()) {
+        let next_offset = match check_batches(seg, pos, data, seg.is_sealed()) {
             Ok(next) => next,
             Err(_) if raced() => return Ok(None),
             Err(e) => return Err(e),
         };
         Ok(Some(Fetched {
-            data: Bytes::from(buf),
+            data: bufpool::freeze(buf, whole),
             next_offset,
             start_offset: start,
             end_offset: end,
