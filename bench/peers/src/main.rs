@@ -176,6 +176,31 @@ fn load_of(m: &Mode) -> &Load {
     }
 }
 
+/// Send times for a fixed rate, as in `cascade bench produce`: `count` ticks, the `r`-th due at
+/// `start + r * interval`, each delivered (carrying its due time) when due by a dedicated
+/// thread, because tokio's 1 ms timer resolution would send requests due every 100 µs in late
+/// bursts and count the lateness as latency.
+fn pacer(
+    start: Instant,
+    interval: Duration,
+    count: u64,
+) -> tokio::sync::mpsc::UnboundedReceiver<Instant> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for r in 0..count {
+            let at = start + interval.mul_f64(r as f64);
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            if tx.send(at).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// The produce loop, the same as `cascade bench produce`: each producer sends
 /// `ceil(messages / producers / batch)` requests with up to `in_flight` outstanding; at a fixed
 /// rate each request has a scheduled send time and in-flight requests keep being driven (and
@@ -191,6 +216,7 @@ async fn produce(a: &Load, senders: Vec<Sender>) -> Result<Outcome> {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for send in senders {
+        let mut ticks = interval.map(|iv| pacer(start, iv, requests));
         tasks.push(tokio::spawn(async move {
             let mut hist = histogram();
             let mut pending = FuturesUnordered::new();
@@ -199,25 +225,19 @@ async fn produce(a: &Load, senders: Vec<Sender>) -> Result<Outcome> {
                 hist.record(r.1.as_micros().max(1) as u64).ok();
                 Ok(())
             };
-            for r in 0..requests {
-                let scheduled = match interval {
-                    Some(iv) => {
-                        let at = start + iv.mul_f64(r as f64);
-                        let sleep = tokio::time::sleep_until(at.into());
-                        tokio::pin!(sleep);
-                        loop {
-                            // Completions first: every ready one is recorded before the
-                            // next send, so none waits behind the schedule.
-                            tokio::select! {
-                                biased;
-                                Some(done) = pending.next(), if !pending.is_empty() => {
-                                    record(&mut hist, done)?;
-                                }
-                                () = &mut sleep => break,
+            for _ in 0..requests {
+                let scheduled = match ticks.as_mut() {
+                    Some(ticks) => loop {
+                        // Completions first: every ready one is recorded before the next
+                        // send, so none waits behind the schedule.
+                        tokio::select! {
+                            biased;
+                            Some(done) = pending.next(), if !pending.is_empty() => {
+                                record(&mut hist, done)?;
                             }
+                            at = ticks.recv() => break at.expect("the pacer sends one tick per request"),
                         }
-                        at
-                    }
+                    },
                     None => Instant::now(),
                 };
                 let fut = send();

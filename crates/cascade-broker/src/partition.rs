@@ -847,9 +847,22 @@ impl Actor {
                 }
             }
             // Group commit: one fsync makes every append of this round durable.
-            if replies.iter().any(|(_, r)| r.is_ok())
-                && let Err(e) = self.log.flush_if_due()
-            {
+            let appended = replies.iter().filter(|(_, r)| r.is_ok()).count();
+            let durable_before = self.log.durable_offset();
+            let flush_started = Instant::now();
+            let flushed = if appended > 0 {
+                self.log.flush_if_due()
+            } else {
+                Ok(())
+            };
+            if appended > 0 {
+                metrics::histogram!("cascade_append_group_size").record(appended as f64);
+                if self.log.durable_offset() > durable_before {
+                    metrics::histogram!("cascade_log_fsync_duration_seconds")
+                        .record(flush_started.elapsed().as_secs_f64());
+                }
+            }
+            if let Err(e) = flushed {
                 tracing::error!(dir = %self.dir.display(), error = %e, "fsync failed: partition is now read-only");
                 for (_, r) in replies.iter_mut() {
                     if r.is_ok() {
