@@ -147,7 +147,10 @@ mod tests {
         assert_eq!(huge.len(), MAX_CLASS + 1);
         let before = retained();
         drop(freeze(huge, 3));
-        assert!(retained() <= before, "an oversized buffer is freed, not kept");
+        assert!(
+            retained() <= before,
+            "an oversized buffer is freed, not kept"
+        );
         assert_eq!(class_index(3 * MIN_CLASS), None);
     }
 
