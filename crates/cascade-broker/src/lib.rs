@@ -21,6 +21,7 @@ pub mod controller;
 pub mod epochs;
 pub mod error;
 pub mod fetch;
+mod forward;
 pub mod group;
 pub mod grpc;
 mod housekeeping;

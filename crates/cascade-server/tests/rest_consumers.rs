@@ -1037,3 +1037,104 @@ async fn deleting_a_subscribed_topic_leaves_the_instance_working() {
     })
     .await;
 }
+
+/// In a three-node cluster an instance lives on its group's coordinator, which leads (and
+/// here, with one replica per partition, holds) only some of the partitions assigned to it:
+/// the others are read from their leaders, and their starting positions come from there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_reads_partitions_led_by_other_nodes() {
+    bounded(async {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let fast = ["--heartbeat-ms", "200", "--session-timeout-ms", "1200"];
+        let mut first = vec!["--node-id", "1"];
+        first.extend_from_slice(&fast);
+        let mut nodes = vec![Node::start_with(dirs[0].path(), &first)];
+        let seed = nodes[0].grpc.clone();
+        for (i, d) in dirs.iter().enumerate().skip(1) {
+            let id = (i + 1).to_string();
+            let mut args = vec!["--node-id", id.as_str(), "--seeds", seed.as_str()];
+            args.extend_from_slice(&fast);
+            nodes.push(Node::start_with(d.path(), &args));
+        }
+        let client = nodes[0].client().await;
+        let deadline = Instant::now() + WAIT;
+        while client
+            .describe_cluster()
+            .await
+            .map_or(0, |d| d.brokers.len())
+            < 3
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the cluster never had three brokers"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Six partitions, one replica each: every node leads two and holds nothing else.
+        client
+            .create_topic("spread", 6, 1, BTreeMap::new())
+            .await
+            .expect("create topic");
+        let leaders: BTreeSet<u32> = loop {
+            let d = client.describe_cluster().await.expect("describe");
+            let t = d.topics.iter().find(|t| t.name == "spread");
+            let l: Vec<u32> = t.map_or(Vec::new(), |t| {
+                t.partitions.iter().map(|p| p.leader).collect()
+            });
+            if l.len() == 6 && l.iter().all(|&x| x != 0) {
+                break l.into_iter().collect();
+            }
+            assert!(Instant::now() < deadline, "partitions never got leaders");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(leaders.len(), 3, "leadership spread over the three nodes");
+        // Records first, so the instance's starting positions (earliest) are read from the
+        // leaders of partitions its node does not hold.
+        let rest = rest_of(&nodes[0]);
+        let records: Vec<Value> = (0..6)
+            .flat_map(|p| {
+                (0..3).map(move |i| json!({"value": format!("p{p}-{i}"), "partition": p}))
+            })
+            .collect();
+        rest.produce("spread", JSON_V2, Value::Array(records)).await;
+        let base = rest
+            .create(
+                "spreaders",
+                json!({"name": "one", "auto.offset.reset": "earliest"}),
+            )
+            .await;
+        rest.subscribe(&base, &["spread"]).await;
+        let got = rest.read_n(&base, None, BINARY_V2, 18).await;
+        let mut seen = positions(&got, "spread");
+        seen.sort();
+        let expected: Vec<(u64, u64)> = (0..6).flat_map(|p| (0..3).map(move |o| (p, o))).collect();
+        assert_eq!(
+            seen, expected,
+            "every record of every partition exactly once"
+        );
+        // Later records arrive too, and commits cover every partition.
+        rest.produce(
+            "spread",
+            JSON_V2,
+            json!([{"value": "late", "partition": 5}]),
+        )
+        .await;
+        let late = rest.read_n(&base, None, BINARY_V2, 1).await;
+        assert_eq!(positions(&late, "spread"), vec![(5, 3)]);
+        rest.call("POST", &format!("{base}/offsets"), &[], "")
+            .await
+            .ok(200);
+        let all = Value::Array(
+            (0..6)
+                .map(|p| json!({"topic": "spread", "partition": p}))
+                .collect(),
+        );
+        let committed = rest.committed(&base, all).await;
+        let want: BTreeMap<(String, u64), u64> = (0..6)
+            .map(|p| (("spread".to_string(), p), if p == 5 { 4 } else { 3 }))
+            .collect();
+        assert_eq!(committed, want);
+        rest.delete(&base).await.ok(204);
+    })
+    .await;
+}

@@ -8,6 +8,11 @@
 //! two-step handover works unchanged. An instance not called for longer than its session
 //! timeout is removed, and the coordinator evicts its member on the same timeout.
 //!
+//! The instance lives on the group's coordinator, which in a cluster leads only some of the
+//! partitions assigned to it: the others are read from their leaders and reset positions are
+//! asked of them ([`crate::forward`]). A partition whose leader is moving is skipped for that
+//! poll and read again by the next.
+//!
 //! Concurrency: the map of instances is a std mutex held only to find or insert an `Arc`;
 //! each instance has an async mutex held for the whole call, so calls on one instance are
 //! serialized (a long poll blocks other calls on the same instance, never on others).
@@ -324,7 +329,9 @@ impl Broker {
                     leader_epoch: None,
                 })
                 .collect();
-            let out = b.fetch(parts, timeout, 1, max_bytes).await?;
+            // Partitions led elsewhere are read from their leaders (the instance lives on the
+            // group's coordinator, which need not lead them).
+            let out = b.fetch_anywhere(parts, timeout, max_bytes).await;
             let mut result = Vec::new();
             for f in out {
                 let tp = Tp::new(f.topic.clone(), f.partition);
@@ -332,12 +339,19 @@ impl Broker {
                     continue;
                 };
                 if let Some(e) = &f.error {
-                    if let BrokerError::OffsetOutOfRange { .. } = **e {
-                        let start = b.reset_position(&tp, inst.config.reset)?;
-                        inst.positions.insert(tp, start);
-                        continue;
+                    match **e {
+                        BrokerError::OffsetOutOfRange { .. } => {
+                            let start = b.reset_position(&tp, inst.config.reset).await?;
+                            inst.positions.insert(tp, start);
+                            continue;
+                        }
+                        // The leader moved or is out of reach: the next poll tries again
+                        // with fresher metadata.
+                        BrokerError::NotLeader { .. }
+                        | BrokerError::StaleLeader { .. }
+                        | BrokerError::LeaderNotAvailable { .. } => continue,
+                        _ => return Err(BrokerError::InvalidRequest(e.to_string())),
                     }
-                    return Err(BrokerError::InvalidRequest(e.to_string()));
                 }
                 if !f.batches.is_empty() {
                     inst.positions.insert(tp, f.next_offset);
@@ -389,12 +403,12 @@ impl Broker {
             }
             for tp in beginning {
                 owned(&tp)?;
-                let o = b.reset_position(&tp, Reset::Earliest)?;
+                let o = b.reset_position(&tp, Reset::Earliest).await?;
                 moves.push((tp, o));
             }
             for tp in end {
                 owned(&tp)?;
-                let o = b.reset_position(&tp, Reset::Latest)?;
+                let o = b.reset_position(&tp, Reset::Latest).await?;
                 moves.push((tp, o));
             }
             for (tp, o) in moves {
@@ -443,12 +457,11 @@ impl Broker {
         inst.committed.clear();
     }
 
-    fn reset_position(&self, tp: &Tp, reset: Reset) -> Result<u64> {
-        let p = self.partition(&tp.topic, tp.partition)?;
-        Ok(match reset {
-            Reset::Earliest => p.reader().start_offset(),
-            Reset::Latest => p.high_watermark(),
-        })
+    /// Where a partition without a usable position starts: its leader's log start or high
+    /// watermark (this node need not hold a replica).
+    async fn reset_position(&self, tp: &Tp, reset: Reset) -> Result<u64> {
+        self.offset_anywhere(&tp.topic, tp.partition, reset == Reset::Earliest)
+            .await
     }
 
     /// Heartbeats the instance's membership (joining when it has a subscription but no
@@ -521,7 +534,7 @@ impl Broker {
                         inst.committed.insert(tp.clone(), c.offset);
                         c.offset
                     }
-                    None => self.reset_position(&tp, inst.config.reset)?,
+                    None => self.reset_position(&tp, inst.config.reset).await?,
                 };
                 inst.positions.insert(tp, start);
             }
