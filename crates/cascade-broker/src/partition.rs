@@ -71,8 +71,10 @@ pub(crate) enum Command {
         start: u64,
         reply: oneshot::Sender<Result<()>>,
     },
-    /// Look for damage in the whole log.
+    /// Look for damage in the segments starting at or after `from` (the sealed ones before
+    /// were checked off the actor).
     FindDamage {
+        from: u64,
         reply: oneshot::Sender<Result<Option<u64>>>,
     },
     /// Periodic housekeeping: interval flush, retention.
@@ -339,8 +341,22 @@ impl Partition {
 
     /// Checks every batch of the log (CRC, framing, offsets); returns where the undamaged
     /// prefix ends if something is damaged. Reads the whole log: run it in the background.
+    /// The sealed segments, nearly all of a large log, are read on a blocking thread beside
+    /// the actor, so appends are not held up; only the rest (the active segment, bounded by
+    /// the segment size) goes through the actor, which owns it.
     pub async fn scrub(&self) -> Result<Option<u64>> {
-        self.call(|reply| Command::FindDamage { reply }).await
+        let reader = self.reader.clone();
+        let (found, from) = tokio::task::spawn_blocking(move || reader.find_damage_in_sealed())
+            .await
+            .map_err(|e| BrokerError::Metadata(format!("scrub task failed: {e}")))??;
+        if let Some((at, e)) = found {
+            tracing::error!(dir = %self.dir.display(), error = %e, at, "scrub found damage");
+            return Ok(Some(at));
+        }
+        if from == u64::MAX {
+            return Ok(None);
+        }
+        self.call(|reply| Command::FindDamage { from, reply }).await
     }
 
     /// The partition's directory.
@@ -814,8 +830,8 @@ impl Actor {
                             .and_then(|()| self.epochs().clear());
                         let _ = reply.send(r);
                     }
-                    Command::FindDamage { reply } => {
-                        let r = match self.log.find_damage() {
+                    Command::FindDamage { from, reply } => {
+                        let r = match self.log.find_damage_from(from) {
                             Ok(None) => Ok(None),
                             Ok(Some((at, e))) => {
                                 tracing::error!(dir = %self.dir.display(), error = %e, at, "scrub found damage");

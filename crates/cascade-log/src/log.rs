@@ -681,31 +681,16 @@ impl Log {
     /// offset (a batch boundary) up to which every batch checks out, so a replica can cut the
     /// log there with [`Log::truncate_to`] and fetch the rest again.
     pub fn find_damage(&self) -> Result<Option<(u64, LogError)>> {
+        find_damage_in(&self.shared.segments(), self.config.index_interval_bytes)
+    }
+
+    /// [`Log::find_damage`] for the segments starting at or after `base`: what
+    /// [`crate::LogReader::find_damage_in_sealed`] left unchecked (usually just the active
+    /// segment), so the writer does only that bounded part itself.
+    pub fn find_damage_from(&self, base: u64) -> Result<Option<(u64, LogError)>> {
         let segs = self.shared.segments();
-        for seg in segs.iter() {
-            let out = seg.scan(self.config.index_interval_bytes, false)?;
-            if let Some((pos, reason)) = out.damage {
-                return Ok(Some((
-                    out.end.next_offset,
-                    LogError::corrupt(&seg.log_path, pos, reason),
-                )));
-            }
-            let end = seg.end();
-            if out.end != end {
-                return Ok(Some((
-                    out.end.next_offset,
-                    LogError::corrupt(
-                        &seg.log_path,
-                        out.end.log_len,
-                        format!(
-                            "segment ends at offset {}, expected {}",
-                            out.end.next_offset, end.next_offset
-                        ),
-                    ),
-                )));
-            }
-        }
-        Ok(None)
+        let from = segs.partition_point(|s| s.base < base);
+        find_damage_in(&segs[from..], self.config.index_interval_bytes)
     }
 
     /// Flushes everything and writes the clean-shutdown marker, so the next open need not
@@ -755,4 +740,36 @@ fn validate_all(buf: &[u8]) -> Result<(u64, i64)> {
         at += b.bytes().len();
     }
     Ok((count, max_ts))
+}
+
+/// Checks `segs` in order (see [`Log::find_damage`]): the first damage, with the offset where
+/// the undamaged prefix ends.
+pub(crate) fn find_damage_in(
+    segs: &[Arc<Segment>],
+    index_interval_bytes: u64,
+) -> Result<Option<(u64, LogError)>> {
+    for seg in segs {
+        let out = seg.scan(index_interval_bytes, false)?;
+        if let Some((pos, reason)) = out.damage {
+            return Ok(Some((
+                out.end.next_offset,
+                LogError::corrupt(&seg.log_path, pos, reason),
+            )));
+        }
+        let end = seg.end();
+        if out.end != end {
+            return Ok(Some((
+                out.end.next_offset,
+                LogError::corrupt(
+                    &seg.log_path,
+                    out.end.log_len,
+                    format!(
+                        "segment ends at offset {}, expected {}",
+                        out.end.next_offset, end.next_offset
+                    ),
+                ),
+            )));
+        }
+    }
+    Ok(None)
 }

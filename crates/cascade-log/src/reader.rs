@@ -201,6 +201,36 @@ impl LogReader {
         }))
     }
 
+    /// [`crate::Log::find_damage`] for the sealed segments only: reads and checks every batch
+    /// of the segments that were sealed when it started, without the writer (sealed segments
+    /// never change, so appends go on meanwhile). Returns the damage found, if any, and the
+    /// base of the first segment it did not check: pass that to
+    /// [`crate::Log::find_damage_from`] to finish. A scan that raced a truncation is repeated;
+    /// damage found in a segment that retention deleted meanwhile is not reported.
+    pub fn find_damage_in_sealed(&self) -> Result<(Option<(u64, LogError)>, u64)> {
+        for _ in 0..RACE_RETRIES {
+            let generation = self.shared.generation.load(Ordering::SeqCst);
+            let segs = self.shared.segments();
+            let sealed = segs.iter().take_while(|s| s.is_sealed()).count();
+            let rest = segs.get(sealed).map_or(u64::MAX, |s| s.base);
+            // Time-index entries are not needed to verify: no interval.
+            let found = crate::log::find_damage_in(&segs[..sealed], u64::MAX);
+            if generation != self.shared.generation.load(Ordering::SeqCst) {
+                continue;
+            }
+            let found = match found? {
+                Some((at, _)) if at < self.start_offset() => None,
+                other => other,
+            };
+            return Ok((found, rest));
+        }
+        Err(LogError::Corrupt {
+            path: self.shared.dir.clone(),
+            position: 0,
+            reason: "damage scan kept racing truncations".into(),
+        })
+    }
+
     /// The first offset whose record timestamp is at or after `timestamp_ms`, or `None` if
     /// every record is older.
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<u64>> {

@@ -519,7 +519,8 @@ impl Segment {
                     segment = %self.log_path.display(),
                     scanned_mib = pos >> 20,
                     total_mib = log_len >> 20,
-                    "recovering segment"
+                    "{}",
+                    if write_indexes { "recovering segment" } else { "verifying segment" }
                 );
                 next_progress += PROGRESS_EVERY;
             }

@@ -104,9 +104,17 @@ fn flipped_bytes_in_a_sealed_segment_are_reported_never_returned() {
                 );
                 let err = log.verify().unwrap_err();
                 assert_corrupt_at(&err, &log_path, &bad);
+                // The scan of the sealed segments alone, made without the writer, finds the
+                // same damage at the same cut; it covers every segment but the active one.
+                let (sealed, rest) = r.find_damage_in_sealed().unwrap();
+                let (cut_sealed, err) = sealed.expect("damage found in the sealed segments");
+                assert_corrupt_at(&err, &log_path, &bad);
+                assert_eq!(rest, *bases.last().unwrap(), "all but the active segment");
+                assert_eq!(log.find_damage_from(rest).unwrap().map(|d| d.0), None);
                 // find_damage names the undamaged prefix: cutting there leaves a log that
                 // verifies and holds exactly the events before the damaged batch.
                 let (cut, err) = log.find_damage().unwrap().expect("damage found");
+                assert_eq!(cut_sealed, cut);
                 assert_corrupt_at(&err, &log_path, &bad);
                 assert_eq!(
                     cut, bad.base,
@@ -114,6 +122,10 @@ fn flipped_bytes_in_a_sealed_segment_are_reported_never_returned() {
                 );
                 assert_eq!(log.truncate_to(cut).unwrap(), cut);
                 log.verify().unwrap();
+                assert!(
+                    r.find_damage_in_sealed().unwrap().0.is_none(),
+                    "nothing left"
+                );
                 assert_eq!(read_all(&r, 0), all[..cut as usize].to_vec());
             }
             Some(how) => {
