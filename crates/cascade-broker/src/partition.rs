@@ -51,6 +51,10 @@ pub(crate) enum Command {
     /// A follower's copy of the leader's batches (offsets kept).
     AppendReplicated {
         batches: Vec<u8>,
+        /// The leader epoch the fetcher that read them follows: refused unless it is still
+        /// the one this replica follows (a cancelled fetcher's last append can arrive after
+        /// the role changed, and after the new fetcher checked for a divergent suffix).
+        epoch: i32,
         reply: oneshot::Sender<Result<AppendInfo>>,
     },
     /// Start leading at `epoch`.
@@ -60,7 +64,11 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<u64>>,
     },
     /// Stop leading (appends are refused from now on).
-    BecomeFollower { reply: oneshot::Sender<Result<()>> },
+    BecomeFollower {
+        /// The leader epoch followed (None: no leader, nothing to follow).
+        epoch: Option<i32>,
+        reply: oneshot::Sender<Result<()>>,
+    },
     /// Cut the log at `offset` (a divergent suffix).
     Truncate {
         offset: u64,
@@ -300,6 +308,7 @@ impl Partition {
             dir: dir.to_path_buf(),
             epochs: epochs.clone(),
             leader_epoch: None,
+            follower_epoch: None,
             repl: repl.clone(),
             hw_tx: hw_tx.clone(),
             end_tx,
@@ -535,9 +544,28 @@ impl Partition {
     }
 
     /// Appends a leader's batches as a follower.
-    pub async fn append_replicated(&self, batches: Vec<u8>) -> Result<AppendInfo> {
-        self.call(|reply| Command::AppendReplicated { batches, reply })
-            .await
+    /// Appends a leader's batches as a follower of `epoch` (refused if this replica no longer
+    /// follows that epoch).
+    pub async fn append_replicated(&self, batches: Vec<u8>, epoch: i32) -> Result<AppendInfo> {
+        let r = self
+            .call(|reply| Command::AppendReplicated {
+                batches,
+                epoch,
+                reply,
+            })
+            .await;
+        match r {
+            // The actor does not know the partition's name: fill it in.
+            Err(BrokerError::FencedLeaderEpoch { got, current, .. }) => {
+                Err(BrokerError::FencedLeaderEpoch {
+                    topic: self.topic.to_string(),
+                    partition: self.index,
+                    got,
+                    current,
+                })
+            }
+            r => r,
+        }
     }
 
     /// Cuts the log at `offset`; returns the new end.
@@ -595,7 +623,12 @@ impl Partition {
         replicas: Vec<u32>,
         isr: Vec<u32>,
     ) -> Result<()> {
-        self.call(|reply| Command::BecomeFollower { reply }).await?;
+        let followed = (leader != 0).then_some(epoch);
+        self.call(|reply| Command::BecomeFollower {
+            epoch: followed,
+            reply,
+        })
+        .await?;
         let role = if leader == 0 {
             Role::Idle
         } else {
@@ -719,6 +752,8 @@ struct Actor {
     dir: PathBuf,
     epochs: Arc<Mutex<EpochCache>>,
     leader_epoch: Option<i32>,
+    /// The leader epoch followed, while following: replicated appends of any other are refused.
+    follower_epoch: Option<i32>,
     repl: Arc<Mutex<ReplState>>,
     hw_tx: watch::Sender<u64>,
     end_tx: watch::Sender<u64>,
@@ -785,8 +820,21 @@ impl Actor {
                         };
                         replies.push((reply, r));
                     }
-                    Command::AppendReplicated { batches, reply } => {
-                        let r = self.append_replicated(&batches);
+                    Command::AppendReplicated {
+                        batches,
+                        epoch,
+                        reply,
+                    } => {
+                        let r = if self.follower_epoch == Some(epoch) {
+                            self.append_replicated(&batches)
+                        } else {
+                            Err(BrokerError::FencedLeaderEpoch {
+                                topic: String::new(),
+                                partition: 0,
+                                got: epoch,
+                                current: self.follower_epoch.unwrap_or(-1),
+                            })
+                        };
                         replies.push((reply, r));
                     }
                     Command::BecomeLeader { epoch, reply } => {
@@ -804,11 +852,13 @@ impl Actor {
                         };
                         if r.is_ok() {
                             self.leader_epoch = Some(epoch);
+                            self.follower_epoch = None;
                         }
                         let _ = reply.send(r);
                     }
-                    Command::BecomeFollower { reply } => {
+                    Command::BecomeFollower { epoch, reply } => {
                         self.leader_epoch = None;
+                        self.follower_epoch = epoch;
                         let _ = reply.send(Ok(()));
                     }
                     Command::Truncate { offset, reply } => {
@@ -911,6 +961,63 @@ impl Actor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fetcher cancelled by a leader change may still deliver its last response: once the
+    /// replica follows a newer epoch, that append must be refused, or it could land after the
+    /// new fetcher checked for a divergent suffix and stay as a batch no leader has.
+    #[tokio::test]
+    async fn a_replicated_append_read_under_an_older_epoch_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = Partition::open(
+            Arc::new(cascade_log::fs::StdFs),
+            "t".into(),
+            "id".into(),
+            0,
+            3,
+            dir.path(),
+            &TopicConfig::default(),
+            true,
+        )
+        .unwrap();
+        part.become_follower(1, 4, vec![1, 2, 3], vec![1, 2, 3])
+            .await
+            .unwrap();
+        part.become_follower(2, 5, vec![1, 2, 3], vec![2, 3])
+            .await
+            .unwrap();
+        let mut b = cascade_record::BatchBuilder::new();
+        b.push(cascade_record::Record {
+            timestamp: 1,
+            key: None,
+            value: Some(b"x"),
+            headers: &[],
+        });
+        let mut batch = b.finish();
+        stamp_epoch(&mut batch, 4);
+        let err = part.append_replicated(batch.clone(), 4).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BrokerError::FencedLeaderEpoch {
+                    got: 4,
+                    current: 5,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("t/0"), "{err}");
+        assert_eq!(part.reader().end_offset(), 0, "nothing was written");
+        stamp_epoch(&mut batch, 5);
+        part.append_replicated(batch.clone(), 5).await.unwrap();
+        assert_eq!(part.reader().end_offset(), 1);
+        // Without a leader nothing is followed, so nothing is accepted.
+        part.become_follower(0, 6, vec![1, 2, 3], vec![])
+            .await
+            .unwrap();
+        assert!(part.append_replicated(batch, 5).await.is_err());
+        assert_eq!(part.reader().end_offset(), 1);
+    }
 
     fn state(role: Role, isr: &[u32], followers: &[(u32, u64)], local_end: u64) -> ReplState {
         let now = Instant::now();

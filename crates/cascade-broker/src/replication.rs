@@ -147,7 +147,7 @@ impl Broker {
                     }
                 };
                 if !resp.records.is_empty() {
-                    part.append_replicated(resp.records.to_vec()).await?;
+                    part.append_replicated(resp.records.to_vec(), epoch).await?;
                 }
                 {
                     let mut r = part.lock_repl();
