@@ -26,6 +26,7 @@
 use crate::epochs::EpochCache;
 use crate::error::{BrokerError, Result};
 use cascade_log::{AppendInfo, FlushPolicy, Log, LogConfig, LogError, LogReader};
+use bytes::BytesMut;
 use cascade_record::BatchHeader;
 use cascade_types::{FlushMode, TopicConfig};
 use std::collections::HashMap;
@@ -44,7 +45,7 @@ const MAX_GROUP: usize = 512;
 pub(crate) enum Command {
     /// A leader append under `epoch`.
     Append {
-        batches: Vec<u8>,
+        batches: BytesMut,
         epoch: i32,
         reply: oneshot::Sender<Result<AppendInfo>>,
     },
@@ -57,7 +58,6 @@ pub(crate) enum Command {
         epoch: i32,
         reply: oneshot::Sender<Result<AppendInfo>>,
     },
-    /// Start leading at `epoch`.
     /// Start leading at `epoch`; replies with the offset where the epoch starts.
     BecomeLeader {
         epoch: i32,
@@ -470,7 +470,7 @@ impl Partition {
 
     /// Appends batches as leader (offsets assigned by the log) and waits for the local result,
     /// which comes after the fsync under `flush=always` (`acks=leader`).
-    pub async fn append_local(&self, batches: Vec<u8>) -> Result<AppendInfo> {
+    pub async fn append_local(&self, batches: BytesMut) -> Result<AppendInfo> {
         let epoch = self.leader_epoch()?;
         match self
             .call(|reply| Command::Append {
@@ -488,7 +488,7 @@ impl Partition {
     /// Appends batches and waits until every in-sync replica has them (`acks=all`): refused
     /// up front when the in-sync set is smaller than `min.insync.replicas`, and reported as
     /// not acknowledged if it shrank below it while waiting or this replica stopped leading.
-    pub async fn append(&self, batches: Vec<u8>) -> Result<AppendInfo> {
+    pub async fn append(&self, batches: BytesMut) -> Result<AppendInfo> {
         self.check_min_isr(false)?;
         let info = self.append_local(batches).await?;
         self.wait_replicated(info.last_offset + 1).await?;
@@ -530,7 +530,7 @@ impl Partition {
     }
 
     /// Queues an append without waiting for its result (`acks=none`).
-    pub async fn append_detached(&self, batches: Vec<u8>) -> Result<()> {
+    pub async fn append_detached(&self, batches: BytesMut) -> Result<()> {
         let epoch = self.leader_epoch()?;
         let (reply, _) = oneshot::channel();
         self.tx
@@ -543,7 +543,6 @@ impl Partition {
             .map_err(|_| BrokerError::ShuttingDown)
     }
 
-    /// Appends a leader's batches as a follower.
     /// Appends a leader's batches as a follower of `epoch` (refused if this replica no longer
     /// follows that epoch).
     pub async fn append_replicated(&self, batches: Vec<u8>, epoch: i32) -> Result<AppendInfo> {

@@ -8,7 +8,7 @@
 
 use crate::broker::{Broker, now_ms};
 use crate::error::{BrokerError, Result};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use cascade_log::AppendInfo;
 use cascade_record::{BatchBuilder, BatchHeader, Record};
 use cascade_types::partition_for_key;
@@ -93,6 +93,19 @@ fn encode(records: &[&OwnedRecord]) -> Vec<u8> {
     b.finish()
 }
 
+/// A buffer the log may stamp offsets into, without copying `bytes` when nothing else holds
+/// its memory.
+fn unshared(bytes: Bytes) -> BytesMut {
+    bytes
+        .try_into_mut()
+        .unwrap_or_else(|shared| BytesMut::from(&shared[..]))
+}
+
+/// A freshly encoded batch as an appendable buffer (no copy).
+fn owned(batch: Vec<u8>) -> BytesMut {
+    unshared(Bytes::from(batch))
+}
+
 /// Checks each batch in `bytes` against the size limit, reading only headers.
 fn check_sizes(topic: &str, bytes: &[u8], max: u32) -> Result<()> {
     let mut at = 0;
@@ -139,17 +152,19 @@ impl Broker {
         }
         let count = t.partitions.len() as u32;
         let max = t.config.max_message_bytes;
-        // Gather the bytes to append per partition, in request order.
-        let mut per_partition: BTreeMap<u32, Result<Vec<u8>>> = BTreeMap::new();
-        let mut add = |p: u32, r: Result<Vec<u8>>| {
-            let slot = per_partition.entry(p).or_insert_with(|| Ok(Vec::new()));
-            match (slot, r) {
-                (Ok(buf), Ok(bytes)) => buf.extend_from_slice(&bytes),
-                (slot @ Ok(_), Err(e)) => *slot = Err(e),
-                (Err(_), _) => {}
+        // Gather the bytes to append per partition, in request order. The first chunk of a
+        // partition is taken as is: a client batch decoded from the request is usually the
+        // only owner of its buffer, so it reaches the log without a copy.
+        let mut per_partition: BTreeMap<u32, Result<BytesMut>> = BTreeMap::new();
+        let mut add = |p: u32, r: Result<BytesMut>| match (per_partition.get_mut(&p), r) {
+            (None, r) => {
+                per_partition.insert(p, r);
             }
+            (Some(Ok(buf)), Ok(bytes)) => buf.extend_from_slice(&bytes),
+            (Some(slot @ Ok(_)), Err(e)) => *slot = Err(e),
+            (Some(Err(_)), _) => {}
         };
-        for part in &parts {
+        for part in parts {
             if part.batches.is_empty() && part.records.is_empty() {
                 return Err(BrokerError::InvalidRequest(
                     "a partition entry has neither batches nor records".into(),
@@ -172,7 +187,7 @@ impl Broker {
                 }
                 for (p, recs) in groups {
                     let batch = encode(&recs);
-                    let checked = check_sizes(topic, &batch, max).map(|_| batch);
+                    let checked = check_sizes(topic, &batch, max).map(|_| owned(batch));
                     add(p, checked);
                 }
                 continue;
@@ -186,15 +201,13 @@ impl Broker {
                 });
             }
             if !part.batches.is_empty() {
-                add(
-                    p,
-                    check_sizes(topic, &part.batches, max).map(|_| part.batches.to_vec()),
-                );
+                let checked = check_sizes(topic, &part.batches, max);
+                add(p, checked.map(|_| unshared(part.batches)));
             }
             if !part.records.is_empty() {
                 let recs: Vec<&OwnedRecord> = part.records.iter().collect();
                 let batch = encode(&recs);
-                add(p, check_sizes(topic, &batch, max).map(|_| batch));
+                add(p, check_sizes(topic, &batch, max).map(|_| owned(batch)));
             }
         }
         let futures = per_partition.into_iter().map(|(p, bytes)| {
@@ -232,5 +245,27 @@ impl Broker {
             }
         });
         Ok(join_all(futures).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_buffer_nothing_else_holds_reaches_the_log_uncopied() {
+        let request = Bytes::from(vec![7u8; 4096]);
+        let batch = request.slice(100..2100);
+        let at = batch.as_ptr();
+        drop(request);
+        let owned = unshared(batch);
+        assert_eq!(owned.as_ptr(), at, "a unique buffer must be taken, not copied");
+        assert_eq!(owned.len(), 2000);
+
+        // Still shared: copied, and stamping the copy leaves the original alone.
+        let request = Bytes::from(vec![7u8; 4096]);
+        let mut owned = unshared(request.slice(0..10));
+        owned[0] = 1;
+        assert_eq!(request[0], 7);
     }
 }

@@ -72,7 +72,30 @@ fn init_tracing(json: bool, default: &str) {
     }
 }
 
+/// Makes glibc's allocator keep freed memory for reuse. By default it hands the top of a heap
+/// back to the kernel once 128 KiB are free and maps every allocation above a moving threshold
+/// afresh, so the ~100 KiB buffers of every produce request and fetch response kept landing on
+/// new pages that the kernel had to fault in and zero: about a fifth of the broker's CPU at
+/// 1 KiB × 100 batches (BENCHMARKS.md). Memory is still returned once more than
+/// `TRIM` is free at the top of a heap.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn tune_allocator() {
+    const TRIM: libc::c_int = 64 << 20;
+    const MMAP_ABOVE: libc::c_int = 32 << 20;
+    // SAFETY: mallopt only sets allocator parameters; it is called before any other thread
+    // exists. A refusal (return 0) leaves glibc's defaults, which work, only slower.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_ABOVE);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}
+
 fn main() {
+    tune_allocator();
     let cli = Cli::parse();
     let common = cli.common;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -339,7 +339,7 @@ impl GroupCoordinator {
                 group: group.to_string(),
                 coordinator: None,
             })?;
-        Ok(part.append(b.finish()).await?.base_offset)
+        Ok(part.append(b.finish().as_slice().into()).await?.base_offset)
     }
 
     /// Makes sure this node still coordinates `group` before it answers a read from memory:
@@ -380,7 +380,7 @@ impl GroupCoordinator {
             value: None,
             headers: &[],
         });
-        match tokio::time::timeout(BARRIER_TIMEOUT, part.append(b.finish())).await {
+        match tokio::time::timeout(BARRIER_TIMEOUT, part.append(b.finish().as_slice().into())).await {
             Ok(r) => r.map(|_| ()).map_err(|e| match e {
                 BrokerError::NotLeader { .. } | BrokerError::LeaderNotAvailable { .. } => {
                     BrokerError::NotCoordinator {
