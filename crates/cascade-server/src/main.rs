@@ -106,7 +106,9 @@ fn main() {
         match cli.command {
             Command::Server(args) => {
                 let cfg = args.resolve()?;
-                init_tracing(cfg.log_format == "json", "info");
+                // openraft narrates every election and snapshot at info; an operator needs its
+                // warnings only (CASCADE_LOG=info,openraft=info brings the rest back).
+                init_tracing(cfg.log_format == "json", "info,openraft=warn");
                 server::run(cfg, Default::default()).await
             }
             Command::Gateway(args) => {
