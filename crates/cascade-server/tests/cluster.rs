@@ -16,24 +16,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Fast failure detection so the tests do not wait on defaults.
-const FAST: &[&str] = &["--heartbeat-ms", "200", "--session-timeout-ms", "1200"];
-
-fn start_cluster(dirs: &[tempfile::TempDir]) -> Vec<Node> {
-    let mut nodes = Vec::new();
-    let mut first = vec!["--node-id", "1"];
-    first.extend_from_slice(FAST);
-    nodes.push(Node::start_with(dirs[0].path(), &first));
-    let seed = nodes[0].grpc.clone();
-    for (i, d) in dirs.iter().enumerate().skip(1) {
-        let id = (i + 1).to_string();
-        let mut args = vec!["--node-id", id.as_str(), "--seeds", seed.as_str()];
-        args.extend_from_slice(FAST);
-        nodes.push(Node::start_with(d.path(), &args));
-    }
-    nodes
-}
-
 async fn wait_for<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {

@@ -9,7 +9,7 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::{Gateway, Node};
+use common::{Gateway, Node, start_cluster};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -1045,17 +1045,7 @@ async fn deleting_a_subscribed_topic_leaves_the_instance_working() {
 async fn an_instance_reads_partitions_led_by_other_nodes() {
     bounded(async {
         let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-        let fast = ["--heartbeat-ms", "200", "--session-timeout-ms", "1200"];
-        let mut first = vec!["--node-id", "1"];
-        first.extend_from_slice(&fast);
-        let mut nodes = vec![Node::start_with(dirs[0].path(), &first)];
-        let seed = nodes[0].grpc.clone();
-        for (i, d) in dirs.iter().enumerate().skip(1) {
-            let id = (i + 1).to_string();
-            let mut args = vec!["--node-id", id.as_str(), "--seeds", seed.as_str()];
-            args.extend_from_slice(&fast);
-            nodes.push(Node::start_with(d.path(), &args));
-        }
+        let nodes = start_cluster(&dirs);
         let client = nodes[0].client().await;
         let deadline = Instant::now() + WAIT;
         while client

@@ -164,6 +164,25 @@ impl Drop for Node {
 }
 
 /// Runs `cascade ARGS --brokers addr`, feeding `stdin`.
+/// Failure detection fast enough that cluster tests do not wait on the defaults.
+pub const FAST: &[&str] = &["--heartbeat-ms", "200", "--session-timeout-ms", "1200"];
+
+/// Starts one node per directory as a cluster: node 1 bootstraps, the others join through it.
+pub fn start_cluster(dirs: &[tempfile::TempDir]) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    let mut first = vec!["--node-id", "1"];
+    first.extend_from_slice(FAST);
+    nodes.push(Node::start_with(dirs[0].path(), &first));
+    let seed = nodes[0].grpc.clone();
+    for (i, d) in dirs.iter().enumerate().skip(1) {
+        let id = (i + 1).to_string();
+        let mut args = vec!["--node-id", id.as_str(), "--seeds", seed.as_str()];
+        args.extend_from_slice(FAST);
+        nodes.push(Node::start_with(d.path(), &args));
+    }
+    nodes
+}
+
 pub fn cli(brokers: &str, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
     use std::io::Write;
     let mut child = Command::new(bin())
