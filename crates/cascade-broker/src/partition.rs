@@ -25,8 +25,8 @@
 
 use crate::epochs::EpochCache;
 use crate::error::{BrokerError, Result};
-use cascade_log::{AppendInfo, FlushPolicy, Log, LogConfig, LogError, LogReader};
 use bytes::BytesMut;
+use cascade_log::{AppendInfo, FlushPolicy, Log, LogConfig, LogError, LogReader};
 use cascade_record::BatchHeader;
 use cascade_types::{FlushMode, TopicConfig};
 use std::collections::HashMap;

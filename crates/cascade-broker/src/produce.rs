@@ -259,7 +259,11 @@ mod tests {
         let at = batch.as_ptr();
         drop(request);
         let owned = unshared(batch);
-        assert_eq!(owned.as_ptr(), at, "a unique buffer must be taken, not copied");
+        assert_eq!(
+            owned.as_ptr(),
+            at,
+            "a unique buffer must be taken, not copied"
+        );
         assert_eq!(owned.len(), 2000);
 
         // Still shared: copied, and stamping the copy leaves the original alone.

@@ -380,7 +380,8 @@ impl GroupCoordinator {
             value: None,
             headers: &[],
         });
-        match tokio::time::timeout(BARRIER_TIMEOUT, part.append(b.finish().as_slice().into())).await {
+        match tokio::time::timeout(BARRIER_TIMEOUT, part.append(b.finish().as_slice().into())).await
+        {
             Ok(r) => r.map(|_| ()).map_err(|e| match e {
                 BrokerError::NotLeader { .. } | BrokerError::LeaderNotAvailable { .. } => {
                     BrokerError::NotCoordinator {
