@@ -392,7 +392,7 @@ impl Metadata {
         let raft = MetaRaft::new(
             u64::from(node_id),
             raft_config(),
-            crate::raft::network::Network,
+            crate::raft::network::Network::default(),
             log,
             sm.clone(),
         )

@@ -5,6 +5,12 @@
 //! answers `Result<Response, RaftError>` as JSON so a remote Raft error (e.g. a higher vote)
 //! reaches the sender as such; a transport failure is reported as `Unreachable`, which makes
 //! openraft back off instead of spinning.
+//!
+//! Peer reachability is logged here, once per change: openraft logs every failed RPC (two
+//! lines a second per dead peer, forever), so the server's default log filter silences its
+//! replication chatter and relies on these lines instead. Invariant: a peer is reported
+//! unreachable once when its RPCs start failing, again at most once per [`REPORT_EVERY`] while
+//! they keep failing, and reachable once when one gets an answer again.
 
 use super::TypeConfig;
 use cascade_proto::internal::RaftPayload;
@@ -18,14 +24,23 @@ use openraft::raft::{
 use openraft::{AnyError, BasicNode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 
 type NodeId = u64;
 
+/// How often a peer that stays unreachable is reported again.
+const REPORT_EVERY: Duration = Duration::from_secs(60);
+
 /// Makes one [`Peer`] per target node.
 #[derive(Debug, Clone, Default)]
-pub struct Network;
+pub struct Network {
+    /// Per target node, shared by every connection openraft makes to it (it makes a new one
+    /// per replication stream), so a reconnect does not forget that the peer was down.
+    health: Arc<Mutex<HashMap<NodeId, Health>>>,
+}
 
 /// A connection to one peer.
 #[derive(Debug)]
@@ -33,6 +48,57 @@ pub struct Peer {
     target: NodeId,
     client: Option<RaftClient<Channel>>,
     addr: String,
+    health: Arc<Mutex<HashMap<NodeId, Health>>>,
+}
+
+/// What this node has seen of one peer's RPCs.
+#[derive(Debug, Default)]
+struct Health {
+    /// Since when every RPC has failed (None: the last one was answered).
+    down_since: Option<Instant>,
+    /// RPCs failed since then.
+    failures: u64,
+    /// When the outage was last reported.
+    reported: Option<Instant>,
+}
+
+/// A change worth a log line.
+#[derive(Debug, PartialEq, Eq)]
+enum Report {
+    Down,
+    StillDown { for_secs: u64, failures: u64 },
+    Up { after_secs: u64, failures: u64 },
+}
+
+impl Health {
+    fn failed(&mut self, now: Instant) -> Option<Report> {
+        self.failures += 1;
+        match (self.down_since, self.reported) {
+            (None, _) => {
+                self.down_since = Some(now);
+                self.reported = Some(now);
+                Some(Report::Down)
+            }
+            (Some(_), Some(last)) if now.duration_since(last) < REPORT_EVERY => None,
+            (Some(since), _) => {
+                self.reported = Some(now);
+                Some(Report::StillDown {
+                    for_secs: now.duration_since(since).as_secs(),
+                    failures: self.failures,
+                })
+            }
+        }
+    }
+
+    fn answered(&mut self, now: Instant) -> Option<Report> {
+        let since = self.down_since.take()?;
+        let failures = std::mem::take(&mut self.failures);
+        self.reported = None;
+        Some(Report::Up {
+            after_secs: now.duration_since(since).as_secs(),
+            failures,
+        })
+    }
 }
 
 /// A lazily connecting channel to a broker's gRPC address (`host:port`).
@@ -55,6 +121,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             client: channel(&node.addr).ok().map(RaftClient::new),
             addr: node.addr.clone(),
+            health: self.health.clone(),
         }
     }
 }
@@ -64,6 +131,46 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 struct TransportError(String);
 
 impl Peer {
+    /// Records the outcome of one RPC and logs a change of reachability.
+    fn note(&self, error: Option<&str>) {
+        let report = {
+            let mut all = self.health.lock().unwrap_or_else(|e| e.into_inner());
+            let h = all.entry(self.target).or_default();
+            match error {
+                Some(_) => h.failed(Instant::now()),
+                None => h.answered(Instant::now()),
+            }
+        };
+        let (node, addr) = (self.target, self.addr.as_str());
+        match report {
+            Some(Report::Down) => tracing::warn!(
+                node,
+                addr,
+                error = error.unwrap_or_default(),
+                "metadata peer unreachable; retrying every 500 ms, reported again each minute while it lasts"
+            ),
+            Some(Report::StillDown { for_secs, failures }) => tracing::warn!(
+                node,
+                addr,
+                for_secs,
+                failed_rpcs = failures,
+                error = error.unwrap_or_default(),
+                "metadata peer still unreachable"
+            ),
+            Some(Report::Up {
+                after_secs,
+                failures,
+            }) => tracing::info!(
+                node,
+                addr,
+                after_secs,
+                failed_rpcs = failures,
+                "metadata peer reachable again"
+            ),
+            None => {}
+        }
+    }
+
     async fn call<Req, Resp, E>(
         &mut self,
         which: &'static str,
@@ -82,6 +189,7 @@ impl Peer {
             ))))
         };
         let Some(client) = self.client.as_mut() else {
+            self.note(Some("bad address"));
             return Err(unreachable("bad address".into()));
         };
         let json = serde_json::to_vec(req)
@@ -95,8 +203,12 @@ impl Peer {
         };
         let resp = match resp {
             Ok(r) => r.into_inner(),
-            Err(s) => return Err(unreachable(s.message().to_string())),
+            Err(s) => {
+                self.note(Some(s.message()));
+                return Err(unreachable(s.message().to_string()));
+            }
         };
+        self.note(None);
         let r: Result<Resp, E> = serde_json::from_slice(&resp.json)
             .map_err(|e| RPCError::Network(openraft::error::NetworkError::new(&e)))?;
         r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -135,4 +247,43 @@ impl RaftNetwork<TypeConfig> for Peer {
 /// Turns an error into openraft's error carrier.
 pub fn any_error(e: &(impl std::error::Error + 'static)) -> AnyError {
     AnyError::new(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_is_reported_once_then_each_minute_then_its_end_once() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut h = Health::default();
+        assert_eq!(
+            h.answered(at(0)),
+            None,
+            "a peer that never failed has nothing to report"
+        );
+        assert_eq!(h.failed(at(1)), Some(Report::Down));
+        for s in 2..61 {
+            assert_eq!(h.failed(at(s)), None, "second {s} of the outage");
+        }
+        assert_eq!(
+            h.failed(at(61)),
+            Some(Report::StillDown {
+                for_secs: 60,
+                failures: 61
+            })
+        );
+        assert_eq!(h.failed(at(62)), None);
+        assert_eq!(
+            h.answered(at(70)),
+            Some(Report::Up {
+                after_secs: 69,
+                failures: 62
+            })
+        );
+        assert_eq!(h.answered(at(71)), None);
+        // A new outage starts its own count and is reported at once.
+        assert_eq!(h.failed(at(80)), Some(Report::Down));
+    }
 }
