@@ -2,8 +2,8 @@
 //! its role (leader, follower) and, on the leader, the replication state that moves the high
 //! watermark.
 //!
-//! The actor thread owns the [`Log`] and the [`EpochCache`] and is the only code that writes
-//! them. Producers send [`Command::Append`] through a bounded channel (backpressure) and wait
+//! The actor thread (`partition/actor.rs`) owns the [`Log`] and the [`EpochCache`] and is the
+//! only code that writes them. Producers send [`Command::Append`] through a bounded channel (backpressure) and wait
 //! on a oneshot. The actor takes the first command, drains whatever else is already queued (up
 //! to a bound), appends them all with one `pwrite` each, then makes them durable with **one**
 //! fsync (group commit) and only then answers them all. A dedicated thread, not an async task,
@@ -27,7 +27,6 @@ use crate::epochs::EpochCache;
 use crate::error::{BrokerError, Result};
 use bytes::BytesMut;
 use cascade_log::{AppendInfo, FlushPolicy, Log, LogConfig, LogError, LogReader};
-use cascade_record::BatchHeader;
 use cascade_types::{FlushMode, TopicConfig};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -36,65 +35,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
+mod actor;
+
+use actor::{Actor, Command, acknowledged_end, publish_hw};
+#[cfg(test)]
+use actor::{epochs_in, stamp_epoch};
+
 /// Commands queued per partition before producers wait.
 const QUEUE: usize = 1024;
-/// Most commands handled in one group (one fsync).
-const MAX_GROUP: usize = 512;
-
-/// Requests to a partition's actor.
-pub(crate) enum Command {
-    /// A leader append under `epoch`.
-    Append {
-        batches: BytesMut,
-        epoch: i32,
-        reply: oneshot::Sender<Result<AppendInfo>>,
-    },
-    /// A follower's copy of the leader's batches (offsets kept).
-    AppendReplicated {
-        batches: Vec<u8>,
-        /// The leader epoch the fetcher that read them follows: refused unless it is still
-        /// the one this replica follows (a cancelled fetcher's last append can arrive after
-        /// the role changed, and after the new fetcher checked for a divergent suffix).
-        epoch: i32,
-        reply: oneshot::Sender<Result<AppendInfo>>,
-    },
-    /// Start leading at `epoch`; replies with the offset where the epoch starts.
-    BecomeLeader {
-        epoch: i32,
-        reply: oneshot::Sender<Result<u64>>,
-    },
-    /// Stop leading (appends are refused from now on).
-    BecomeFollower {
-        /// The leader epoch followed (None: no leader, nothing to follow).
-        epoch: Option<i32>,
-        reply: oneshot::Sender<Result<()>>,
-    },
-    /// Cut the log at `offset` (a divergent suffix).
-    Truncate {
-        offset: u64,
-        reply: oneshot::Sender<Result<u64>>,
-    },
-    /// Drop everything and restart empty at `start`.
-    TruncateFully {
-        start: u64,
-        reply: oneshot::Sender<Result<()>>,
-    },
-    /// Look for damage in the segments starting at or after `from` (the sealed ones before
-    /// were checked off the actor).
-    FindDamage {
-        from: u64,
-        reply: oneshot::Sender<Result<Option<u64>>>,
-    },
-    /// Periodic housekeeping: interval flush, retention.
-    Maintain { retention: bool },
-    /// Replace the configuration for everything from now on.
-    Reconfigure {
-        config: LogConfig,
-        reply: oneshot::Sender<Result<()>>,
-    },
-    /// Close the log cleanly and stop.
-    Close { reply: oneshot::Sender<Result<()>> },
-}
 
 /// Translates a topic's settings into the storage engine's.
 pub fn log_config(c: &TopicConfig) -> LogConfig {
@@ -690,270 +638,6 @@ impl Partition {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
         r
-    }
-}
-
-fn publish_hw(tx: &watch::Sender<u64>, hw: u64) {
-    tx.send_if_modified(|cur| {
-        if hw > *cur {
-            *cur = hw;
-            true
-        } else {
-            false
-        }
-    });
-}
-
-fn acknowledged_end(log: &Log) -> u64 {
-    match log.config().flush {
-        FlushPolicy::Always => log.durable_offset(),
-        _ => log.end_offset(),
-    }
-}
-
-fn storage_failure(log: &Log, e: &LogError) -> BrokerError {
-    BrokerError::Storage(LogError::Poisoned {
-        dir: log.dir().to_path_buf(),
-        reason: e.to_string(),
-    })
-}
-
-/// Stamps `epoch` into every batch (the field is outside the CRC).
-fn stamp_epoch(batches: &mut [u8], epoch: i32) {
-    let mut at = 0;
-    while at + 61 <= batches.len() {
-        let Ok(h) = BatchHeader::parse(&batches[at..]) else {
-            return; // the log's validation reports it
-        };
-        cascade_record::header::set_leader_epoch(&mut batches[at..], epoch);
-        at += h.total_len();
-    }
-}
-
-/// The epochs that start inside `batches`, with their first offsets.
-fn epochs_in(batches: &[u8]) -> Vec<(i32, u64)> {
-    let mut out: Vec<(i32, u64)> = Vec::new();
-    let mut at = 0;
-    while at < batches.len() {
-        let Ok(h) = BatchHeader::parse(&batches[at..]) else {
-            break;
-        };
-        if out.last().is_none_or(|&(e, _)| h.leader_epoch > e) {
-            out.push((h.leader_epoch, h.base_offset as u64));
-        }
-        at += h.total_len();
-    }
-    out
-}
-
-struct Actor {
-    log: Log,
-    dir: PathBuf,
-    epochs: Arc<Mutex<EpochCache>>,
-    leader_epoch: Option<i32>,
-    /// The leader epoch followed, while following: replicated appends of any other are refused.
-    follower_epoch: Option<i32>,
-    repl: Arc<Mutex<ReplState>>,
-    hw_tx: watch::Sender<u64>,
-    end_tx: watch::Sender<u64>,
-}
-
-impl Actor {
-    fn epochs(&self) -> std::sync::MutexGuard<'_, EpochCache> {
-        self.epochs.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn append_replicated(&mut self, batches: &[u8]) -> Result<AppendInfo> {
-        for (epoch, start) in epochs_in(batches) {
-            self.epochs().assign(epoch, start)?;
-        }
-        Ok(self.log.append_replicated(batches)?)
-    }
-
-    fn publish(&self) {
-        let end = acknowledged_end(&self.log);
-        let hw = {
-            let mut r = self.repl.lock().unwrap_or_else(|e| e.into_inner());
-            r.local_end = end;
-            r.compute_hw()
-        };
-        self.end_tx.send_if_modified(|e| {
-            let changed = *e != end;
-            *e = end;
-            changed
-        });
-        publish_hw(&self.hw_tx, hw);
-    }
-
-    /// The actor loop. See the module docs.
-    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        let mut replies: Vec<(oneshot::Sender<Result<AppendInfo>>, Result<AppendInfo>)> =
-            Vec::with_capacity(MAX_GROUP);
-        loop {
-            let Some(first) = rx.blocking_recv() else {
-                if let Err(e) = self.log.close() {
-                    tracing::error!(dir = %self.dir.display(), error = %e, "closing partition log");
-                }
-                return;
-            };
-            let mut next = Some(first);
-            let mut handled = 0;
-            let mut close: Option<oneshot::Sender<Result<()>>> = None;
-            while let Some(cmd) = next.take() {
-                match cmd {
-                    Command::Append {
-                        mut batches,
-                        epoch,
-                        reply,
-                    } => {
-                        let r = if self.leader_epoch == Some(epoch) {
-                            stamp_epoch(&mut batches, epoch);
-                            self.log.append(&mut batches).map_err(BrokerError::from)
-                        } else {
-                            Err(BrokerError::NotLeader {
-                                node: 0,
-                                topic: String::new(),
-                                partition: 0,
-                                leader: None,
-                            })
-                        };
-                        replies.push((reply, r));
-                    }
-                    Command::AppendReplicated {
-                        batches,
-                        epoch,
-                        reply,
-                    } => {
-                        let r = if self.follower_epoch == Some(epoch) {
-                            self.append_replicated(&batches)
-                        } else {
-                            Err(BrokerError::FencedLeaderEpoch {
-                                topic: String::new(),
-                                partition: 0,
-                                got: epoch,
-                                current: self.follower_epoch.unwrap_or(-1),
-                            })
-                        };
-                        replies.push((reply, r));
-                    }
-                    Command::BecomeLeader { epoch, reply } => {
-                        let end = self.log.end_offset();
-                        let r = {
-                            let mut epochs = self.epochs();
-                            epochs.assign(epoch, end).map(|()| {
-                                // Taking the same epoch again (a repeated reconcile) keeps
-                                // the start recorded the first time.
-                                match epochs.latest() {
-                                    Some((e, start)) if e == epoch => start,
-                                    _ => end,
-                                }
-                            })
-                        };
-                        if r.is_ok() {
-                            self.leader_epoch = Some(epoch);
-                            self.follower_epoch = None;
-                        }
-                        let _ = reply.send(r);
-                    }
-                    Command::BecomeFollower { epoch, reply } => {
-                        self.leader_epoch = None;
-                        self.follower_epoch = epoch;
-                        let _ = reply.send(Ok(()));
-                    }
-                    Command::Truncate { offset, reply } => {
-                        let r = self
-                            .log
-                            .truncate_to(offset)
-                            .map_err(BrokerError::from)
-                            .and_then(|end| {
-                                self.epochs().truncate_from(end)?;
-                                Ok(end)
-                            });
-                        let _ = reply.send(r);
-                    }
-                    Command::TruncateFully { start, reply } => {
-                        let r = self
-                            .log
-                            .truncate_fully(start)
-                            .map_err(BrokerError::from)
-                            .and_then(|()| self.epochs().clear());
-                        let _ = reply.send(r);
-                    }
-                    Command::FindDamage { from, reply } => {
-                        let r = match self.log.find_damage_from(from) {
-                            Ok(None) => Ok(None),
-                            Ok(Some((at, e))) => {
-                                tracing::error!(dir = %self.dir.display(), error = %e, at, "scrub found damage");
-                                Ok(Some(at))
-                            }
-                            Err(e) => Err(BrokerError::from(e)),
-                        };
-                        let _ = reply.send(r);
-                    }
-                    Command::Maintain { retention } => {
-                        if let Err(e) = self.log.flush_if_due() {
-                            tracing::error!(dir = %self.dir.display(), error = %e, "periodic flush failed");
-                        }
-                        if retention && let Err(e) = self.log.apply_retention() {
-                            tracing::error!(dir = %self.dir.display(), error = %e, "retention failed");
-                        }
-                    }
-                    Command::Reconfigure { config, reply } => {
-                        let _ = reply.send(self.log.set_config(config).map_err(BrokerError::from));
-                    }
-                    Command::Close { reply } => {
-                        close = Some(reply);
-                        break;
-                    }
-                }
-                handled += 1;
-                if handled < MAX_GROUP {
-                    next = rx.try_recv().ok();
-                }
-            }
-            // Group commit: one fsync makes every append of this round durable.
-            let appended = replies.iter().filter(|(_, r)| r.is_ok()).count();
-            let durable_before = self.log.durable_offset();
-            let flush_started = Instant::now();
-            let flushed = if appended > 0 {
-                self.log.flush_if_due()
-            } else {
-                Ok(())
-            };
-            if appended > 0 {
-                metrics::histogram!("cascade_append_group_size").record(appended as f64);
-                if self.log.durable_offset() > durable_before {
-                    metrics::histogram!("cascade_log_fsync_duration_seconds")
-                        .record(flush_started.elapsed().as_secs_f64());
-                }
-            }
-            if let Err(e) = flushed {
-                tracing::error!(dir = %self.dir.display(), error = %e, "fsync failed: partition is now read-only");
-                for (_, r) in replies.iter_mut() {
-                    if r.is_ok() {
-                        *r = Err(storage_failure(&self.log, &e));
-                    }
-                }
-            }
-            self.publish();
-            for (reply, r) in replies.drain(..) {
-                let _ = reply.send(r);
-            }
-            if let Some(reply) = close {
-                rx.close();
-                // Answer anything still queued, then close.
-                while let Ok(cmd) = rx.try_recv() {
-                    match cmd {
-                        Command::Append { reply, .. } | Command::AppendReplicated { reply, .. } => {
-                            let _ = reply.send(Err(BrokerError::ShuttingDown));
-                        }
-                        _ => {}
-                    }
-                }
-                let _ = reply.send(self.log.close().map_err(BrokerError::from));
-                return;
-            }
-        }
     }
 }
 
