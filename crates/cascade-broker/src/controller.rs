@@ -46,6 +46,9 @@ struct LivenessInner {
     since_term: Option<u64>,
     last: HashMap<u32, Instant>,
     leaving: BTreeSet<u32>,
+    /// Brokers fenced in the metadata at the previous tick: one that is unfenced now without
+    /// this controller doing it registered again after a restart, which is logged here.
+    fenced_seen: BTreeSet<u32>,
 }
 
 impl Liveness {
@@ -200,12 +203,32 @@ impl Broker {
                         .is_none_or(|t| now.duration_since(*t) > session)
                 })
                 .collect();
+            let fenced_now: BTreeSet<u32> = snap
+                .brokers
+                .values()
+                .filter(|b| b.fenced)
+                .map(|b| b.node_id)
+                .collect();
+            for id in l.fenced_seen.difference(&fenced_now) {
+                if snap.brokers.contains_key(id) {
+                    tracing::warn!(
+                        node = id,
+                        fenced = false,
+                        "broker liveness changed (registered again)"
+                    );
+                }
+            }
+            l.fenced_seen = fenced_now;
             (dead, l.leaving.clone())
         };
         for b in snap.brokers.values() {
             let should = dead.contains(&b.node_id);
             if b.fenced != should {
                 tracing::warn!(node = b.node_id, fenced = should, "broker liveness changed");
+                if !should {
+                    // Logged just now: the next tick must not report it again.
+                    self.liveness.lock().fenced_seen.remove(&b.node_id);
+                }
                 self.meta
                     .propose_local(MetadataCommand::SetFenced {
                         node_id: b.node_id,
@@ -367,6 +390,10 @@ impl Controller for ControllerService {
                 .await
                 .map_err(|e| Status::unavailable(format!("adding voter: {e}")))?;
         }
+        // Heard before it is registered unfenced: the liveness check runs beside this call and,
+        // between the two, would see an unfenced broker last heard before its restart and fence
+        // it again (a spurious fence/unfence pair on every rejoin).
+        b.liveness.heard(r.node_id, false);
         b.meta
             .propose_local(MetadataCommand::RegisterBroker(BrokerInfo {
                 node_id: r.node_id,
@@ -376,7 +403,6 @@ impl Controller for ControllerService {
             }))
             .await
             .map_err(Status::from)?;
-        b.liveness.heard(r.node_id, false);
         Ok(Response::new(JoinResponse {
             controller_id: b.config.node_id,
         }))
