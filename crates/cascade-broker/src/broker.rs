@@ -195,9 +195,6 @@ impl Broker {
         // independently of each other's readiness.
         let mut attempts = 0u32;
         loop {
-            // Heard first: registering unfences this node, and a controller that still has
-            // its last heartbeat from before the restart would fence it again at once.
-            let _ = crate::controller::send_heartbeat(self).await;
             let r = self
                 .meta
                 .apply(MetadataCommand::RegisterBroker(node.clone()))

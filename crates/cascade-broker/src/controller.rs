@@ -191,6 +191,31 @@ impl Broker {
                     l.last.entry(id).or_insert(now);
                 }
             }
+            // A broker unfenced since the last tick without this controller doing it has
+            // registered again after a restart: that counts as hearing from it (its last
+            // heartbeat is from before the restart, and judging by it would fence it again
+            // at once, a spurious fence/unfence pair on every rejoin).
+            let fenced_now: BTreeSet<u32> = snap
+                .brokers
+                .values()
+                .filter(|b| b.fenced)
+                .map(|b| b.node_id)
+                .collect();
+            let back: Vec<u32> = l
+                .fenced_seen
+                .difference(&fenced_now)
+                .copied()
+                .filter(|id| snap.brokers.contains_key(id))
+                .collect();
+            for id in back {
+                tracing::warn!(
+                    node = id,
+                    fenced = false,
+                    "broker liveness changed (registered again)"
+                );
+                l.last.insert(id, Instant::now());
+            }
+            l.fenced_seen = fenced_now;
             let now = Instant::now();
             let dead: BTreeSet<u32> = snap
                 .brokers
@@ -203,22 +228,6 @@ impl Broker {
                         .is_none_or(|t| now.duration_since(*t) > session)
                 })
                 .collect();
-            let fenced_now: BTreeSet<u32> = snap
-                .brokers
-                .values()
-                .filter(|b| b.fenced)
-                .map(|b| b.node_id)
-                .collect();
-            for id in l.fenced_seen.difference(&fenced_now) {
-                if snap.brokers.contains_key(id) {
-                    tracing::warn!(
-                        node = id,
-                        fenced = false,
-                        "broker liveness changed (registered again)"
-                    );
-                }
-            }
-            l.fenced_seen = fenced_now;
             (dead, l.leaving.clone())
         };
         for b in snap.brokers.values() {

@@ -178,6 +178,12 @@ pub struct Partition {
     min_insync: Mutex<u32>,
     thread: Mutex<Option<JoinHandle<()>>>,
     damaged: Mutex<Option<u64>>,
+    /// Held shared by the follower fetcher for each fetch round trip, and exclusively while a
+    /// damaged log is taken out of the in-sync set and cut: a fetch from the uncut end would
+    /// tell the leader this replica holds everything and get it readmitted to the in-sync set
+    /// just before its log shrinks (then a preferred-leader election could make it lead, and
+    /// the others truncate to it).
+    fetch_gate: tokio::sync::RwLock<()>,
     /// The high watermark last checkpointed.
     hw_saved: std::sync::atomic::AtomicU64,
 }
@@ -281,6 +287,7 @@ impl Partition {
             min_insync: Mutex::new(config.min_insync_replicas),
             thread: Mutex::new(Some(thread)),
             damaged: Mutex::new(damaged_at_open),
+            fetch_gate: tokio::sync::RwLock::new(()),
             hw_saved: std::sync::atomic::AtomicU64::new(checkpoint),
         })
     }
@@ -289,6 +296,16 @@ impl Partition {
     /// scrub, until the in-sync set no longer counts on it ([`Partition::clear_damage`]).
     pub fn damaged_at_open(&self) -> Option<u64> {
         *self.damaged.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// See `fetch_gate`: shared for one follower fetch round trip.
+    pub(crate) async fn fetch_permit(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.fetch_gate.read().await
+    }
+
+    /// See `fetch_gate`: no follower fetch is in flight or starts while this is held.
+    pub(crate) async fn hold_fetches(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.fetch_gate.write().await
     }
 
     /// The damage has been dealt with (this replica left the in-sync set).

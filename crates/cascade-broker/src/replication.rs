@@ -110,6 +110,9 @@ impl Broker {
         let mut backoff = Duration::from_millis(50);
         loop {
             let r = async {
+                // One round trip under the gate a damaged-log repair closes (see
+                // `Partition::hold_fetches`).
+                let _permit = part.fetch_permit().await;
                 let mut client = ReplicationClient::new(self.peer_channel(leader)?)
                     .max_decoding_message_size(64 << 20);
                 if !truncated {
@@ -532,14 +535,46 @@ impl Broker {
         part: &Arc<Partition>,
         cut_at: Option<u64>,
     ) -> Result<()> {
+        let Some(at) = cut_at else {
+            // Cut at open already; only the in-sync set has to let go of it.
+            if self.leave_isr(part).await? {
+                part.clear_damage();
+                metrics::counter!("cascade_replica_repairs_total").increment(1);
+            }
+            return Ok(());
+        };
+        let _no_fetches = part.hold_fetches().await;
+        self.cut_damaged(part, at).await
+    }
+
+    async fn cut_damaged(self: &Arc<Self>, part: &Arc<Partition>, at: u64) -> Result<()> {
+        if !self.leave_isr(part).await? {
+            return Ok(()); // the last live in-sync copy keeps its data (logged)
+        }
+        let end = part.truncate(at).await?;
+        tracing::warn!(topic = %part.topic, partition = part.index, end, "cut a damaged replica; fetching the rest from the leader");
+        // A fetch sent before the fetches were held may still have readmitted the replica
+        // from its uncut end: take it out once more, now that its log is short it cannot
+        // come back before it has fetched everything again.
+        self.leave_isr(part).await?;
+        part.clear_damage();
+        metrics::counter!("cascade_replica_repairs_total").increment(1);
+        Ok(())
+    }
+
+    /// Takes this replica out of the partition's in-sync set, handing leadership to another
+    /// live in-sync replica if it leads. Ok(false): it is the only live in-sync copy, so it
+    /// stays (cutting it would lose acknowledged events for good). An error: the metadata
+    /// update kept failing and the replica is still counted in sync.
+    async fn leave_isr(self: &Arc<Self>, part: &Arc<Partition>) -> Result<bool> {
         let me = self.config.node_id;
         for _ in 0..50 {
             let snap = self.meta.snapshot();
             let Some(a) = snap.assignment(&part.topic, part.index) else {
-                return Ok(());
+                return Ok(true);
             };
             if !a.isr.contains(&me) {
-                break;
+                return Ok(true);
             }
             let others: Vec<u32> = a
                 .isr
@@ -549,7 +584,7 @@ impl Broker {
                 .collect();
             if others.is_empty() {
                 tracing::error!(topic = %part.topic, partition = part.index, "damaged replica is the only live in-sync copy: keeping its data");
-                return Ok(());
+                return Ok(false);
             }
             let leader = if a.leader == me || a.leader == 0 {
                 others[0]
@@ -573,13 +608,12 @@ impl Broker {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-        if let Some(at) = cut_at {
-            let end = part.truncate(at).await?;
-            tracing::warn!(topic = %part.topic, partition = part.index, end, "cut a damaged replica; fetching the rest from the leader");
-        }
-        part.clear_damage();
-        metrics::counter!("cascade_replica_repairs_total").increment(1);
-        Ok(())
+        // Still counted as in sync, perhaps still leading: cutting now would hand the
+        // followers a shorter log than was acknowledged, and they would truncate to it.
+        Err(BrokerError::Metadata(format!(
+            "{}/{}: a damaged replica could not leave the in-sync set; its log is not cut",
+            part.topic, part.index
+        )))
     }
 
     /// Checks every replicated partition this node holds for damage, one at a time, and
@@ -616,9 +650,14 @@ impl Broker {
         match part.scrub().await {
             Ok(Some(at)) => {
                 // Not the "damaged when opened" flag, which the reconciler repairs on its own
-                // (two repairs of one replica would race); this one cuts the log itself.
-                if let Err(e) = self.repair_damaged(part, Some(at)).await {
-                    tracing::error!(topic = %part.topic, partition = part.index, error = %e, "repairing a damaged replica");
+                // (two repairs of one replica would race); this one cuts the log itself, and
+                // only once the replica is out of the in-sync set: until then it retries.
+                while let Err(e) = self.repair_damaged(part, Some(at)).await {
+                    tracing::error!(topic = %part.topic, partition = part.index, error = %e, "repairing a damaged replica: could not leave the in-sync set yet; retrying");
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
                 }
             }
             Ok(None) => {}

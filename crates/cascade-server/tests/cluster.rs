@@ -27,6 +27,26 @@ async fn wait_for<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> 
     }
 }
 
+/// Like [`wait_for`], but `f` describes what it saw when the condition does not hold yet, and a
+/// timeout reports the last such description (which part of a compound condition failed).
+async fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl AsyncFnMut() -> std::result::Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(seen) => assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last seen: {seen}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The cluster as one node sees it (None if it does not answer).
 async fn describe_at(node: &Node) -> Option<ClusterDescription> {
     let c = Client::connect(&node.grpc).await.ok()?;
@@ -477,18 +497,25 @@ async fn damaged_follower_is_detected_by_checksum_and_repaired_from_the_leader()
     // the rest. Until the repair is counted the ISR may still show the replica from before.
     let repaired = &nodes[follower as usize - 1];
     let end = acked[&0].keys().max().unwrap() + 1;
-    wait_for(
+    wait_until(
         "the repaired follower back in sync",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         async || {
             // Its ISR membership as any node sees it, and its own log complete again (a
             // view of the ISR can lag the replica's leaving and coming back).
             let p = partition(&describe(&nodes).await, "d", 0);
-            let own = partition(&describe_at(repaired).await?, "d", 0);
-            (own.log_end_offset == end
-                && metric(repaired, "cascade_replica_repairs_total") >= 1.0
-                && p.isr.len() == 3)
-                .then_some(())
+            let own = describe_at(repaired)
+                .await
+                .map(|d| partition(&d, "d", 0).log_end_offset);
+            let repairs = metric(repaired, "cascade_replica_repairs_total");
+            if own == Some(end) && repairs >= 1.0 && p.isr.len() == 3 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "repaired replica's end {own:?} (want {end}), repairs {repairs}, leader {}, isr {:?}",
+                    p.leader, p.isr
+                ))
+            }
         },
     )
     .await;
@@ -516,21 +543,37 @@ async fn damaged_leader_never_leads_with_its_damaged_log() {
     }
     damage_sealed_segment(&dirs[leader as usize - 1].path().join("topics/e/0"));
     restart_all(&mut nodes);
+    let damaged = leader;
     let repaired = &nodes[leader as usize - 1];
     let end = acked[&0].keys().max().unwrap() + 1;
-    wait_for(
+    wait_until(
         "a sound leader and every replica in sync",
-        Duration::from_secs(40),
+        Duration::from_secs(60),
         async || {
             // Its ISR membership as any node sees it, and its own log complete again (a
             // view of the ISR can lag the replica's leaving and coming back).
             let p = partition(&describe(&nodes).await, "e", 0);
-            let own = partition(&describe_at(repaired).await?, "e", 0);
-            (own.log_end_offset == end
-                && metric(repaired, "cascade_replica_repairs_total") >= 1.0
-                && p.leader != 0
-                && p.isr.len() == 3)
-                .then_some(())
+            let own = describe_at(repaired)
+                .await
+                .map(|d| partition(&d, "e", 0).log_end_offset);
+            let repairs = metric(repaired, "cascade_replica_repairs_total");
+            if own == Some(end) && repairs >= 1.0 && p.leader != 0 && p.isr.len() == 3 {
+                Ok(())
+            } else {
+                let mut ends = Vec::new();
+                for n in &nodes {
+                    let e = describe_at(n).await.map(|d| {
+                        let q = partition(&d, "e", 0);
+                        (q.log_end_offset, q.high_watermark, q.leader_epoch)
+                    });
+                    ends.push(e);
+                }
+                Err(format!(
+                    "damaged node {damaged}: end {own:?} (want {end}), repairs {repairs}; \
+                     leader {} epoch {}, isr {:?}; (end, hw, epoch) per node {ends:?}",
+                    p.leader, p.leader_epoch, p.isr
+                ))
+            }
         },
     )
     .await;
