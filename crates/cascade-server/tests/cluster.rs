@@ -17,14 +17,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 async fn wait_for<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(what, timeout, async || {
+        f().await.ok_or_else(|| "not yet".to_string())
+    })
+    .await
 }
 
 /// Like [`wait_for`], but `f` describes what it saw when the condition does not hold yet, and a
