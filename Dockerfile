@@ -23,7 +23,7 @@ EXPOSE 50051 8082
 # Exec form: there is no shell. `cascade cluster status` exits non-zero unless the node's gRPC
 # API answers; HTTP probes (/healthz, /readyz on 8082) are for Compose/Kubernetes to use.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["/usr/local/bin/cascade", "--brokers", "127.0.0.1:50051", "cluster", "status"]
+    CMD ["/usr/local/bin/cascade", "cluster", "status", "--brokers", "127.0.0.1:50051"]
 
 ENTRYPOINT ["/usr/local/bin/cascade"]
 CMD ["server"]

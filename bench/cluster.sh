@@ -43,7 +43,7 @@ stop_all() {
   rm -rf "$work"/n*
 }
 bench() { # label brokers topic producers
-  "$BIN" --brokers "$2" bench produce --topic "$3" --producers "$4" --messages "$MSGS" \
+  "$BIN" bench --brokers "$2" produce --topic "$3" --producers "$4" --messages "$MSGS" \
     --size 1024 --batch 100 --acks all --quiet --output json | sed "s/^{/{\"label\":\"$1\",/"
 }
 
@@ -54,8 +54,8 @@ echo "single node ..." >&2
 start_node 1
 wait_ready 1
 one=127.0.0.1:50061
-"$BIN" --brokers $one topic create single1 --partitions 1 >/dev/null
-"$BIN" --brokers $one topic create single4 --partitions 4 >/dev/null
+"$BIN" topic --brokers $one create single1 --partitions 1 >/dev/null
+"$BIN" topic --brokers $one create single4 --partitions 4 >/dev/null
 bench "1 node, RF 1, 1 producer" $one single1 1 >>"$results"
 bench "1 node, RF 1, 4 producers" $one single4 4 >>"$results"
 stop_all
@@ -68,8 +68,8 @@ start_node 3 --seeds 127.0.0.1:50061
 wait_ready 2
 wait_ready 3
 all=127.0.0.1:50061,127.0.0.1:50062,127.0.0.1:50063
-"$BIN" --brokers $all topic create rep1 --partitions 1 --replication-factor 3 >/dev/null
-"$BIN" --brokers $all topic create rep4 --partitions 4 --replication-factor 3 >/dev/null
+"$BIN" topic --brokers $all create rep1 --partitions 1 --replication-factor 3 >/dev/null
+"$BIN" topic --brokers $all create rep4 --partitions 4 --replication-factor 3 >/dev/null
 bench "3 nodes, RF 3, 1 producer" $all rep1 1 >>"$results"
 bench "3 nodes, RF 3, 4 producers" $all rep4 4 >>"$results"
 stop_all

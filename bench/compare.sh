@@ -130,7 +130,7 @@ start_cascade() {
     SERVER_PID=$!
     wait_port "$CASCADE_GRPC_PORT" "cascade server"
     for _ in $(seq 1 50); do # ready: answers an admin call (up to 10 s)
-        "$CASCADE" --brokers "$HOST:$CASCADE_GRPC_PORT" topic list >/dev/null 2>&1 && return 0
+        "$CASCADE" topic list --brokers "$HOST:$CASCADE_GRPC_PORT" >/dev/null 2>&1 && return 0
         sleep 0.2
     done
     die "cascade server did not answer within 10 s"
@@ -226,7 +226,7 @@ W_CONS="consume the 1-producer 1 KiB data"
 W_RATE="fixed rate ${RATE}/s, batch 1, 1 KiB, ${RATE_SECS} s"
 
 run_cascade() {
-    local b=(--brokers "$HOST:$CASCADE_GRPC_PORT" --output json bench)
+    local b=(bench --brokers "$HOST:$CASCADE_GRPC_PORT" --output json)
     local note_always="fsync before ack (flush=always, group commit)"
     local note_never="no fsync (flush=never): acked once written to the page cache"
     local flush note suffix

@@ -23,7 +23,8 @@ for _ in $(seq 100); do
   curl -sf 127.0.0.1:17082/readyz >/dev/null && curl -sf 127.0.0.1:17083/readyz >/dev/null && break
   sleep 0.2
 done
-C="$BIN --brokers 127.0.0.1:17051"
+export CASCADE_BROKERS=127.0.0.1:17051
+C="$BIN"
 $C topic create rest-bench --partitions 1 >/dev/null
 $C topic create grpc-bench --partitions 1 >/dev/null
 

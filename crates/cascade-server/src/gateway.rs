@@ -22,10 +22,14 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long in-flight requests (and event streams) may take to finish after a stop signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Flags of `cascade gateway` (the brokers come from the global `--brokers` /
-/// `CASCADE_BROKERS`).
+/// Flags of `cascade gateway`.
 #[derive(Debug, Clone, Args, Default)]
 pub struct GatewayArgs {
+    /// Brokers to start from (comma-separated host:port of their gRPC listeners): the first
+    /// that answers tells the gateway the rest of the cluster. [default: 127.0.0.1:50051]
+    #[arg(long, env = "CASCADE_BROKERS")]
+    pub brokers: Option<String>,
+
     /// Address of the HTTP listener serving the REST API, /healthz, /readyz and /metrics.
     /// [default: 0.0.0.0:8082]
     #[arg(long, env = "CASCADE_HTTP_ADDR")]
@@ -55,7 +59,8 @@ pub struct GatewayConfig {
 
 impl GatewayArgs {
     /// Applies defaults and validates.
-    pub fn resolve(&self, brokers: &str) -> Result<GatewayConfig> {
+    pub fn resolve(&self) -> Result<GatewayConfig> {
+        let brokers = self.brokers.as_deref().unwrap_or("127.0.0.1:50051");
         let log_format = self.log_format.clone().unwrap_or_else(|| "text".into());
         if !matches!(log_format.as_str(), "text" | "json") {
             bail!("--log-format must be text or json, got {log_format:?}");

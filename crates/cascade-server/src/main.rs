@@ -13,8 +13,6 @@ use tracing_subscriber::EnvFilter;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    #[command(flatten)]
-    common: Common,
 }
 
 #[derive(Debug, Subcommand)]
@@ -23,35 +21,50 @@ enum Command {
     Server(ServerArgs),
     /// Run a stateless REST gateway in front of the brokers given with --brokers.
     Gateway(gateway::GatewayArgs),
+    // The client commands below each take the client options (`--brokers`, `--output`), before
+    // or after their own subcommand; `server` and `gateway` do not, so their `--help` lists
+    // only what they read.
     /// Create, list, describe, alter and delete topics.
     Topic {
         #[command(subcommand)]
         cmd: topic::TopicCmd,
+        #[command(flatten)]
+        common: Common,
     },
     /// Write lines of standard input to a topic, one event per line.
     Produce {
         #[command(flatten)]
         args: produce::ProduceArgs,
+        #[command(flatten)]
+        common: Common,
     },
     /// Print a topic's events to standard output.
     Consume {
         #[command(flatten)]
         args: consume::ConsumeArgs,
+        #[command(flatten)]
+        common: Common,
     },
     /// Inspect consumer groups, their lag, and reset their offsets.
     Group {
         #[command(subcommand)]
         cmd: group::GroupCmd,
+        #[command(flatten)]
+        common: Common,
     },
     /// Show the cluster's nodes and partition health.
     Cluster {
         #[command(subcommand)]
         cmd: cluster::ClusterCmd,
+        #[command(flatten)]
+        common: Common,
     },
     /// Measure throughput and latency.
     Bench {
         #[command(subcommand)]
         cmd: bench::BenchCmd,
+        #[command(flatten)]
+        common: Common,
     },
 }
 
@@ -104,7 +117,6 @@ fn tune_allocator() {}
 fn main() {
     tune_allocator();
     let cli = Cli::parse();
-    let common = cli.common;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -117,31 +129,31 @@ fn main() {
                 server::run(cfg, Default::default()).await
             }
             Command::Gateway(args) => {
-                let cfg = args.resolve(&common.brokers)?;
+                let cfg = args.resolve()?;
                 init_tracing(cfg.log_format == "json", "info");
                 gateway::run(cfg, Default::default()).await
             }
-            Command::Topic { cmd } => {
+            Command::Topic { cmd, common } => {
                 init_tracing(false, "warn");
                 topic::run(cmd, &common).await
             }
-            Command::Produce { args } => {
+            Command::Produce { args, common } => {
                 init_tracing(false, "warn");
                 produce::run(args, &common).await
             }
-            Command::Consume { args } => {
+            Command::Consume { args, common } => {
                 init_tracing(false, "warn");
                 consume::run(args, &common).await
             }
-            Command::Group { cmd } => {
+            Command::Group { cmd, common } => {
                 init_tracing(false, "warn");
                 group::run(cmd, &common).await
             }
-            Command::Cluster { cmd } => {
+            Command::Cluster { cmd, common } => {
                 init_tracing(false, "warn");
                 cluster::run(cmd, &common).await
             }
-            Command::Bench { cmd } => {
+            Command::Bench { cmd, common } => {
                 init_tracing(false, "warn");
                 bench::run(cmd, &common).await
             }

@@ -781,6 +781,7 @@ fn help_works_for_every_subcommand() {
     let commands: &[&[&str]] = &[
         &[],
         &["server"],
+        &["gateway"],
         &["topic"],
         &["topic", "create"],
         &["topic", "list"],
@@ -822,10 +823,71 @@ fn help_works_for_every_subcommand() {
         if let Some(last) = cmd.last() {
             assert!(stdout.contains(last), "cascade {cmd:?} --help: {stdout}");
         }
+        // Each command lists the options it reads and no other: the client options belong to
+        // the client commands (and the gateway, which is a client of the brokers), never to
+        // `server`, which does not read them.
+        let Some(&first) = cmd.first() else { continue };
+        let client_cmd = !matches!(first, "server" | "gateway");
+        assert_eq!(
+            stdout.contains("--brokers"),
+            client_cmd || first == "gateway",
+            "cascade {cmd:?} --help and --brokers: {stdout}"
+        );
+        assert_eq!(
+            stdout.contains("--output"),
+            client_cmd,
+            "cascade {cmd:?} --help and --output: {stdout}"
+        );
     }
     let out = Command::new(bin()).arg("--version").output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("cascade "));
+}
+
+#[test]
+fn client_options_go_before_or_after_the_subcommand_and_never_to_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    for args in [
+        vec![
+            "topic",
+            "--brokers",
+            node.grpc.as_str(),
+            "list",
+            "--output",
+            "json",
+        ],
+        vec![
+            "topic",
+            "list",
+            "--brokers",
+            node.grpc.as_str(),
+            "--output",
+            "json",
+        ],
+        vec![
+            "topic",
+            "--output",
+            "json",
+            "list",
+            "--brokers",
+            node.grpc.as_str(),
+        ],
+    ] {
+        let out = Command::new(bin()).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "cascade {args:?}: {out:?}");
+    }
+    // `server` refuses a client option rather than ignoring it.
+    let out = Command::new(bin())
+        .args(["server", "--brokers", "127.0.0.1:1", "--data-dir"])
+        .arg(dir.path().join("other"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--brokers"),
+        "{out:?}"
+    );
 }
 
 #[test]

@@ -163,7 +163,6 @@ impl Drop for Node {
     }
 }
 
-/// Runs `cascade ARGS --brokers addr`, feeding `stdin`.
 /// Failure detection fast enough that cluster tests do not wait on the defaults.
 pub const FAST: &[&str] = &["--heartbeat-ms", "200", "--session-timeout-ms", "1200"];
 
@@ -183,6 +182,7 @@ pub fn start_cluster(dirs: &[tempfile::TempDir]) -> Vec<Node> {
     nodes
 }
 
+/// Runs `cascade ARGS --brokers addr`, feeding `stdin`.
 pub fn cli(brokers: &str, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
     use std::io::Write;
     let mut child = Command::new(bin())
