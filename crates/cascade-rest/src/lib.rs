@@ -27,7 +27,9 @@
 //! Errors are `{"error_code", "message"}` with a matching status everywhere, including for
 //! unknown routes, wrong methods, bad paths, queries and bodies, and oversized bodies
 //! ([`MAX_BODY_BYTES`]); see [`error::codes`] for the table. Invalid input never writes
-//! anything and never yields a 5xx.
+//! anything and never yields a 5xx. A body the answer did not need (a 413's, say) is read
+//! and discarded before the answer goes out, within bounds ([`linger`]), so that clients
+//! that send everything before reading see the answer rather than a reset connection.
 //!
 //! `Idempotency-Key` on produce is passed to the broker, which remembers the first answer per
 //! topic and key, so a retry through any gateway replica writes once (see [`idempotency`]).
@@ -37,6 +39,7 @@ pub mod error;
 pub mod extract;
 pub mod format;
 pub mod idempotency;
+pub mod linger;
 pub mod produce;
 pub mod records;
 pub mod topics;
@@ -175,7 +178,30 @@ pub fn router_with(state: RestState, extra: Router) -> Router {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(refuse_declared_oversize))
+        // Outermost, so that what a 413 left unread is read before the answer goes out.
+        .layer(middleware::from_fn(linger::drain_unread_body))
         .layer(CatchPanicLayer::custom(error::panicked))
+}
+
+/// Answers 413 to a request whose `Content-Length` is over [`MAX_BODY_BYTES`] before anything
+/// reads its body. The body limit alone would read the first 16 MiB first, and reading is what
+/// makes hyper send `100 Continue`: a client that asked (`Expect: 100-continue`) would be told
+/// to send a body only to have it refused.
+async fn refuse_declared_oversize(req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > MAX_BODY_BYTES as u64 => {
+            axum::response::IntoResponse::into_response(error::ApiError::too_large(format!(
+                "request body of {n} bytes is larger than the limit of {MAX_BODY_BYTES} bytes"
+            )))
+        }
+        _ => next.run(req).await,
+    }
 }
 
 /// Counts requests and their latency per matched route and status.

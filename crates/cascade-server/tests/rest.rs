@@ -935,3 +935,90 @@ async fn node_listener_and_gateway_process_serve_the_api() {
     })
     .await;
 }
+
+/// Sends `head` and then all of `body` over a blocking socket before reading anything, as
+/// Python's urllib and many other clients do, and returns what the server answered (or the
+/// I/O error that ended the exchange).
+fn send_all_then_read(addr: &str, head: &str, body: &[u8]) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.set_write_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)?;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// A chunked body of `n` bytes in 1 MiB chunks.
+fn chunked(n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n + n / 1000 + 16);
+    let chunk = vec![b'a'; 1 << 20];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(chunk.len());
+        out.extend_from_slice(format!("{k:x}\r\n").as_bytes());
+        out.extend_from_slice(&chunk[..k]);
+        out.extend_from_slice(b"\r\n");
+        left -= k;
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_gets_its_413_even_when_the_client_sends_it_all_first() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::start(dir.path());
+        let addr = node.http.clone().unwrap();
+        // 27 MB, over the 16 MiB limit: far more than socket buffers hold, so a server that
+        // closed without reading would reset the connection under the client's writes.
+        let size = 27_000_000;
+        let records = format!(
+            "{{\"records\":[{{\"value\":\"{}\"}}]}}",
+            "a".repeat(size - 30)
+        );
+        let with_length = format!(
+            "POST /topics/big HTTP/1.1\r\nhost: {addr}\r\ncontent-type: {JSON_V2}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            records.len()
+        );
+        let with_chunks = format!(
+            "POST /topics/big HTTP/1.1\r\nhost: {addr}\r\ncontent-type: {JSON_V2}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+        let cases = [
+            ("content-length", with_length, records.into_bytes()),
+            ("chunked", with_chunks, chunked(size)),
+        ];
+        for (what, head, body) in cases {
+            let a = addr.clone();
+            let answer = tokio::task::spawn_blocking(move || send_all_then_read(&a, &head, &body))
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{what}: the exchange failed: {e}"));
+            assert!(answer.starts_with("HTTP/1.1 413"), "{what}: {answer}");
+            let json = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+            let json: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{what}: {e}: {answer}"));
+            assert_eq!(json["error_code"], 413, "{what}");
+        }
+
+        // A client that asks first (Expect: 100-continue) gets the 413 without sending the body.
+        let a = addr.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            let head = format!(
+                "POST /topics/big HTTP/1.1\r\nhost: {a}\r\ncontent-type: {JSON_V2}\r\ncontent-length: {size}\r\nexpect: 100-continue\r\nconnection: close\r\n\r\n"
+            );
+            send_all_then_read(&a, &head, b"")
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+        // Nothing was written, and the node still serves.
+        let (status, _, body) = http(&addr, "GET", "/topics", &[], "").await;
+        assert_eq!((status, body.as_str()), (200, "[]"));
+    })
+    .await;
+}
