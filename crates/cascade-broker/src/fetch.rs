@@ -169,6 +169,11 @@ impl Broker {
             let mut total = 0usize;
             let mut watches = Vec::new();
             for (req, r) in &resolved {
+                // Subscribed before the read, so a move between the read and the wait below
+                // still wakes this poll, and only a move does.
+                if let Ok((part, _)) = r {
+                    watches.push(part.watch_high_watermark());
+                }
                 let fo = match r {
                     Err(e) => failed(req, e.clone()),
                     Ok((part, offset)) => {
@@ -187,9 +192,6 @@ impl Broker {
                     }
                 };
                 total += fo.batches.len();
-                if let Ok((part, _)) = r {
-                    watches.push(part.watch_high_watermark());
-                }
                 out.push(fo);
             }
             let has_error = out.iter().any(|f| f.error.is_some());

@@ -348,9 +348,13 @@ impl Partition {
         *self.hw.borrow()
     }
 
-    /// A receiver that changes whenever the high watermark moves.
+    /// A receiver that changes whenever the high watermark moves after this call: the current
+    /// value counts as seen. Subscribe before reading, then wait on `changed()`, and no move
+    /// between the read and the wait is missed. (A clone of a long-lived receiver would not
+    /// do: it inherits that receiver's last-seen version, so its `changed()` could return at
+    /// once forever and turn a long poll into a busy loop.)
     pub fn watch_high_watermark(&self) -> watch::Receiver<u64> {
-        self.hw.clone()
+        self.hw_tx.subscribe()
     }
 
     /// A receiver of the acknowledged end offset.

@@ -1,5 +1,5 @@
 //! Ordinary use of one real node through the Rust client: round trips, key partitioning,
-//! long-poll, live subscription, listing offsets, and persistence across a graceful restart.
+//! long-poll (and that a waiting one costs no CPU), live subscription, listing offsets, and persistence across a graceful restart.
 
 mod common;
 
@@ -167,6 +167,60 @@ async fn long_poll_and_subscribe_see_new_records() {
         .await
         .unwrap();
     assert_eq!((future[0].offset, future[0].found), (1, false));
+}
+
+/// CPU time (user + system) a process has used so far, from `/proc/PID/stat` (in clock
+/// ticks of 10 ms, Linux's fixed USER_HZ for /proc).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    // The fields after the parenthesised command name, from field 3 (state) on.
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..]
+        .split(' ')
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+#[tokio::test]
+async fn a_waiting_long_poll_uses_no_cpu() {
+    // A long poll at the end of a partition whose high watermark has moved since it was
+    // created once re-read the log in a loop until its deadline (a cloned watch receiver that
+    // never counted the current value as seen): every idle consumer, `cascade consume
+    // --follow` and every follower kept a core busy. Measured: the server's CPU time while
+    // three 700 ms long polls wait, against the wall time they take.
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let pid = node.child.as_ref().expect("running").id();
+    let client = node.client().await;
+    client
+        .create_topic("idle", 1, 1, BTreeMap::new())
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let record = cascade_client::proto::Record {
+            value: Some(Bytes::from(format!("event-{i}"))),
+            ..Default::default()
+        };
+        client
+            .produce_records("idle", Some(0), vec![record], Acks::All)
+            .await
+            .unwrap();
+    }
+    let (cpu_before, started) = (cpu_time(pid), Instant::now());
+    for _ in 0..3 {
+        let f = client
+            .fetch("idle", 0, 3, 1 << 20, Duration::from_millis(700))
+            .await
+            .unwrap();
+        assert!(f.batches.is_empty() && f.next_offset == 3, "{f:?}");
+    }
+    let (cpu, wall) = (cpu_time(pid) - cpu_before, started.elapsed());
+    // A busy loop costs about one core for the whole wait; sleeping costs next to nothing. A
+    // quarter of the wall time leaves room for the server's heartbeats and a loaded machine.
+    assert!(
+        cpu < wall / 4,
+        "the server used {cpu:?} of CPU during {wall:?} of long polls that found nothing"
+    );
 }
 
 // Multi-threaded so the client's connection keeps being served while `stop` blocks this
