@@ -31,7 +31,9 @@ pub struct ConsumeArgs {
     /// Stop after this many events.
     #[arg(long)]
     pub max_messages: Option<u64>,
-    /// Keep waiting for new events (without it, stop at the end of the log).
+    /// Keep waiting for new events (without it, stop at the end of the log). Ctrl-C (or
+    /// SIGTERM) stops: what was fetched is printed, a group member commits what it printed and
+    /// leaves its group, and the exit status is 0.
     #[arg(long)]
     pub follow: bool,
     /// Print the key before the value, separated by this string (text output).
@@ -87,6 +89,9 @@ pub async fn run(args: ConsumeArgs, common: &Common) -> Result<()> {
     if limit == 0 {
         return Ok(());
     }
+    // Checked between polls, never by cancelling one: a poll cut short could have moved a
+    // position past records it did not return, and the commit would skip them.
+    let mut stop = crate::stop_requested();
     // An unknown topic is an error in group mode too, where the member would otherwise just
     // get no partitions and print nothing.
     let desc = client.describe_topic(&args.topic).await?;
@@ -119,6 +124,7 @@ pub async fn run(args: ConsumeArgs, common: &Common) -> Result<()> {
             }
             out.flush()?;
             if seen >= limit
+                || *stop.borrow()
                 || (!args.follow && last_data.elapsed() >= Duration::from_millis(args.idle_ms))
             {
                 break;
@@ -210,11 +216,15 @@ pub async fn run(args: ConsumeArgs, common: &Common) -> Result<()> {
             }
         }
         out.flush()?;
-        if !args.follow && consumers.iter().all(|(c, end)| c.position() >= *end) {
+        if *stop.borrow() || !args.follow && consumers.iter().all(|(c, end)| c.position() >= *end) {
             return Ok(());
         }
         if !progressed {
-            tokio::time::sleep(Duration::from_millis(if args.follow { 100 } else { 10 })).await;
+            let idle = Duration::from_millis(if args.follow { 100 } else { 10 });
+            tokio::select! {
+                _ = tokio::time::sleep(idle) => {}
+                _ = stop.changed() => {}
+            }
         }
     }
 }

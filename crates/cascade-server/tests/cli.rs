@@ -464,6 +464,124 @@ fn group_describe(node: &Node, group: &str) -> Value {
     ))
 }
 
+/// Starts `cascade ARGS --brokers ...` with its output captured, for a command that runs until
+/// it is stopped.
+fn spawn_cli(node: &Node, args: &[&str]) -> std::process::Child {
+    Command::new(bin())
+        .args(args)
+        .args(["--brokers", node.grpc.as_str()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run cascade")
+}
+
+/// Reads lines of `child`'s stdout until `n` arrived (on a thread, so a stuck child fails the
+/// test instead of hanging it).
+fn read_lines(
+    child: &mut std::process::Child,
+    n: usize,
+) -> (Vec<String>, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let lines = (0..n)
+        .map(|_| {
+            rx.recv_timeout(Duration::from_secs(20))
+                .expect("an event line in time")
+        })
+        .collect();
+    (lines, rx)
+}
+
+/// Sends `signal` (e.g. "INT") to `child` and waits for its exit status.
+fn signal_and_wait(child: &mut std::process::Child, signal: &str) -> Option<i32> {
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args([&format!("-{signal}"), pid.as_str()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit after SIG{signal}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn ctrl_c_stops_a_following_consumer_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    ok(&node, &["topic", "create", "live", "-p", "2"], None);
+    let input: String = (0..10).map(|i| format!("event {i}\n")).collect();
+    ok(&node, &["produce", "live"], Some(&input));
+
+    // One partition, followed: Ctrl-C ends it with status 0 after what it printed.
+    let mut follow = spawn_cli(
+        &node,
+        &[
+            "consume",
+            "live",
+            "--from-beginning",
+            "--partition",
+            "0",
+            "--follow",
+        ],
+    );
+    let high = describe(&node, "live")["partitions"][0]["high_watermark"]
+        .as_u64()
+        .unwrap() as usize;
+    let (_, _rx) = read_lines(&mut follow, high);
+    assert_eq!(signal_and_wait(&mut follow, "INT"), Some(0));
+
+    // A group member, followed: Ctrl-C commits what it printed and leaves the group at once
+    // (no member left behind until its session times out).
+    let mut member = spawn_cli(
+        &node,
+        &[
+            "consume",
+            "live",
+            "--group",
+            "g",
+            "--from-beginning",
+            "--follow",
+        ],
+    );
+    let (printed, _rx) = read_lines(&mut member, 10);
+    assert_eq!(printed.len(), 10);
+    assert_eq!(signal_and_wait(&mut member, "INT"), Some(0));
+    let d = group_describe(&node, "g");
+    assert_eq!(d["members"], serde_json::json!([]), "{d}");
+    assert_eq!(d["total_lag"], 0, "{d}");
+
+    // SIGTERM (timeout, docker stop, Kubernetes) is handled the same way.
+    let mut member = spawn_cli(&node, &["consume", "live", "--group", "g2", "--follow"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(signal_and_wait(&mut member, "TERM"), Some(0));
+    assert_eq!(
+        group_describe(&node, "g2")["members"],
+        serde_json::json!([])
+    );
+}
+
 #[test]
 fn group_consume_commits_and_resets() {
     let dir = tempfile::tempdir().unwrap();
