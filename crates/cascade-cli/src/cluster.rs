@@ -6,10 +6,11 @@
 
 use crate::Common;
 use crate::output::{Format, format_table, json};
-use anyhow::Result;
+use anyhow::{Result, bail};
 use cascade_client::proto as pb;
 use clap::Subcommand;
 use serde_json::{Value, json};
+use std::time::{Duration, Instant};
 
 /// Cluster inspection.
 #[derive(Debug, Subcommand)]
@@ -22,20 +23,75 @@ pub enum ClusterCmd {
         /// Include internal topics (names starting with "__", e.g. committed offsets).
         #[arg(long)]
         internal: bool,
+        /// First wait until at least this many nodes are alive (retrying while no broker
+        /// answers yet), then show the status; fails after --wait-timeout-secs.
+        #[arg(long, value_name = "N")]
+        wait_for_nodes: Option<usize>,
+        /// How long --wait-for-nodes waits, in seconds.
+        #[arg(long, default_value_t = 60, requires = "wait_for_nodes")]
+        wait_timeout_secs: u64,
     },
 }
 
 /// Runs a cluster subcommand.
 pub async fn run(cmd: ClusterCmd, common: &Common) -> Result<()> {
-    let ClusterCmd::Status { internal } = cmd;
-    let client = common.connect().await?;
-    let c = client.describe_cluster().await?;
+    let ClusterCmd::Status {
+        internal,
+        wait_for_nodes,
+        wait_timeout_secs,
+    } = cmd;
+    let c = match wait_for_nodes {
+        None => common.connect().await?.describe_cluster().await?,
+        Some(n) => wait_for(common, n, Duration::from_secs(wait_timeout_secs)).await?,
+    };
     if common.output == Format::Json {
         json(&status_json(&c, internal));
     } else {
         print!("{}", status_text(&c, internal));
     }
     Ok(())
+}
+
+/// Polls the cluster until `nodes` of its brokers are alive, saying on stderr what it waits
+/// for every few seconds; the description once they are.
+async fn wait_for(
+    common: &Common,
+    nodes: usize,
+    timeout: Duration,
+) -> Result<pb::ClusterDescription> {
+    let started = Instant::now();
+    let mut said = started;
+    let mut client = None;
+    loop {
+        // Connecting is part of the wait: the nodes may still be starting.
+        if client.is_none() {
+            client = common.connect().await.ok();
+        }
+        let seen = match &client {
+            Some(c) => match c.describe_cluster().await {
+                Ok(d) => {
+                    let alive = d.brokers.iter().filter(|b| b.alive).count();
+                    if alive >= nodes {
+                        return Ok(d);
+                    }
+                    format!("{alive} alive")
+                }
+                Err(e) => format!("no answer yet: {e}"),
+            },
+            None => format!("no broker of {} answers yet", common.brokers),
+        };
+        if started.elapsed() >= timeout {
+            bail!(
+                "{nodes} live nodes not seen within {} s ({seen})",
+                timeout.as_secs()
+            );
+        }
+        if said.elapsed() >= Duration::from_secs(3) {
+            eprintln!("waiting for {nodes} live nodes ({seen})");
+            said = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Health of one partition.

@@ -760,6 +760,57 @@ fn cluster_status() {
 }
 
 #[test]
+fn cluster_status_waits_for_nodes_that_are_still_starting() {
+    // A port nothing listens on yet: the node starts on it after the command does.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let brokers = format!("127.0.0.1:{port}");
+    let waiting = Command::new(bin())
+        .args([
+            "cluster",
+            "status",
+            "--wait-for-nodes",
+            "1",
+            "--output",
+            "json",
+        ])
+        .args(["--brokers", brokers.as_str()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let dir = tempfile::tempdir().unwrap();
+    let _node = Node::start_on_port(dir.path(), port, &[]);
+    let out = waiting.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let status = json_one(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(status["brokers"][0]["alive"], true, "{status}");
+
+    // More nodes than the cluster has: a clear error once the wait runs out.
+    let (code, _, err) = common::cli(
+        &brokers,
+        &[
+            "cluster",
+            "status",
+            "--wait-for-nodes",
+            "2",
+            "--wait-timeout-secs",
+            "1",
+        ],
+        None,
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("2 live nodes not seen within 1 s (1 alive)"),
+        "{err}"
+    );
+}
+
+#[test]
 fn errors_exit_non_zero_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path());
