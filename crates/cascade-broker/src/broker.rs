@@ -685,7 +685,7 @@ impl Broker {
             }
         }
         tracing::info!("all partitions closed");
-        if let Err(e) = self.meta.raft().shutdown().await {
+        if let Err(e) = self.meta.shutdown().await {
             tracing::warn!(error = %e, "stopping the metadata Raft node");
         }
     }

@@ -22,6 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, watch};
+use tokio_util::sync::CancellationToken;
 
 /// One broker of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -367,6 +368,8 @@ pub struct Metadata {
     sm: StateMachine,
     /// Serializes local proposals so each is validated against the state its predecessors left.
     propose: Mutex<()>,
+    /// Cancelled by [`Metadata::shutdown`]: a proposal still waiting for a quorum gives up.
+    stopping: CancellationToken,
 }
 
 impl std::fmt::Debug for Metadata {
@@ -403,7 +406,17 @@ impl Metadata {
             raft,
             sm,
             propose: Mutex::new(()),
+            stopping: CancellationToken::new(),
         })
+    }
+
+    /// Stops the Raft node once no local proposal is waiting on it. A proposal that cannot
+    /// commit (the other voters are gone, as in a whole-cluster stop) is abandoned first:
+    /// stopping Raft under a waiting caller makes openraft log an error for an ordinary stop.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.stopping.cancel();
+        let _no_proposal = self.propose.lock().await;
+        self.raft.shutdown().await.map_err(raft_err)
     }
 
     /// True if this node already belongs to a cluster (it has Raft state).
@@ -547,9 +560,11 @@ impl Metadata {
         let _guard = self.propose.lock().await;
         let mut dry = (*self.snapshot()).clone();
         dry.apply(&cmd)?;
-        let r = tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(cmd))
-            .await
-            .map_err(|_| BrokerError::Timeout(PROPOSE_TIMEOUT.as_millis() as u64))?;
+        let write = tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(cmd));
+        let r = tokio::select! {
+            r = write => r.map_err(|_| BrokerError::Timeout(PROPOSE_TIMEOUT.as_millis() as u64))?,
+            _ = self.stopping.cancelled() => return Err(BrokerError::ShuttingDown),
+        };
         match r {
             Ok(resp) => match resp.data.error {
                 None => Ok(resp.data.version),

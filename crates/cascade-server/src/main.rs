@@ -75,7 +75,25 @@ enum Command {
 const SERVER_LOG: &str = "info,openraft=warn,openraft::replication=off,\
     openraft::engine::handler::replication_handler=off";
 
+/// openraft logs each failed RPC of an election or a leadership check to an unreachable peer
+/// at ERROR ("while requesting vote", "timeout", "timeout while confirming leadership"): with
+/// one node down, every election of the others wrote error lines, and a whole-cluster stop
+/// ended in them. A peer's reachability is already logged once per change by the broker's Raft
+/// transport (`raft::network`). These events are the raft_core errors whose fields are exactly
+/// `error` and `target` (the peer); openraft's other errors (storage, a stopped core) have
+/// other fields and are kept.
+fn is_peer_rpc_failure(meta: &tracing::Metadata<'_>) -> bool {
+    if meta.target() != "openraft::core::raft_core" || *meta.level() != tracing::Level::ERROR {
+        return false;
+    }
+    let mut fields: Vec<&str> = meta.fields().iter().map(|f| f.name()).collect();
+    fields.sort_unstable();
+    fields == ["error", "message", "target"]
+}
+
 fn init_tracing(json: bool, default: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_env("CASCADE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     // Colour only for a person at a terminal: in a file, `docker logs` or a log collector the
     // escape codes are noise. NO_COLOR (no-color.org) turns it off everywhere.
@@ -85,10 +103,11 @@ fn init_tracing(json: bool, default: &str) {
         .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
+    let quiet = tracing_subscriber::filter::filter_fn(|meta| !is_peer_rpc_failure(meta));
     if json {
-        builder.json().init();
+        builder.json().finish().with(quiet).init();
     } else {
-        builder.init();
+        builder.finish().with(quiet).init();
     }
 }
 
@@ -167,6 +186,49 @@ fn main() {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_openraft_peer_rpc_failures_are_dropped() {
+        use std::sync::{Arc, Mutex};
+        use tracing_subscriber::layer::SubscriberExt;
+        // Records the messages of the events that get through the filter.
+        #[derive(Clone, Default)]
+        struct Seen(Arc<Mutex<Vec<String>>>);
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Seen {
+            fn on_event(
+                &self,
+                e: &tracing::Event<'_>,
+                _: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                self.0
+                    .lock()
+                    .unwrap()
+                    .push(e.metadata().name().to_string() + " " + e.metadata().target());
+            }
+        }
+        let seen = Seen::default();
+        let quiet = tracing_subscriber::filter::filter_fn(|meta| !super::is_peer_rpc_failure(meta));
+        let subscriber = tracing_subscriber::registry()
+            .with(quiet)
+            .with(seen.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let peer = "3";
+            let err = "Unreachable node";
+            // openraft's shapes (core/raft_core.rs): dropped...
+            tracing::error!(target: "openraft::core::raft_core", error = %err, target = %peer, "while requesting vote");
+            tracing::error!(target: "openraft::core::raft_core", { error = %err, target = %peer }, "timeout");
+            // ...and kept: another raft_core error, a warning of the same shape, our own errors.
+            tracing::error!(target: "openraft::core::raft_core", error = %err, "quit RaftCore::main on error");
+            tracing::warn!(target: "openraft::core::raft_core", error = %err, target = %peer, "a warning");
+            tracing::error!(target: "cascade_broker::raft", error = %err, target = %peer, "ours");
+        });
+        assert_eq!(
+            seen.0.lock().unwrap().len(),
+            3,
+            "{:?}",
+            seen.0.lock().unwrap()
+        );
+    }
+
     #[test]
     fn the_default_server_log_filter_parses() {
         // EnvFilter::new would drop a malformed directive without a word.
