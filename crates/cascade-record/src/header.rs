@@ -212,6 +212,17 @@ pub fn set_leader_epoch(batch: &mut [u8], epoch: i32) {
     batch[12..16].copy_from_slice(&epoch.to_be_bytes());
 }
 
+/// Rewrites the idempotent-producer fields (producer id, epoch, base sequence) of the whole
+/// batch at the front of `batch` and recomputes its CRC, which covers them. A producer gives a
+/// batch its sequence when it sends it, and a new one if it must send it again under a new
+/// epoch; the records are not touched.
+pub fn set_producer(batch: &mut [u8], producer_id: i64, epoch: i16, base_sequence: i32) {
+    batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    batch[51..53].copy_from_slice(&epoch.to_be_bytes());
+    batch[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+    write_crc(batch);
+}
+
 /// Writes `attributes` and the header fields that follow and recomputes the CRC. Used by
 /// builders; the broker never needs it.
 pub(crate) fn write_crc(batch: &mut [u8]) {

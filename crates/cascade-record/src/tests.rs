@@ -64,6 +64,24 @@ fn base_offset_and_epoch_are_outside_the_crc() {
 }
 
 #[test]
+fn producer_fields_are_rewritten_with_a_fresh_crc() {
+    let mut bytes = sample();
+    let original = bytes.clone();
+    header::set_producer(&mut bytes, 42, 3, 1_000);
+    let batch = validate_batch(&bytes).expect("the CRC covers the new fields");
+    let h = batch.header();
+    assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (42, 3, 1_000));
+    // Records and the other fields are untouched.
+    assert_eq!(bytes[HEADER_LEN..], original[HEADER_LEN..]);
+    assert_eq!(bytes[..17], original[..17]);
+    assert_eq!(bytes[21..43], original[21..43]);
+    // Without the CRC update the rewrite would be caught as damage.
+    let mut stale = original.clone();
+    stale[43..51].copy_from_slice(&42i64.to_be_bytes());
+    assert!(validate_batch(&stale).is_err());
+}
+
+#[test]
 fn every_flipped_bit_in_the_crc_region_is_caught() {
     let bytes = sample();
     for i in header::CRC_START..bytes.len() {
