@@ -49,6 +49,10 @@ pub struct LogConfig {
     pub on_corruption: CorruptionPolicy,
     /// Offset of the first event of a log created empty.
     pub initial_offset: u64,
+    /// Forget an idempotent producer not seen for this long ([`crate::Log::expire_producers`]);
+    /// its next batch must then start at sequence 0. Kafka's `producer.id.expiration.ms`
+    /// (default one day). `None`: never.
+    pub producer_id_expiration: Option<Duration>,
 }
 
 /// Kafka's `log.segment.bytes` default.
@@ -65,6 +69,7 @@ impl Default for LogConfig {
             flush: FlushPolicy::Always,
             on_corruption: CorruptionPolicy::Fail,
             initial_offset: 0,
+            producer_id_expiration: Some(Duration::from_secs(24 * 3600)),
         }
     }
 }
@@ -90,6 +95,11 @@ impl LogConfig {
                 "flush interval must be > 0 (use Always for fsync on every append)".into(),
             ));
         }
+        if self.producer_id_expiration.is_some_and(|d| d.is_zero()) {
+            return Err(LogError::Config(
+                "producer_id_expiration must be > 0 (None never expires producers)".into(),
+            ));
+        }
         if self.initial_offset > i64::MAX as u64 / 2 {
             return Err(LogError::Config("initial_offset is too large".into()));
         }
@@ -97,7 +107,8 @@ impl LogConfig {
     }
 }
 
-/// Where the log reads wall-clock time (ms since the Unix epoch): segment age and retention.
+/// Where the log reads wall-clock time (ms since the Unix epoch): segment age, retention and
+/// producer expiry.
 pub trait Clock: Send + Sync + Debug {
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> i64;

@@ -1,9 +1,12 @@
 //! [`LogError`]: every way a log operation can fail, with the file and position involved.
 //!
 //! The variants are shaped for the caller's next move: `InvalidBatch` and `OffsetOutOfRange`
-//! are the client's fault and change nothing; `Io` on append left the log as it was (the torn
-//! bytes were cut off again); `Corrupt` names damage found on disk; `Poisoned` means an fsync
-//! failed and the log refuses writes until it is reopened (fail-stop).
+//! are the client's fault and change nothing; so are the idempotent-producer refusals
+//! (`OutOfOrderSequence`, `ProducerFenced`, `UnknownProducerId`, `InvalidProducerFields`,
+//! `MixedDuplicates`), which carry what a producer needs to react; `Io` on append left the log
+//! as it was (the torn bytes were cut off again); `Corrupt` names damage found on disk;
+//! `Poisoned` means an fsync failed and the log refuses writes until it is reopened
+//! (fail-stop).
 
 use std::io;
 use std::path::PathBuf;
@@ -82,6 +85,70 @@ pub enum LogError {
     /// A configuration value is out of range.
     #[error("invalid log configuration: {0}")]
     Config(String),
+    /// A batch of an idempotent producer does not continue the producer's sequence at its
+    /// epoch: a gap, an overlap, a retry too old to be recognised, or a new epoch not starting
+    /// at 0. Nothing was written.
+    #[error(
+        "out-of-order sequence from producer {producer_id} at epoch {epoch}: expected sequence \
+         {expected}, got {got}; nothing was written"
+    )]
+    OutOfOrderSequence {
+        /// The producer id of the batch.
+        producer_id: i64,
+        /// The producer epoch of the batch.
+        epoch: i16,
+        /// The sequence the partition expects next from this producer at this epoch.
+        expected: i32,
+        /// The batch's base sequence.
+        got: i32,
+    },
+    /// A batch carries an older epoch than the producer's current one: a newer instance of the
+    /// producer exists (a zombie). Nothing was written.
+    #[error(
+        "producer {producer_id} is fenced: epoch {epoch} is older than its current epoch \
+         {current}; nothing was written"
+    )]
+    ProducerFenced {
+        /// The producer id of the batch.
+        producer_id: i64,
+        /// The (old) epoch of the batch.
+        epoch: i16,
+        /// The producer's current epoch in this partition.
+        current: i16,
+    },
+    /// The partition has no state for this producer (never seen, expired, or lost with the data
+    /// that held it) and the batch does not start at sequence 0. Nothing was written.
+    #[error(
+        "unknown producer id {producer_id}: its batch starts at sequence {sequence}, but a \
+         producer this partition does not know must start at 0; nothing was written"
+    )]
+    UnknownProducerId {
+        /// The producer id of the batch.
+        producer_id: i64,
+        /// The batch's base sequence.
+        sequence: i32,
+    },
+    /// A batch's producer fields are inconsistent: a producer id below -1, or a producer id
+    /// ≥ 0 with a negative epoch or base sequence. Nothing was written.
+    #[error("invalid producer fields in the batch at byte {position} of the request: {reason}")]
+    InvalidProducerFields {
+        /// Byte position of the bad batch within the appended buffer.
+        position: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An append mixes exact retries of batches already in the log with new batches (or holds
+    /// retries out of order); it must be all new or all retries. Nothing was written.
+    #[error(
+        "append mixes retried and new producer batches (batch at byte {position} of the \
+         request: {reason}); nothing was written"
+    )]
+    MixedDuplicates {
+        /// Byte position, within the appended buffer, of the first batch that breaks the rule.
+        position: usize,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl LogError {

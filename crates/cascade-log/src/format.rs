@@ -12,7 +12,10 @@
 //!
 //! File names are the base offset in 20 decimal digits, so a directory listing sorts in offset
 //! order: `00000000000000001234.log`. The clean-shutdown marker `clean-shutdown` holds the
-//! active segment's end state (see [`CleanMarker`]).
+//! active segment's end state (see [`CleanMarker`]). Producer-state snapshots are named by the
+//! offset they cover the same way, `00000000000000001234.producers` (written through
+//! `00000000000000001234.producers.tmp`); their contents are
+//! [`crate::ProducerStates::encode`]'s.
 
 use std::path::{Path, PathBuf};
 
@@ -82,6 +85,33 @@ pub fn parse_segment_name(name: &str) -> Option<(u64, FileKind)> {
         return None;
     }
     Some((stem.parse().ok()?, kind))
+}
+
+/// Extension of producer-state snapshot files.
+pub const SNAPSHOT_EXTENSION: &str = "producers";
+
+/// Path of the producer-state snapshot covering the log below `offset`.
+pub fn snapshot_path(dir: &Path, offset: u64) -> PathBuf {
+    dir.join(format!("{offset:020}.{SNAPSHOT_EXTENSION}"))
+}
+
+/// Path a snapshot is written to before it is renamed into place.
+pub fn snapshot_tmp_path(dir: &Path, offset: u64) -> PathBuf {
+    dir.join(format!("{offset:020}.{SNAPSHOT_EXTENSION}.tmp"))
+}
+
+/// Parses a snapshot file name: its offset, and whether it is a leftover temporary file.
+pub fn parse_snapshot_name(name: &str) -> Option<(u64, bool)> {
+    let (stem, ext) = name.split_once('.')?;
+    let tmp = match ext.strip_prefix(SNAPSHOT_EXTENSION)? {
+        "" => false,
+        ".tmp" => true,
+        _ => return None,
+    };
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((stem.parse().ok()?, tmp))
 }
 
 /// The decoded header of a segment file.
@@ -192,6 +222,20 @@ mod tests {
         assert_eq!(parse_segment_name("1234.log"), None);
         assert_eq!(parse_segment_name("0000000000000000123x.log"), None);
         assert_eq!(parse_segment_name("00000000000000001234.log.tmp"), None);
+        let p = snapshot_path(Path::new("/x"), 1234);
+        assert_eq!(p, Path::new("/x/00000000000000001234.producers"));
+        let name = |p: PathBuf| p.file_name().unwrap().to_str().unwrap().to_owned();
+        assert_eq!(parse_snapshot_name(&name(p)), Some((1234, false)));
+        let t = snapshot_tmp_path(Path::new("/x"), 5);
+        assert_eq!(parse_snapshot_name(&name(t)), Some((5, true)));
+        assert_eq!(parse_snapshot_name("00000000000000001234.producersx"), None);
+        assert_eq!(
+            parse_snapshot_name("00000000000000001234.producers.old"),
+            None
+        );
+        assert_eq!(parse_snapshot_name("1234.producers"), None);
+        assert_eq!(parse_snapshot_name("00000000000000001234.log"), None);
+        assert_eq!(parse_segment_name("00000000000000001234.producers"), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //!   00000000000000000000.timeindex  file header + sparse (max timestamp, relative offset)
 //!   00000000000000052817.log        the next segment, named by its base offset
 //!   …
+//!   00000000000000052817.producers  idempotent-producer state as of offset 52817 (a snapshot)
 //!   clean-shutdown                  present only while the log is closed cleanly
 //! ```
 //!
@@ -28,6 +29,14 @@
 //!   tails are cut off by checksum, indexes rebuilt from the log. Damage to sealed data is
 //!   reported with file and position, never returned as data.
 //! - After a failed fsync the log refuses writes until reopened (fail-stop).
+//! - Idempotent producers (Kafka's, batches with a producer id ≥ 0): [`Log::append`] accepts a
+//!   producer's batches only in sequence, answers an exact retry of one of its last
+//!   [`KEPT_BATCHES`] batches with the original offsets without writing it again
+//!   ([`AppendInfo::duplicate`]), refuses gaps and fences old epochs. The state
+//!   ([`ProducerStates`], [`Log::producer_states`]) is a function of the log's batches:
+//!   followers ([`Log::append_replicated`]) build the same one, and it is rebuilt from a
+//!   snapshot file plus the batch headers after it on open and after truncation, so it survives
+//!   restarts, crashes and truncations. Idle producers expire ([`Log::expire_producers`]).
 //!
 //! The crate has no networking and no async runtime: callers decide threads and runtimes. All
 //! file IO goes through [`fs::FileSystem`], so tests inject faults and power loss with
@@ -40,10 +49,12 @@ pub mod format;
 pub mod fs;
 pub mod index;
 mod log;
+mod producers;
 mod reader;
 mod recovery;
 mod segment;
 mod shared;
+mod snapshots;
 
 pub use cascade_record as record;
 pub use config::{
@@ -52,6 +63,9 @@ pub use config::{
 };
 pub use error::{LogError, Result};
 pub use log::{AppendInfo, Log, RetentionOutcome};
+pub use producers::{
+    BatchMeta, KEPT_BATCHES, ProducerEntry, ProducerStates, SeqCheck, last_sequence, next_sequence,
+};
 pub use reader::{Fetched, LogReader};
 pub use shared::SharedLog;
 

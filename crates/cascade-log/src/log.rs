@@ -11,15 +11,26 @@
 //! calls [`Log::flush_if_due`] (or [`Log::sync`]) after a group of appends and acknowledges them
 //! only then, so one fsync covers the whole group; [`crate::SharedLog`] does this for threads.
 //! A failed fsync poisons the log: every later write fails with [`LogError::Poisoned`].
+//!
+//! Idempotent producers: the writer owns the partition's [`ProducerStates`]. `append` checks
+//! every producer batch against it before writing anything (in sequence, exact retry of a kept
+//! batch, or refused) and records the written batches; `append_replicated` records without
+//! checking, so followers hold the same state as their leader. The state is saved in snapshot
+//! files at every roll and at close, and rebuilt (newest usable snapshot, then the batch
+//! headers after it) on open and after a truncation; see [`crate::snapshots`] for why that is
+//! always the state of the log as it is.
 
 use crate::config::{Clock, FlushPolicy, LogConfig};
 use crate::error::{LogError, Result};
 use crate::format::{CLEAN_MARKER, CleanMarker, FILE_HEADER_LEN};
 use crate::fs::{File, FileSystem};
 use crate::index::{Position, TimeIndexEntry};
+use crate::producers::{Overlay, ProducerStates, SeqCheck, last_sequence};
 use crate::reader::LogReader;
 use crate::segment::{Segment, SegmentEnd};
+use crate::snapshots::{self, invalid_producer_fields, is_producer_batch};
 use cascade_record::{BatchHeader, header::set_base_offset, validate_batch};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -65,14 +76,17 @@ impl Shared {
 /// Where an append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendInfo {
-    /// Offset of the first record appended.
+    /// Offset of the first record appended (of a duplicate: of the original batch).
     pub base_offset: u64,
-    /// Offset of the last record appended.
+    /// Offset of the last record appended (of a duplicate: of the original batch).
     pub last_offset: u64,
-    /// Number of records appended.
+    /// Number of records appended (of a duplicate: in the original batches).
     pub record_count: u64,
-    /// Bytes appended.
+    /// Bytes appended (0 for a duplicate).
     pub bytes: u64,
+    /// True when every batch was an exact retry of a producer batch already in the log:
+    /// nothing was written, and the offsets are those the originals were written at.
+    pub duplicate: bool,
 }
 
 /// What a retention pass deleted.
@@ -133,6 +147,10 @@ pub struct Log {
     /// Reused buffer for index entries, so appends allocate nothing in steady state.
     pub(crate) scratch: Vec<u8>,
     pub(crate) last_sync: Instant,
+    /// The idempotent producers' state as of the log end.
+    pub(crate) producers: ProducerStates,
+    /// Offsets of the producer snapshots in the directory.
+    pub(crate) snapshots: BTreeSet<u64>,
 }
 
 impl Log {
@@ -204,16 +222,53 @@ impl Log {
         p.get_or_insert(reason);
     }
 
+    /// The idempotent producers' state as of the log end.
+    pub fn producer_states(&self) -> &ProducerStates {
+        &self.producers
+    }
+
+    /// Forgets the producers not seen for longer than [`LogConfig::producer_id_expiration`]
+    /// (by this log's clock); returns how many. The owner calls it periodically. Expiry is not
+    /// replicated: each replica applies it by its own clock, and a rebuild after a crash may
+    /// bring back a producer seen in the replayed part of the log for one more period.
+    pub fn expire_producers(&mut self) -> usize {
+        let Some(idle) = self.config.producer_id_expiration else {
+            return 0;
+        };
+        let idle_ms = i64::try_from(idle.as_millis()).unwrap_or(i64::MAX);
+        let n = self.producers.expire(self.clock.now_ms(), idle_ms);
+        if n > 0 {
+            tracing::debug!(dir = %self.shared.dir.display(), expired = n,
+                producers = self.producers.len(), "expired idle producers");
+        }
+        n
+    }
+
     /// Appends one or more batches laid end to end in `batches`, assigning their offsets.
     ///
-    /// Every batch is validated first (CRC, record framing); if any is invalid nothing is
-    /// written. The base offset field of each batch in `batches` is overwritten with its
-    /// assigned offset; nothing else in the caller's bytes changes (the CRC does not cover the
-    /// offset). The data is visible to readers when this returns, and durable once
-    /// [`Log::durable_offset`] passes it.
+    /// Every batch is validated first (CRC, record framing, producer fields); if any is invalid
+    /// nothing is written. Then every batch of an idempotent producer (producer id ≥ 0) is
+    /// checked in order against the producer state ([`ProducerStates::check`]; several batches
+    /// of one producer must each follow the previous one): any refusal
+    /// ([`LogError::OutOfOrderSequence`], [`LogError::ProducerFenced`],
+    /// [`LogError::UnknownProducerId`]) writes nothing. If every batch is an exact retry of a
+    /// batch already in the log, nothing is written and the answer is the originals' offsets
+    /// with [`AppendInfo::duplicate`] set; retries mixed with new batches are refused
+    /// ([`LogError::MixedDuplicates`]).
+    ///
+    /// The base offset field of each batch in `batches` is overwritten with its assigned
+    /// offset; nothing else in the caller's bytes changes (the CRC does not cover the offset).
+    /// The data is visible to readers when this returns, and durable once
+    /// [`Log::durable_offset`] passes it (for a duplicate: once it passes `last_offset`, as for
+    /// the original).
     pub fn append(&mut self, batches: &mut [u8]) -> Result<AppendInfo> {
         self.check_poisoned()?;
-        let (count, max_ts) = validate_all(batches)?;
+        let v = validate_all(batches, true)?;
+        if v.producers
+            && let Some(dup) = self.check_producers(batches)?
+        {
+            return Ok(dup);
+        }
         self.prepare_room(batches.len() as u64)?;
         let mut next = self.active.next_offset;
         let mut at = 0;
@@ -223,14 +278,124 @@ impl Log {
             next += h.record_count as u64;
             at += h.total_len();
         }
-        self.write(batches, count, max_ts)
+        let info = self.write(batches, v.count, v.max_ts)?;
+        if v.producers {
+            self.record_producers(batches);
+        }
+        Ok(info)
+    }
+
+    /// Checks the producer batches of an append in order without changing the state; `Some`
+    /// when the whole append is a retry, with the originals' offsets.
+    fn check_producers(&self, batches: &[u8]) -> Result<Option<AppendInfo>> {
+        let now = self.clock.now_ms();
+        let mut overlay = Overlay::new(&self.producers);
+        let mut next = self.active.next_offset;
+        // (first offset, last offset, records) of the retries so far.
+        let mut dups: Option<(u64, u64, u64)> = None;
+        let mut any_new = false;
+        let mut at = 0;
+        while at < batches.len() {
+            let h = BatchHeader::parse(&batches[at..]).expect("validated above");
+            let n = h.record_count as u64;
+            let verdict = if h.producer_id >= 0 {
+                overlay.check(
+                    h.producer_id,
+                    h.producer_epoch,
+                    h.base_sequence,
+                    h.record_count,
+                )?
+            } else {
+                SeqCheck::Append
+            };
+            match verdict {
+                SeqCheck::Append => {
+                    if dups.is_some() {
+                        return Err(LogError::MixedDuplicates {
+                            position: at,
+                            reason: "a new batch after a retry of a batch already in the log"
+                                .into(),
+                        });
+                    }
+                    if h.producer_id >= 0 {
+                        overlay.record(
+                            h.producer_id,
+                            h.producer_epoch,
+                            h.base_sequence,
+                            last_sequence(h.base_sequence, h.record_count),
+                            next,
+                            next + n - 1,
+                            now,
+                        );
+                    }
+                    any_new = true;
+                    next += n;
+                }
+                SeqCheck::Duplicate(m) => {
+                    if any_new {
+                        return Err(LogError::MixedDuplicates {
+                            position: at,
+                            reason: format!(
+                                "a retry of the batch at offsets {}..={} after new batches",
+                                m.first_offset, m.last_offset
+                            ),
+                        });
+                    }
+                    dups = Some(match dups {
+                        None => (m.first_offset, m.last_offset, m.record_count()),
+                        Some((first, last, count)) if m.first_offset > last => {
+                            (first, m.last_offset, count + m.record_count())
+                        }
+                        Some((_, last, _)) => {
+                            return Err(LogError::MixedDuplicates {
+                                position: at,
+                                reason: format!(
+                                    "retries out of order: the batch at offsets {}..={} \
+                                     after one ending at {last}",
+                                    m.first_offset, m.last_offset
+                                ),
+                            });
+                        }
+                    });
+                }
+            }
+            at += h.total_len();
+        }
+        Ok(dups.map(|(first, last, count)| {
+            tracing::debug!(dir = %self.shared.dir.display(), first, last,
+                "duplicate producer batches answered with their original offsets");
+            AppendInfo {
+                base_offset: first,
+                last_offset: last,
+                record_count: count,
+                bytes: 0,
+                duplicate: true,
+            }
+        }))
+    }
+
+    /// Records the producer batches of `batches`, which are in the log with their offsets.
+    fn record_producers(&mut self, batches: &[u8]) {
+        let now = self.clock.now_ms();
+        let mut at = 0;
+        while at < batches.len() {
+            let h = BatchHeader::parse(&batches[at..]).expect("validated above");
+            snapshots::record_batch(&mut self.producers, &h, now);
+            at += h.total_len();
+        }
     }
 
     /// Appends batches that already carry their offsets, as a follower copies a leader's log.
-    /// The first batch must start at the log end and offsets must run on densely.
+    /// The first batch must start at the log end and offsets must run on densely. Producer
+    /// batches are not checked (the leader did) but recorded, so the follower's producer state
+    /// follows the leader's.
     pub fn append_replicated(&mut self, batches: &[u8]) -> Result<AppendInfo> {
         self.check_poisoned()?;
-        let (count, max_ts) = validate_all(batches)?;
+        let ValidBatches {
+            count,
+            max_ts,
+            producers,
+        } = validate_all(batches, false)?;
         let mut expected = self.active.next_offset;
         let mut at = 0;
         while at < batches.len() {
@@ -245,7 +410,11 @@ impl Log {
             at += h.total_len();
         }
         self.prepare_room(batches.len() as u64)?;
-        self.write(batches, count, max_ts)
+        let info = self.write(batches, count, max_ts)?;
+        if producers {
+            self.record_producers(batches);
+        }
+        Ok(info)
     }
 
     /// Rolls first if the append would overflow the segment or the segment is too old.
@@ -341,6 +510,7 @@ impl Log {
             last_offset: a.next_offset - 1,
             record_count: count,
             bytes: batches.len() as u64,
+            duplicate: false,
         })
     }
 
@@ -422,9 +592,10 @@ impl Log {
         }
     }
 
-    /// Seals the active segment and starts a new one at the log end. Does nothing while the
-    /// active segment is empty: it already starts at the log end, and a new segment there would
-    /// share its base offset and so its files.
+    /// Seals the active segment and starts a new one at the log end, then saves the producer
+    /// state as the snapshot at the new base. Does nothing while the active segment is empty:
+    /// it already starts at the log end, and a new segment there would share its base offset
+    /// and so its files.
     pub fn roll(&mut self) -> Result<()> {
         self.check_poisoned()?;
         if self.active.is_empty() {
@@ -471,7 +642,23 @@ impl Log {
         self.shared.replace_segments(segs);
         self.active = Active::new(fresh)?;
         tracing::debug!(dir = %self.shared.dir.display(), base = next, "rolled segment");
+        self.save_snapshot(next);
         Ok(())
+    }
+
+    /// Saves the producer state as the snapshot at `offset` (the log end), keeping the three
+    /// newest. Best effort: a snapshot only speeds up rebuilding the state, so a failure is
+    /// logged and the old snapshots stay.
+    fn save_snapshot(&mut self, offset: u64) {
+        debug_assert_eq!(offset, self.active.next_offset);
+        let dir = &self.shared.dir;
+        if let Err(e) = snapshots::write(&*self.fs, dir, offset, &self.producers) {
+            tracing::warn!(dir = %dir.display(), offset, error = %e,
+                "producer snapshot not written; the state will be rebuilt from the log");
+            return;
+        }
+        self.snapshots.insert(offset);
+        snapshots::prune(&*self.fs, dir, &mut self.snapshots);
     }
 
     pub(crate) fn sync_dir(&self) -> Result<()> {
@@ -481,7 +668,9 @@ impl Log {
     }
 
     /// Deletes whole sealed segments past the retention age or beyond the retention size,
-    /// oldest first. The active segment is never deleted.
+    /// oldest first. The active segment is never deleted. Producer snapshots below the new
+    /// start are deleted too, but the newest of them; the producer state is kept (producers
+    /// are forgotten by expiry, not by retention).
     pub fn apply_retention(&mut self) -> Result<RetentionOutcome> {
         self.check_poisoned()?;
         let segs = self.shared.segments();
@@ -515,6 +704,17 @@ impl Log {
         self.shared.replace_segments(segs[delete..].to_vec());
         self.delete_segment_files(&segs[..delete])?;
         let start = self.start_offset();
+        // Snapshots below the new start are of no use but the newest of them, which is still
+        // a valid base to replay from (usually it is exactly at the start).
+        let below: Vec<u64> = self.snapshots.range(..start).copied().collect();
+        for &old in below.iter().rev().skip(1) {
+            match snapshots::remove(&*self.fs, &self.shared.dir, old) {
+                Ok(()) => {
+                    self.snapshots.remove(&old);
+                }
+                Err(e) => tracing::warn!(error = %e, "old producer snapshot not removed"),
+            }
+        }
         tracing::info!(dir = %self.shared.dir.display(), segments = delete, bytes = bytes_deleted,
             start_offset = start, "retention deleted segments");
         Ok(RetentionOutcome {
@@ -544,7 +744,9 @@ impl Log {
     /// The log is cut at a batch boundary: the batch holding `offset` goes entirely, so the
     /// new end may be below `offset`; the new end is returned. Truncating at or past the end
     /// does nothing. An offset below the log start is an error (use
-    /// [`Log::truncate_fully`]).
+    /// [`Log::truncate_fully`]). Producer snapshots above the new end are deleted and the
+    /// producer state is rebuilt as of the new end, so a producer's retry of a batch that was
+    /// cut off is appended again rather than answered as a duplicate.
     pub fn truncate_to(&mut self, offset: u64) -> Result<u64> {
         self.check_poisoned()?;
         let end = self.end_offset();
@@ -588,7 +790,9 @@ impl Log {
             .fetch_min(new_end.next_offset, Ordering::SeqCst);
         self.shared.replace_segments(segs[..=idx].to_vec());
         self.shared.generation.fetch_add(1, Ordering::SeqCst);
-        let result = self.finish_truncate(&seg, new_end, &segs[idx + 1..]);
+        let result = self
+            .finish_truncate(&seg, new_end, &segs[idx + 1..])
+            .and_then(|()| self.rebuild_producers());
         if let Err(e) = &result {
             self.poison(format!("truncation failed half-way: {e}"));
         }
@@ -604,6 +808,14 @@ impl Log {
         new_end: SegmentEnd,
         dropped: &[Arc<Segment>],
     ) -> Result<()> {
+        // Snapshots above the new end describe the removed suffix: they go first, durably
+        // (the directory syncs below), before the log can be appended to again.
+        snapshots::remove_above(
+            &*self.fs,
+            &self.shared.dir,
+            &mut self.snapshots,
+            new_end.next_offset,
+        )?;
         self.delete_segment_files(dropped)?;
         seg.truncate_files(new_end)?;
         seg.set_sealed(false);
@@ -634,14 +846,38 @@ impl Log {
         Ok(())
     }
 
+    /// Rebuilds the producer state as of the log end from the newest usable snapshot at or
+    /// below it and the log after it.
+    fn rebuild_producers(&mut self) -> Result<()> {
+        let segs = self.shared.segments();
+        self.producers = snapshots::rebuild(
+            &*self.fs,
+            &self.shared.dir,
+            &segs,
+            &mut self.snapshots,
+            self.clock.now_ms(),
+        )
+        .map_err(|e| e.into_log_error(&segs))?;
+        Ok(())
+    }
+
     /// Deletes everything and restarts the log empty at `start`, as a follower does when the
-    /// leader's log no longer holds anything the follower has.
+    /// leader's log no longer holds anything the follower has. The producer state is cleared
+    /// and every producer snapshot deleted (first, durably).
     ///
     /// Not atomic across a crash: a crash half-way can leave the old segments beside the new
     /// one (opening then reports the gap) or none (the log reopens empty at
     /// `initial_offset`). Its caller, replication, must re-run it after a restart.
     pub fn truncate_fully(&mut self, start: u64) -> Result<()> {
         self.check_poisoned()?;
+        // Every snapshot describes data about to go: remove them durably first, so none can
+        // outlive a crash half-way.
+        self.producers.clear();
+        while let Some(&offset) = self.snapshots.first() {
+            snapshots::remove(&*self.fs, &self.shared.dir, offset)?;
+            self.snapshots.remove(&offset);
+        }
+        self.sync_dir()?;
         let segs = self.shared.segments();
         self.shared.generation.fetch_add(1, Ordering::SeqCst);
         // A segment already based at `start` is unlinked, not rewritten in place: readers still
@@ -693,13 +929,15 @@ impl Log {
         find_damage_in(&segs[from..], self.config.index_interval_bytes)
     }
 
-    /// Flushes everything and writes the clean-shutdown marker, so the next open need not
-    /// rescan the active segment. Dropping a `Log` without closing it is a crash, as far as the
+    /// Flushes everything, saves the producer state as the snapshot at the end, and writes the
+    /// clean-shutdown marker, so the next open need not rescan the active segment nor replay
+    /// any batch header. Dropping a `Log` without closing it is a crash, as far as the
     /// next open can tell: always safe, only slower to reopen.
-    pub fn close(self) -> Result<()> {
+    pub fn close(mut self) -> Result<()> {
         self.check_poisoned()?;
+        self.active.seg.sync_all()?;
+        self.save_snapshot(self.active.next_offset);
         let seg = &self.active.seg;
-        seg.sync_all()?;
         let marker = CleanMarker {
             active_base: seg.base,
             next_offset: self.active.next_offset,
@@ -719,8 +957,18 @@ impl Log {
     }
 }
 
-/// Validates every batch in `buf`, returning the record count and the largest timestamp.
-fn validate_all(buf: &[u8]) -> Result<(u64, i64)> {
+/// What [`validate_all`] found.
+struct ValidBatches {
+    /// Records in all batches.
+    count: u64,
+    /// The largest timestamp.
+    max_ts: i64,
+    /// True when some batch belongs to an idempotent producer.
+    producers: bool,
+}
+
+/// Validates every batch in `buf` (and, with `producer_fields`, their producer fields).
+fn validate_all(buf: &[u8], producer_fields: bool) -> Result<ValidBatches> {
     if buf.is_empty() {
         return Err(LogError::InvalidBatch {
             position: 0,
@@ -728,18 +976,29 @@ fn validate_all(buf: &[u8]) -> Result<(u64, i64)> {
         });
     }
     let mut at = 0;
-    let mut count = 0u64;
-    let mut max_ts = i64::MIN;
+    let mut v = ValidBatches {
+        count: 0,
+        max_ts: i64::MIN,
+        producers: false,
+    };
     while at < buf.len() {
         let b = validate_batch(&buf[at..]).map_err(|source| LogError::InvalidBatch {
             position: at,
             source,
         })?;
-        count += b.header().record_count as u64;
-        max_ts = max_ts.max(b.header().max_timestamp);
+        let h = b.header();
+        if producer_fields && let Some(reason) = invalid_producer_fields(h) {
+            return Err(LogError::InvalidProducerFields {
+                position: at,
+                reason,
+            });
+        }
+        v.count += h.record_count as u64;
+        v.max_ts = v.max_ts.max(h.max_timestamp);
+        v.producers |= is_producer_batch(h);
         at += b.bytes().len();
     }
-    Ok((count, max_ts))
+    Ok(v)
 }
 
 /// Checks `segs` in order (see [`Log::find_damage`]): the first damage, with the offset where

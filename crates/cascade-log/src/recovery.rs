@@ -11,17 +11,25 @@
 //!   acknowledged under `flush=always`, because an append is acknowledged only after fsync.
 //! - The marker is removed before the log accepts writes, so a crash after opening is always
 //!   recovered as a crash.
+//! - The idempotent producers' state is then rebuilt as of the recovered end: snapshots above
+//!   the end (left by a crash that cut the tail) are deleted, the newest snapshot at or below
+//!   the end that decodes is loaded (damaged ones are ignored with a warning and deleted), and
+//!   the batch headers after it are replayed. Headers that do not chain are damage, handled
+//!   as damage to a sealed segment: reported, or under [`CorruptionPolicy::Truncate`] cut off.
 
 use crate::config::{Clock, CorruptionPolicy, LogConfig, SystemClock};
 use crate::error::{LogError, Result};
 use crate::format::{
     CLEAN_MARKER, CleanMarker, FILE_HEADER_LEN, FileKind, MARKER_LEN, parse_segment_name,
+    parse_snapshot_name,
 };
 use crate::fs::{FileSystem, StdFs};
 use crate::index::{Position, TimeIndexEntry};
 use crate::log::{Active, Log, Shared};
+use crate::producers::ProducerStates;
 use crate::segment::{Segment, SegmentEnd};
-use std::collections::BTreeMap;
+use crate::snapshots::{self, ReplayError};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
@@ -46,14 +54,28 @@ impl Log {
         fs.create_dir_all(&dir)
             .map_err(|e| LogError::io("create directory", &dir, e))?;
         let marker = take_marker(&*fs, &dir)?;
-        let bases = list_segments(&*fs, &dir)?;
+        let (bases, mut snapshots) = list_segments(&*fs, &dir)?;
         let mut segs: Vec<Arc<Segment>> = Vec::new();
         if bases.is_empty() {
+            // A new log: snapshots left without any segment describe no data here.
+            while let Some(offset) = snapshots.pop_first() {
+                snapshots::remove(&*fs, &dir, offset)?;
+            }
             let seg = Segment::create(&*fs, &dir, config.initial_offset, clock.now_ms())?;
             segs.push(Arc::new(seg));
         } else {
             open_segments(&*fs, &dir, &config, &bases, marker, &mut segs)?;
         }
+        let producers = load_producers(
+            &*fs,
+            &dir,
+            &config,
+            &mut segs,
+            &mut snapshots,
+            clock.now_ms(),
+        )?;
+        snapshots::prune(&*fs, &dir, &mut snapshots);
+        // Also makes the removal of snapshots above the end durable before any write.
         fs.sync_dir(&dir)
             .map_err(|e| LogError::io("fsync directory", &dir, e))?;
         let active_seg = segs.last().expect("at least one segment").clone();
@@ -79,6 +101,8 @@ impl Log {
             shared,
             scratch: Vec::new(),
             last_sync: Instant::now(),
+            producers,
+            snapshots,
         };
         tracing::debug!(dir = %log.dir().display(), segments = count, start = log.start_offset(),
             end, elapsed_ms = started.elapsed().as_millis() as u64, "opened log");
@@ -110,9 +134,11 @@ fn take_marker(fs: &dyn FileSystem, dir: &Path) -> Result<Option<CleanMarker>> {
     Ok(marker)
 }
 
-/// Lists segment base offsets that have a `.log`, deleting orphan index files.
-fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<u64>> {
+/// Lists segment base offsets that have a `.log`, deleting orphan index files, and the
+/// offsets of the producer snapshots, deleting temporary files a crash left behind.
+fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<(Vec<u64>, BTreeSet<u64>)> {
     let mut found: BTreeMap<u64, Vec<(FileKind, PathBuf)>> = BTreeMap::new();
+    let mut snapshots = BTreeSet::new();
     for path in fs.read_dir(dir).map_err(|e| LogError::io("list", dir, e))? {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
@@ -120,9 +146,19 @@ fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<u64>> {
         match parse_segment_name(name) {
             Some((base, kind)) => found.entry(base).or_default().push((kind, path)),
             None if name == CLEAN_MARKER => {}
-            None => {
-                tracing::warn!(path = %path.display(), "ignoring unknown file in log directory")
-            }
+            None => match parse_snapshot_name(name) {
+                Some((offset, false)) => {
+                    snapshots.insert(offset);
+                }
+                Some((_, true)) => {
+                    tracing::info!(path = %path.display(), "removing an unfinished producer snapshot");
+                    fs.remove_file(&path)
+                        .map_err(|e| LogError::io("remove", &path, e))?;
+                }
+                None => {
+                    tracing::warn!(path = %path.display(), "ignoring unknown file in log directory")
+                }
+            },
         }
     }
     let mut bases = Vec::new();
@@ -137,7 +173,65 @@ fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<u64>> {
             }
         }
     }
-    Ok(bases)
+    Ok((bases, snapshots))
+}
+
+/// Rebuilds the producer state as of the end of the opened segments (see the module docs).
+/// Snapshots above the end are deleted first; the caller syncs the directory.
+fn load_producers(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    config: &LogConfig,
+    segs: &mut Vec<Arc<Segment>>,
+    snapshots: &mut BTreeSet<u64>,
+    now_ms: i64,
+) -> Result<ProducerStates> {
+    // Each round either succeeds or cuts the log shorter, so this ends.
+    loop {
+        let end = segs.last().expect("at least one segment").end().next_offset;
+        snapshots::remove_above(fs, dir, snapshots, end)?;
+        let (seg, pos, reason) = match snapshots::rebuild(fs, dir, segs, snapshots, now_ms) {
+            Ok(states) => return Ok(states),
+            Err(ReplayError::Io(e)) => return Err(e),
+            Err(ReplayError::Damage { seg, pos, reason }) => (seg, pos, reason),
+        };
+        let path = segs[seg].log_path.clone();
+        if config.on_corruption == CorruptionPolicy::Fail {
+            return Err(LogError::corrupt(&path, pos, reason));
+        }
+        tracing::error!(segment = %path.display(), position = pos, %reason,
+            "damaged batch headers found while rebuilding producer state: truncating the log here");
+        if !cut_at_damage(fs, dir, config, segs, seg)? {
+            return Err(LogError::corrupt(&path, pos, reason));
+        }
+    }
+}
+
+/// Rescans segment `i` fully and, if it is damaged, cuts the log before the damage: the segment
+/// becomes the active one and every later segment is deleted. Returns false when the scan
+/// finds nothing to cut.
+fn cut_at_damage(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    config: &LogConfig,
+    segs: &mut Vec<Arc<Segment>>,
+    i: usize,
+) -> Result<bool> {
+    let seg = segs[i].clone();
+    let expected = seg.end();
+    let out = seg.rebuild(config.index_interval_bytes)?;
+    if out.damage.is_none() && out.end == expected {
+        return Ok(false);
+    }
+    seg.truncate_files(out.end)?;
+    seg.sync_all()?;
+    seg.set_sealed(false);
+    for later in segs.drain(i + 1..) {
+        for p in crate::segment_paths(dir, later.base) {
+            let _ = fs.remove_file(&p);
+        }
+    }
+    Ok(true)
 }
 
 fn open_segments(

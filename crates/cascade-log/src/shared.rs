@@ -46,7 +46,9 @@ impl SharedLog {
     }
 
     /// Appends batches (see [`Log::append`]) and returns once they are as durable as the flush
-    /// policy promises: fsynced under `Always`.
+    /// policy promises: fsynced under `Always`. A duplicate (an idempotent producer's retry of
+    /// batches already in the log) writes nothing but waits the same way for the originals,
+    /// which another thread may have appended and not yet seen fsynced.
     pub fn append(&self, batches: &mut [u8]) -> Result<AppendInfo> {
         let info = {
             let mut log = lock(&self.log);
@@ -89,6 +91,11 @@ impl SharedLog {
         let r = file.sync_data();
         lock(&self.log).complete_sync(end, generation, r, &path)?;
         Ok(())
+    }
+
+    /// Forgets idle producers (see [`Log::expire_producers`]); returns how many.
+    pub fn expire_producers(&self) -> usize {
+        lock(&self.log).expire_producers()
     }
 
     /// Runs `f` with the log locked, for operations other than append (retention, roll,

@@ -12,10 +12,12 @@
 
 mod common;
 
-use cascade_log::format::{CLEAN_MARKER, FILE_HEADER_LEN, FileKind, parse_segment_name};
+use cascade_log::format::{
+    CLEAN_MARKER, FILE_HEADER_LEN, FileKind, parse_segment_name, parse_snapshot_name,
+};
 use cascade_log::fs::{FileSystem, MemFs};
 use cascade_log::record::{BatchBuilder, BatchHeader, Batches, HEADER_LEN, Record};
-use cascade_log::{Clock, Fetched, Log, LogConfig, LogError, ManualClock};
+use cascade_log::{Clock, Fetched, Log, LogConfig, LogError, ManualClock, ProducerStates};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use std::collections::{BTreeMap, BTreeSet};
@@ -357,6 +359,10 @@ impl Harness {
         assert_eq!(info.last_offset, end + total - 1);
         assert_eq!(info.record_count, total);
         assert_eq!(info.bytes, len);
+        assert!(
+            !info.duplicate,
+            "batches without a producer are never duplicates"
+        );
         // The caller's bytes now carry the assigned base offsets.
         let mut base = end;
         let mut at = 0usize;
@@ -512,8 +518,23 @@ impl Harness {
     fn segments(&self) -> Vec<SegInfo> {
         let dir = Path::new(DIR);
         let mut files: BTreeMap<u64, BTreeSet<&'static str>> = BTreeMap::new();
+        let mut snapshots = Vec::new();
         for p in self.fs.read_dir(dir).expect("list") {
             let name = p.file_name().unwrap().to_str().unwrap();
+            if let Some((offset, tmp)) = parse_snapshot_name(name) {
+                assert!(
+                    !tmp,
+                    "a temporary snapshot {name} left in an open log's directory"
+                );
+                // Written atomically: a snapshot file is always whole, and names its offset.
+                let bytes = self.fs.read_file(&p).unwrap();
+                let (covers, states) = ProducerStates::decode(&bytes)
+                    .unwrap_or_else(|| panic!("snapshot {name} does not decode"));
+                assert_eq!(covers, offset, "snapshot {name}");
+                assert!(states.is_empty(), "no producers in this test");
+                snapshots.push(offset);
+                continue;
+            }
             let Some((base, kind)) = parse_segment_name(name) else {
                 panic!("unexpected file {name} in an open log's directory");
             };
@@ -524,6 +545,12 @@ impl Harness {
             });
         }
         let m = &self.model;
+        assert!(snapshots.len() <= 3, "at most 3 snapshots: {snapshots:?}");
+        assert!(
+            snapshots.iter().all(|&o| o <= m.end()),
+            "snapshots {snapshots:?} beyond the end {}",
+            m.end()
+        );
         let bases: Vec<u64> = files.keys().copied().collect();
         for (base, kinds) in &files {
             assert_eq!(kinds.len(), 3, "segment {base} has only {kinds:?}");
@@ -622,6 +649,7 @@ impl Harness {
             m.durable
         );
         assert_eq!(r.durable_offset(), durable);
+        assert!(log.producer_states().is_empty());
         log.verify().expect("verify");
         let segs = self.segments();
         assert_eq!(segs.len(), log.segment_count());

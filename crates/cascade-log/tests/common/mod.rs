@@ -23,6 +23,22 @@ pub fn batch(values: &[&str], ts: i64) -> Vec<u8> {
     b.finish()
 }
 
+/// A batch of `n` records from idempotent producer `pid` at `epoch`, base sequence `seq`;
+/// values `[tag, i]`.
+pub fn producer_batch(pid: i64, epoch: i16, seq: i32, n: usize, tag: u8) -> Vec<u8> {
+    let mut b = BatchBuilder::new().producer(pid, epoch, seq);
+    for i in 0..n {
+        let v = [tag, i as u8];
+        b.push(Record {
+            timestamp: 1_000 + i as i64,
+            key: None,
+            value: Some(&v),
+            headers: &[],
+        });
+    }
+    b.finish()
+}
+
 /// A batch of `n` records of `size`-byte values, value i = byte (tag + i).
 pub fn sized_batch(n: usize, size: usize, tag: u8, ts: i64) -> Vec<u8> {
     let mut b = BatchBuilder::with_capacity(n * (size + 16));
