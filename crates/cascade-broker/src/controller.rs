@@ -441,8 +441,12 @@ impl Controller for ControllerService {
         }
         let cmd: MetadataCommand = serde_json::from_slice(&req.get_ref().command_json)
             .map_err(|e| Status::invalid_argument(format!("bad command: {e}")))?;
-        let version = b.meta.propose_local(cmd).await.map_err(Status::from)?;
-        Ok(Response::new(ProposeResponse { version }))
+        let applied = b.meta.propose_local(cmd).await.map_err(Status::from)?;
+        Ok(Response::new(ProposeResponse {
+            version: applied.version,
+            producer_id: applied.producer.map(|(id, _)| id),
+            producer_epoch: applied.producer.map(|(_, e)| i32::from(e)),
+        }))
     }
 }
 

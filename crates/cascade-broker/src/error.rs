@@ -232,6 +232,50 @@ pub enum BrokerError {
     /// The metadata controller (Raft leader) is unknown or unreachable.
     #[error("no metadata controller is available: {0}")]
     NoController(String),
+    /// An idempotent batch does not follow the producer's last one on the partition.
+    #[error(
+        "out-of-order sequence from producer {producer_id} (epoch {epoch}): expected {expected}, got {got}; nothing was written"
+    )]
+    OutOfOrderSequence {
+        /// The producer.
+        producer_id: i64,
+        /// Its epoch.
+        epoch: i16,
+        /// The sequence the partition expects next.
+        expected: i32,
+        /// The batch's first sequence.
+        got: i32,
+    },
+    /// Another instance re-initialised the producer id with a newer epoch.
+    #[error(
+        "producer {producer_id} epoch {epoch} is fenced: epoch {current} is current (another instance took over)"
+    )]
+    ProducerFenced {
+        /// The producer.
+        producer_id: i64,
+        /// The epoch used.
+        epoch: i16,
+        /// The newer epoch.
+        current: i16,
+    },
+    /// The producer id is unknown here.
+    #[error("unknown producer id {producer_id}: {detail}")]
+    UnknownProducerId {
+        /// The producer.
+        producer_id: i64,
+        /// Why.
+        detail: String,
+    },
+    /// The producer epoch was never issued for the id.
+    #[error("producer {producer_id} has epoch {current}; epoch {epoch} was never issued")]
+    InvalidProducerEpoch {
+        /// The producer.
+        producer_id: i64,
+        /// The epoch used.
+        epoch: i16,
+        /// The current epoch.
+        current: i16,
+    },
 }
 
 fn hint_text(h: &Option<LeaderHint>) -> String {
@@ -302,6 +346,10 @@ impl BrokerError {
             Self::NotEnoughReplicas { .. } => ErrorCode::NotEnoughReplicas,
             Self::NotCoordinator { .. } => ErrorCode::NotCoordinator,
             Self::Remote { code, .. } => *code,
+            Self::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
+            Self::ProducerFenced { .. } => ErrorCode::ProducerFenced,
+            Self::UnknownProducerId { .. } => ErrorCode::UnknownProducerId,
+            Self::InvalidProducerEpoch { .. } => ErrorCode::InvalidProducerEpoch,
         }
     }
 
@@ -329,7 +377,10 @@ impl BrokerError {
             | ErrorCode::NotEnoughReplicas
             | ErrorCode::LeaderNotAvailable
             | ErrorCode::NotCoordinator => Code::Unavailable,
-            ErrorCode::FencedLeaderEpoch => Code::FailedPrecondition,
+            ErrorCode::FencedLeaderEpoch
+            | ErrorCode::OutOfOrderSequence
+            | ErrorCode::ProducerFenced
+            | ErrorCode::UnknownProducerId => Code::FailedPrecondition,
             ErrorCode::StorageError | ErrorCode::Internal => Code::Internal,
             _ => Code::InvalidArgument,
         }
@@ -339,9 +390,39 @@ impl BrokerError {
 impl From<LogError> for BrokerError {
     fn from(e: LogError) -> Self {
         match e {
-            LogError::InvalidBatch { .. } | LogError::TooLarge { .. } => {
-                Self::InvalidRecord(e.to_string())
-            }
+            LogError::InvalidBatch { .. }
+            | LogError::TooLarge { .. }
+            | LogError::InvalidProducerFields { .. }
+            | LogError::MixedDuplicates { .. } => Self::InvalidRecord(e.to_string()),
+            LogError::OutOfOrderSequence {
+                producer_id,
+                epoch,
+                expected,
+                got,
+            } => Self::OutOfOrderSequence {
+                producer_id,
+                epoch,
+                expected,
+                got,
+            },
+            LogError::ProducerFenced {
+                producer_id,
+                epoch,
+                current,
+            } => Self::ProducerFenced {
+                producer_id,
+                epoch,
+                current,
+            },
+            LogError::UnknownProducerId {
+                producer_id,
+                sequence,
+            } => Self::UnknownProducerId {
+                producer_id,
+                detail: format!(
+                    "this partition has no state for it (it expired after being idle, or this is not its first batch here) and the batch starts at sequence {sequence}, not 0"
+                ),
+            },
             other => Self::Storage(other),
         }
     }

@@ -11,7 +11,7 @@
 //! the request path.
 
 use crate::error::{BrokerError, Result};
-use crate::raft::{LogStore, MetaRaft, PROPOSE_TIMEOUT, StateMachine, raft_config};
+use crate::raft::{ApplyResponse, LogStore, MetaRaft, PROPOSE_TIMEOUT, StateMachine, raft_config};
 use cascade_proto::internal::ProposeRequest;
 use cascade_proto::internal::controller_client::ControllerClient;
 use cascade_types::{TopicConfig, validate_topic_name};
@@ -104,6 +104,38 @@ pub struct ClusterMetadata {
     pub brokers: BTreeMap<u32, BrokerInfo>,
     /// Topics by name.
     pub topics: BTreeMap<String, TopicMeta>,
+    /// Idempotent producer ids issued so far, and their epochs.
+    #[serde(default)]
+    pub producers: ProducerIds,
+}
+
+/// The idempotent producer ids the cluster has issued. Issuing goes through the metadata Raft
+/// log, so two producers never get the same id, and an epoch bump is decided once: the
+/// instance that bumped holds the only current epoch, every older one is fenced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ProducerIds {
+    /// The next id to issue: every id below it has been issued, none at or above.
+    pub next_id: i64,
+    /// The current epoch of each id re-initialised at least once; the others are at epoch 0.
+    /// One small entry per re-initialised id (a restart that keeps its identity, or an
+    /// epoch bump after a broken sequence), not per producer.
+    pub epochs: BTreeMap<i64, i16>,
+}
+
+impl ProducerIds {
+    /// The current epoch of `id`, or None if it was never issued.
+    pub fn current_epoch(&self, id: i64) -> Option<i16> {
+        (0..self.next_id)
+            .contains(&id)
+            .then(|| self.epochs.get(&id).copied().unwrap_or(0))
+    }
+}
+
+/// What applying a command produced, beyond the new state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Applied {
+    /// For [`MetadataCommand::InitProducer`]: the id and epoch issued.
+    pub producer: Option<(i64, i16)>,
 }
 
 /// A change to the metadata.
@@ -162,6 +194,13 @@ pub enum MetadataCommand {
         /// The new settings.
         config: TopicConfig,
     },
+    /// Issues an idempotent producer id (`existing` None), or bumps the epoch of an issued
+    /// one whose current epoch is `existing`'s (fencing older instances). An id whose epoch
+    /// is exhausted gets a fresh id instead, as Kafka does.
+    InitProducer {
+        /// The id and epoch of the instance re-initialising, if any.
+        existing: Option<(i64, i16)>,
+    },
 }
 
 /// Most partitions one topic may have.
@@ -213,7 +252,8 @@ impl ClusterMetadata {
     }
 
     /// Validates `cmd` against the current state and applies it; on error nothing changes.
-    pub fn apply(&mut self, cmd: &MetadataCommand) -> Result<()> {
+    pub fn apply(&mut self, cmd: &MetadataCommand) -> Result<Applied> {
+        let mut applied = Applied::default();
         match cmd {
             MetadataCommand::InitCluster { cluster_id } => {
                 if self.cluster_id.is_empty() {
@@ -342,9 +382,41 @@ impl ClusterMetadata {
                 }
                 self.topics.get_mut(name).expect("checked").config = config.clone();
             }
+            MetadataCommand::InitProducer { existing } => {
+                let ids = &mut self.producers;
+                let issued = match *existing {
+                    Some((id, epoch)) => {
+                        let current =
+                            ids.current_epoch(id)
+                                .ok_or(BrokerError::UnknownProducerId {
+                                    producer_id: id,
+                                    detail: "it was never issued".into(),
+                                })?;
+                        if epoch != current {
+                            return Err(BrokerError::ProducerFenced {
+                                producer_id: id,
+                                epoch,
+                                current,
+                            });
+                        }
+                        if current == i16::MAX {
+                            None
+                        } else {
+                            ids.epochs.insert(id, current + 1);
+                            Some((id, current + 1))
+                        }
+                    }
+                    None => None,
+                };
+                applied.producer = Some(issued.unwrap_or_else(|| {
+                    let id = ids.next_id;
+                    ids.next_id += 1;
+                    (id, 0)
+                }));
+            }
         }
         self.version += 1;
-        Ok(())
+        Ok(applied)
     }
 }
 
@@ -510,6 +582,23 @@ impl Metadata {
     /// Applies `cmd` through the controller and returns the metadata once this node has
     /// applied it. Validation errors come back typed when this node can see them itself.
     pub async fn apply(&self, cmd: MetadataCommand) -> Result<Arc<ClusterMetadata>> {
+        Ok(self.propose(cmd).await?.0)
+    }
+
+    /// Issues a producer id, or bumps the epoch of `existing` (see
+    /// [`MetadataCommand::InitProducer`]); returns the id and epoch once this node has applied
+    /// the command, so its own produce checks already know them.
+    pub async fn init_producer(&self, existing: Option<(i64, i16)>) -> Result<(i64, i16)> {
+        let (_, applied) = self
+            .propose(MetadataCommand::InitProducer { existing })
+            .await?;
+        applied.producer.ok_or_else(|| {
+            BrokerError::Metadata("the controller did not say which producer id it issued".into())
+        })
+    }
+
+    /// [`Metadata::apply`], also returning what the command produced.
+    async fn propose(&self, cmd: MetadataCommand) -> Result<(Arc<ClusterMetadata>, Applied)> {
         // Check locally first: the common refusals (exists, unknown, bad factor) come back
         // with their precise error without a round trip.
         let mut dry = (*self.snapshot()).clone();
@@ -524,7 +613,12 @@ impl Metadata {
                 )),
             };
             match r {
-                Ok(version) => return self.wait_for_version(version).await,
+                Ok(resp) => {
+                    let applied = Applied {
+                        producer: resp.producer,
+                    };
+                    return Ok((self.wait_for_version(resp.version).await?, applied));
+                }
                 Err(e @ (BrokerError::NoController(_) | BrokerError::NotLeader { .. }))
                     if tokio::time::Instant::now() < deadline =>
                 {
@@ -536,7 +630,7 @@ impl Metadata {
         }
     }
 
-    async fn forward(&self, controller: u32, cmd: &MetadataCommand) -> Result<u64> {
+    async fn forward(&self, controller: u32, cmd: &MetadataCommand) -> Result<ApplyResponse> {
         let addr = self.member_addr(controller).ok_or_else(|| {
             BrokerError::NoController(format!("controller {controller} has no known address"))
         })?;
@@ -550,13 +644,25 @@ impl Metadata {
         });
         req.set_timeout(PROPOSE_TIMEOUT);
         match client.propose(req).await {
-            Ok(r) => Ok(r.into_inner().version),
+            Ok(r) => {
+                let r = r.into_inner();
+                let producer = match (r.producer_id, r.producer_epoch) {
+                    (Some(id), Some(epoch)) => Some((id, epoch as i16)),
+                    _ => None,
+                };
+                Ok(ApplyResponse {
+                    version: r.version,
+                    error: None,
+                    producer,
+                })
+            }
             Err(s) => Err(BrokerError::from_remote(&s)),
         }
     }
 
-    /// Proposes `cmd` on this node, which must be the controller; returns the version after it.
-    pub async fn propose_local(&self, cmd: MetadataCommand) -> Result<u64> {
+    /// Proposes `cmd` on this node, which must be the controller; returns what applying it
+    /// answered (the version after it, and what it produced).
+    pub async fn propose_local(&self, cmd: MetadataCommand) -> Result<ApplyResponse> {
         let _guard = self.propose.lock().await;
         let mut dry = (*self.snapshot()).clone();
         dry.apply(&cmd)?;
@@ -567,7 +673,7 @@ impl Metadata {
         };
         match r {
             Ok(resp) => match resp.data.error {
-                None => Ok(resp.data.version),
+                None => Ok(resp.data),
                 Some(e) => Err(BrokerError::InvalidRequest(e)),
             },
             Err(openraft::error::RaftError::APIError(
@@ -603,6 +709,54 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn init(m: &mut ClusterMetadata, existing: Option<(i64, i16)>) -> Result<(i64, i16)> {
+        let before = m.clone();
+        let r = m
+            .apply(&MetadataCommand::InitProducer { existing })
+            .map(|a| a.producer.expect("an id"));
+        if r.is_err() {
+            assert_eq!(*m, before, "a refused command changes nothing");
+        }
+        r
+    }
+
+    #[test]
+    fn producer_ids_are_issued_once_and_epochs_bump_only_from_the_current_one() {
+        let mut m = ClusterMetadata::default();
+        assert_eq!(init(&mut m, None).unwrap(), (0, 0));
+        assert_eq!(init(&mut m, None).unwrap(), (1, 0));
+        // Re-initialising id 0 at its current epoch bumps it and fences the old epoch.
+        assert_eq!(init(&mut m, Some((0, 0))).unwrap(), (0, 1));
+        assert!(matches!(
+            init(&mut m, Some((0, 0))),
+            Err(BrokerError::ProducerFenced {
+                producer_id: 0,
+                epoch: 0,
+                current: 1
+            })
+        ));
+        assert_eq!(init(&mut m, Some((0, 1))).unwrap(), (0, 2));
+        assert_eq!(m.producers.current_epoch(0), Some(2));
+        assert_eq!(m.producers.current_epoch(1), Some(0));
+        // Ids never issued, or from the future, are refused.
+        assert!(matches!(
+            init(&mut m, Some((2, 0))),
+            Err(BrokerError::UnknownProducerId { producer_id: 2, .. })
+        ));
+        assert_eq!(m.producers.current_epoch(2), None);
+        assert_eq!(m.producers.current_epoch(-1), None);
+        // An exhausted epoch gets a fresh id.
+        m.producers.epochs.insert(1, i16::MAX);
+        assert_eq!(init(&mut m, Some((1, i16::MAX))).unwrap(), (2, 0));
+        // The same commands give the same state (replay is deterministic).
+        let mut replay = ClusterMetadata::default();
+        for existing in [None, None, Some((0, 0)), Some((0, 1))] {
+            init(&mut replay, existing).unwrap();
+        }
+        assert_eq!(replay.producers.next_id, 2);
+        assert_eq!(replay.producers.current_epoch(0), Some(2));
+    }
 
     fn two_brokers() -> ClusterMetadata {
         let mut m = ClusterMetadata::default();

@@ -36,10 +36,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 mod actor;
+mod sequencer;
 
 use actor::{Actor, Command, acknowledged_end, publish_hw};
 #[cfg(test)]
 use actor::{epochs_in, stamp_epoch};
+use sequencer::{ProducerBatch, Sequencer};
 
 /// Commands queued per partition before producers wait.
 const QUEUE: usize = 1024;
@@ -54,6 +56,7 @@ pub fn log_config(c: &TopicConfig) -> LogConfig {
             .ok()
             .map(Duration::from_millis),
         retention_bytes: u64::try_from(c.retention_bytes).ok(),
+        producer_id_expiration: Some(Duration::from_millis(c.producer_id_expiration_ms)),
         flush: match c.flush {
             FlushMode::Always => FlushPolicy::Always,
             FlushMode::Interval => FlushPolicy::Interval(Duration::from_millis(c.flush_ms)),
@@ -186,6 +189,8 @@ pub struct Partition {
     fetch_gate: tokio::sync::RwLock<()>,
     /// The high watermark last checkpointed.
     hw_saved: std::sync::atomic::AtomicU64,
+    /// Puts each idempotent producer's appends into the actor's queue in sequence order.
+    sequencer: Sequencer,
 }
 
 impl Partition {
@@ -289,6 +294,7 @@ impl Partition {
             damaged: Mutex::new(damaged_at_open),
             fetch_gate: tokio::sync::RwLock::new(()),
             hw_saved: std::sync::atomic::AtomicU64::new(checkpoint),
+            sequencer: Sequencer::default(),
         })
     }
 
@@ -438,20 +444,49 @@ impl Partition {
     }
 
     /// Appends batches as leader (offsets assigned by the log) and waits for the local result,
-    /// which comes after the fsync under `flush=always` (`acks=leader`).
+    /// which comes after the fsync under `flush=always` (`acks=leader`). An idempotent
+    /// producer's batches are queued in sequence order (see `partition/sequencer.rs`); an
+    /// exact retry of one of its last five batches is answered with the original offsets
+    /// (`duplicate`) and not written again.
     pub async fn append_local(&self, batches: BytesMut) -> Result<AppendInfo> {
         let epoch = self.leader_epoch()?;
-        match self
-            .call(|reply| Command::Append {
-                batches,
-                epoch,
-                reply,
-            })
-            .await
-        {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Append {
+            batches,
+            epoch,
+            reply,
+        };
+        match producer_of(cmd.batches()) {
+            None => self.enqueue(cmd).await?,
+            Some(b) => {
+                if !self.sequencer.knows(b.producer_id).await {
+                    let (epoch, next) = self
+                        .call(|reply| Command::ProducerTurn {
+                            producer_id: b.producer_id,
+                            reply,
+                        })
+                        .await?
+                        .unwrap_or((b.epoch, 0));
+                    self.sequencer.learn(b.producer_id, epoch, next).await;
+                }
+                let turn = self.sequencer.turn(&b).await;
+                let queued = self.enqueue(cmd).await;
+                drop(turn);
+                self.sequencer.queued();
+                queued?
+            }
+        }
+        match rx.await.map_err(|_| BrokerError::ShuttingDown)? {
             Err(BrokerError::NotLeader { .. }) => Err(self.not_leader()),
             r => r,
         }
+    }
+
+    async fn enqueue(&self, cmd: Command) -> Result<()> {
+        self.tx
+            .send(cmd)
+            .await
+            .map_err(|_| BrokerError::ShuttingDown)
     }
 
     /// Appends batches and waits until every in-sync replica has them (`acks=all`): refused
@@ -662,6 +697,28 @@ impl Partition {
     }
 }
 
+/// The idempotent producer of an append, if its first batch has one: its id and epoch, the
+/// first batch's first sequence and the last batch's last (an append is one producer's run).
+fn producer_of(batches: &[u8]) -> Option<ProducerBatch> {
+    let first = cascade_record::BatchHeader::parse(batches).ok()?;
+    if first.producer_id < 0 || first.base_sequence < 0 {
+        return None;
+    }
+    let mut last = first;
+    let mut at = first.total_len();
+    while at < batches.len() {
+        last = cascade_record::BatchHeader::parse(&batches[at..]).ok()?;
+        at += last.total_len();
+    }
+    let last_seq = (i64::from(last.base_sequence) + i64::from(last.record_count) - 1)
+        .rem_euclid(1 << 31) as i32;
+    Some(ProducerBatch {
+        producer_id: first.producer_id,
+        epoch: first.producer_epoch,
+        first_seq: first.base_sequence,
+        last_seq,
+    })
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -130,7 +130,86 @@ fn check_sizes(topic: &str, bytes: &[u8], max: u32) -> Result<()> {
     Ok(())
 }
 
+/// How long a produce waits for this node's metadata to show a producer id or epoch it does
+/// not know yet: one issued through another node a moment ago may not have been applied here.
+const PRODUCER_ID_CATCH_UP: Duration = Duration::from_secs(2);
+
 impl Broker {
+    /// Issues an idempotent producer id, or bumps the epoch of `existing` (fencing its older
+    /// instances); see `MetadataCommand::InitProducer`.
+    pub async fn init_producer(&self, existing: Option<(i64, i16)>) -> Result<(i64, i16)> {
+        if let Some((id, epoch)) = existing
+            && (id < 0 || epoch < 0)
+        {
+            return Err(BrokerError::InvalidRequest(format!(
+                "producer id and epoch must not be negative, got id {id} epoch {epoch}"
+            )));
+        }
+        self.meta.init_producer(existing).await
+    }
+
+    /// Checks the producer fields of every batch in `batches` against the ids and epochs the
+    /// cluster issued: an id never issued, an epoch never issued ("from the future") and an
+    /// epoch older than the current one (another instance took over) are refused; batches
+    /// without a producer (id -1) pass. The sequence itself is the partition's to check.
+    async fn check_producers(&self, batches: &[u8]) -> Result<()> {
+        let mut at = 0;
+        while at < batches.len() {
+            let Ok(h) = BatchHeader::parse(&batches[at..]) else {
+                return Ok(()); // framing errors are reported by the size check and the log
+            };
+            at += h.total_len();
+            let (id, epoch) = (h.producer_id, h.producer_epoch);
+            if id == -1 {
+                continue;
+            }
+            if id < -1 || epoch < 0 || h.base_sequence < 0 {
+                return Err(BrokerError::InvalidRecord(format!(
+                    "producer id {id}, epoch {epoch}, base sequence {}: an idempotent batch needs an id, epoch and sequence >= 0 (or id -1 for none)",
+                    h.base_sequence
+                )));
+            }
+            let known = |m: &crate::metadata::ClusterMetadata| {
+                m.producers.current_epoch(id).is_some_and(|c| c >= epoch)
+            };
+            let mut meta = self.meta.snapshot();
+            if !known(&meta) {
+                let mut rx = self.meta.subscribe();
+                if let Ok(Ok(m)) =
+                    tokio::time::timeout(PRODUCER_ID_CATCH_UP, rx.wait_for(|m| known(m))).await
+                {
+                    meta = m.clone();
+                } else {
+                    meta = self.meta.snapshot();
+                }
+            }
+            match meta.producers.current_epoch(id) {
+                None => {
+                    return Err(BrokerError::UnknownProducerId {
+                        producer_id: id,
+                        detail: "the cluster never issued it (InitProducerId issues ids)".into(),
+                    });
+                }
+                Some(current) if epoch > current => {
+                    return Err(BrokerError::InvalidProducerEpoch {
+                        producer_id: id,
+                        epoch,
+                        current,
+                    });
+                }
+                Some(current) if epoch < current => {
+                    return Err(BrokerError::ProducerFenced {
+                        producer_id: id,
+                        epoch,
+                        current,
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Produces to `topic`. Request-level problems (unknown topic, internal topic) fail the
     /// call; partition-level ones are reported per partition.
     pub async fn produce(
@@ -152,6 +231,16 @@ impl Broker {
         }
         let count = t.partitions.len() as u32;
         let max = t.config.max_message_bytes;
+        // Producer fields checked against what the cluster issued, before anything is queued.
+        let mut refused: BTreeMap<u32, BrokerError> = BTreeMap::new();
+        for part in &parts {
+            if part.partition >= 0
+                && !part.batches.is_empty()
+                && let Err(e) = self.check_producers(&part.batches).await
+            {
+                refused.entry(part.partition as u32).or_insert(e);
+            }
+        }
         // Gather the bytes to append per partition, in request order. The first chunk of a
         // partition is taken as is: a client batch decoded from the request is usually the
         // only owner of its buffer, so it reaches the log without a copy.
@@ -201,7 +290,8 @@ impl Broker {
                 });
             }
             if !part.batches.is_empty() {
-                let checked = check_sizes(topic, &part.batches, max);
+                let checked = check_sizes(topic, &part.batches, max)
+                    .and_then(|()| refused.remove(&p).map_or(Ok(()), Err));
                 add(p, checked.map(|_| unshared(part.batches)));
             }
             if !part.records.is_empty() {
@@ -229,11 +319,22 @@ impl Broker {
                                 Err(_) => Err(BrokerError::Timeout(timeout.as_millis() as u64)),
                             },
                         };
-                        if let Ok(Some(info)) = &r {
-                            metrics::counter!("cascade_produced_records_total", "topic" => part.topic.to_string())
-                                .increment(info.record_count);
-                            metrics::counter!("cascade_produced_bytes_total", "topic" => part.topic.to_string())
-                                .increment(info.bytes);
+                        match &r {
+                            Ok(Some(info)) if info.duplicate => {
+                                metrics::counter!("cascade_produce_duplicates_total", "topic" => part.topic.to_string())
+                                    .increment(1);
+                            }
+                            Ok(Some(info)) => {
+                                metrics::counter!("cascade_produced_records_total", "topic" => part.topic.to_string())
+                                    .increment(info.record_count);
+                                metrics::counter!("cascade_produced_bytes_total", "topic" => part.topic.to_string())
+                                    .increment(info.bytes);
+                            }
+                            Err(BrokerError::OutOfOrderSequence { .. }) => {
+                                metrics::counter!("cascade_produce_out_of_order_total", "topic" => part.topic.to_string())
+                                    .increment(1);
+                            }
+                            _ => {}
                         }
                         r
                     }

@@ -69,6 +69,11 @@ pub struct BenchArgs {
     /// Acknowledgement level: all, leader or none.
     #[arg(long, default_value = "all")]
     pub acks: String,
+    /// produce: send as idempotent producers (a producer id each, batches numbered in
+    /// sequence, at most 5 requests in flight), to measure what idempotence costs. Needs
+    /// --acks all.
+    #[arg(long)]
+    pub idempotent: bool,
     /// flush setting of a created topic: always, interval or never.
     #[arg(long, default_value = "always")]
     pub flush: String,
@@ -236,6 +241,9 @@ async fn produce(client: &Client, a: &BenchArgs, stamp: bool) -> Result<Outcome>
         bail!("--batch, --producers and --in-flight must be > 0");
     }
     let acks = acks(&a.acks)?;
+    if a.idempotent && (acks != Acks::All || a.in_flight > 5) {
+        bail!("--idempotent needs --acks all and --in-flight 5 or fewer");
+    }
     let partitions = client.partition_count(&a.topic).await?;
     let per_producer = a.messages / u64::from(a.producers);
     let requests = per_producer.div_ceil(u64::from(a.batch));
@@ -256,8 +264,13 @@ async fn produce(client: &Client, a: &BenchArgs, stamp: bool) -> Result<Outcome>
         let (batch_n, size, in_flight) = (a.batch, a.size, a.in_flight);
         let partition = i % partitions;
         let mut ticks = interval.map(|iv| pacer(start, iv, requests));
+        let identity = match a.idempotent {
+            true => Some(client.init_producer_id(None).await?),
+            false => None,
+        };
         tasks.push(tokio::spawn(async move {
             let fixed = make_batch(batch_n, size, None);
+            let mut next_seq = 0i32;
             let mut hist = histogram();
             let mut pending = FuturesUnordered::new();
             for _ in 0..requests {
@@ -278,11 +291,19 @@ async fn produce(client: &Client, a: &BenchArgs, stamp: bool) -> Result<Outcome>
                     },
                     None => Instant::now(),
                 };
-                let batch = if stamp {
+                let mut batch = if stamp {
                     make_batch(batch_n, size, Some(now_ns()))
                 } else {
                     fixed.clone()
                 };
+                if let Some((id, epoch)) = identity {
+                    // Numbered as the idempotent producer numbers its batches; the broker
+                    // appends them in sequence order (any refusal fails the run).
+                    let mut bytes = batch.to_vec();
+                    cascade_record::header::set_producer(&mut bytes, id, epoch, next_seq);
+                    next_seq += batch_n as i32;
+                    batch = Bytes::from(bytes);
+                }
                 let client = client.clone();
                 let topic = topic.clone();
                 pending.push(async move {

@@ -42,9 +42,15 @@ pub struct ProduceArgs {
     /// Write every event to this partition (default: by key hash, or sticky without a key).
     #[arg(long)]
     pub partition: Option<u32>,
-    /// Acknowledgement level.
+    /// Acknowledgement level. With `all` (the default) the producer is idempotent: lines are
+    /// stored in input order per partition, each exactly once, across retries and failovers.
+    /// `leader` and `none` send without a producer id (at least once; order can change when
+    /// a request is retried).
     #[arg(long, value_enum, default_value_t = AcksArg::All)]
     pub acks: AcksArg,
+    /// Send without a producer id even with --acks all (at least once, see --acks).
+    #[arg(long)]
+    pub no_idempotence: bool,
     /// Header added to every event, key=value (repeatable).
     #[arg(long = "header", value_name = "KEY=VALUE")]
     pub headers: Vec<String>,
@@ -72,6 +78,7 @@ pub async fn run(args: ProduceArgs, common: &Common) -> Result<()> {
         ProducerConfig {
             acks: args.acks.into(),
             linger: std::time::Duration::from_millis(args.linger_ms),
+            idempotence: args.acks == AcksArg::All && !args.no_idempotence,
             ..Default::default()
         },
     )

@@ -183,6 +183,7 @@ impl Records for Fake {
                     last_offset: 10,
                     record_count: 1,
                     error: error.clone(),
+                    duplicate: false,
                 })
                 .collect(),
         }))
@@ -201,6 +202,12 @@ impl Records for Fake {
         &self,
         _: Request<pb::ListOffsetsRequest>,
     ) -> Result<Response<pb::ListOffsetsResponse>, Status> {
+        none()
+    }
+    async fn init_producer_id(
+        &self,
+        _: Request<pb::InitProducerIdRequest>,
+    ) -> Result<Response<pb::InitProducerIdResponse>, Status> {
         none()
     }
 }

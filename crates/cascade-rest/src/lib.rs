@@ -63,12 +63,14 @@ pub const MAX_BODY_BYTES: usize = 16 << 20;
 /// How often an idle event stream sends a keep-alive comment, by default.
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// What the handlers share: only the gRPC client of the cluster (and the event streams'
-/// keep-alive interval). Cheap to clone.
+/// What the handlers share: the gRPC client of the cluster, the idempotent producers of
+/// produce requests (one per topic, shared by every request), and the event streams'
+/// keep-alive interval. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct RestState {
     client: Client,
     keep_alive: Duration,
+    producers: produce::Producers,
 }
 
 impl RestState {
@@ -77,6 +79,7 @@ impl RestState {
         Self {
             client,
             keep_alive: DEFAULT_KEEP_ALIVE,
+            producers: produce::Producers::default(),
         }
     }
 

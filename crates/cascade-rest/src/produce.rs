@@ -5,14 +5,21 @@
 //! value), the topic (40401) and explicit partitions (40402), and the size of every batch
 //! against the topic's `max.message.bytes` (413). So a refused request writes nothing.
 //!
-//! Records are encoded here into RecordBatch v2 batches (the path the Rust producer takes)
-//! and sent one request per partition. Partitions are chosen as every Cascade producer chooses
-//! them: an explicit partition wins; a keyed record goes to Kafka's murmur2 partition of its
-//! key bytes ([`cascade_types::partition_for_key`], the function the broker and the Rust client
-//! use); the unkeyed records of one request all go to one partition picked at random (sticky
-//! per request). Encoding here, rather than sending typed records with partition -1, is what
-//! lets the answer give each record its exact offset, in request order, and lets an oversized
-//! batch be refused before any partition is written.
+//! Records go through the Rust client's idempotent [`Producer`], one per topic, shared by
+//! every request this server handles (as Confluent's REST Proxy shares one Kafka producer):
+//! each record is sent in request order and answered with its own offset, so the records of a
+//! request that go to one partition are stored in request order, each exactly once, even when
+//! the producer retries after a lost answer or a leader change. Partitions are chosen as every
+//! Cascade producer chooses them: an explicit partition wins; a keyed record goes to Kafka's
+//! murmur2 partition of its key bytes ([`cascade_types::partition_for_key`]); the unkeyed
+//! records of one request all go to one partition picked at random. A producer is rebuilt
+//! when its topic's partition count or `max.message.bytes` changes.
+//!
+//! A request with an `Idempotency-Key` takes another path: its records are sent as one
+//! `Produce` call carrying the key, typed, so the broker can answer a retry of the whole
+//! request (through any gateway) with the first answer ([`crate::idempotency`]); the unkeyed
+//! records of such a request all go to one partition derived from the key, so a retry is the
+//! same request. One call, so its records are in request order too.
 
 use crate::RestState;
 use crate::error::{ApiError, ApiResult, ErrorBody, codes};
@@ -25,11 +32,14 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use bytes::Bytes;
 use cascade_client::proto as pb;
+use cascade_client::{Producer, ProducerConfig, ProducerRecord};
 use cascade_record::{BatchBuilder, Record};
 use cascade_types::partition_for_key;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::sync::Arc;
 use utoipa::ToSchema;
 
 /// Kafka's default `max.message.bytes`, used if the topic does not report one.
@@ -238,6 +248,44 @@ fn to_wire(r: &Prepared) -> pb::Record {
     }
 }
 
+/// A topic's shared producer, with the partition count and batch limit it was made for.
+type PooledProducer = (u32, usize, Producer);
+
+/// The shared idempotent producers, by topic.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Producers(Arc<tokio::sync::Mutex<HashMap<String, PooledProducer>>>);
+
+impl Producers {
+    /// The producer of `topic`, made (or made again) for its current partition count and
+    /// batch limit.
+    async fn get(
+        &self,
+        client: &cascade_client::Client,
+        topic: &str,
+        partitions: u32,
+        max: usize,
+    ) -> ApiResult<Producer> {
+        let mut all = self.0.lock().await;
+        if let Some((p, m, producer)) = all.get(topic)
+            && (*p, *m) == (partitions, max)
+        {
+            return Ok(producer.clone());
+        }
+        let config = ProducerConfig {
+            // Records of one request are pushed together, before any wait: they share
+            // batches without lingering.
+            linger: std::time::Duration::ZERO,
+            batch_bytes: max.min(ProducerConfig::default().batch_bytes),
+            ..ProducerConfig::default()
+        };
+        let producer = Producer::new(client.clone(), topic, config)
+            .await
+            .map_err(|e| ApiError::from_client(&e))?;
+        all.insert(topic.to_string(), (partitions, max, producer.clone()));
+        Ok(producer)
+    }
+}
+
 /// Runs a produce whose body is already validated.
 async fn produce(
     state: &RestState,
@@ -257,6 +305,9 @@ async fn produce(
         .get("max.message.bytes")
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+    if idempotency_key.is_none() {
+        return produce_idempotent(state, topic, records, count, max).await;
+    }
     // One partition for the request's unkeyed records; derived from the idempotency key when
     // there is one, so that a retry is the same request.
     let sticky = match &idempotency_key {
@@ -353,6 +404,100 @@ async fn produce(
         *n += 1;
         offsets.push(entry);
     }
+    Ok(ProduceResponse {
+        offsets,
+        key_schema_id: None,
+        value_schema_id: None,
+    })
+}
+
+/// The path without an `Idempotency-Key`: every record through the topic's shared producer.
+async fn produce_idempotent(
+    state: &RestState,
+    topic: &str,
+    records: Vec<Prepared>,
+    count: u32,
+    max: usize,
+) -> ApiResult<ProduceResponse> {
+    // Refused before anything is sent: an explicit partition that does not exist, a record
+    // too large for a batch of its own.
+    for (i, r) in records.iter().enumerate() {
+        if let Some(p) = r.partition
+            && p >= count
+        {
+            return Err(ApiError::partition_not_found(topic, p.into(), count));
+        }
+        split(&records, &[i], max)?;
+    }
+    let producer = state
+        .producers
+        .get(&state.client, topic, count, max)
+        .await?;
+    // The unkeyed records of one request share one partition (as on the keyed path), so
+    // they are stored together and in request order.
+    let sticky = rand::random::<u32>() % count;
+    let partitions: Vec<u32> = records
+        .iter()
+        .map(|r| match (r.partition, &r.key) {
+            (Some(p), _) => p,
+            (None, Some(k)) => partition_for_key(k, count),
+            (None, None) => sticky,
+        })
+        .collect();
+    let sends = producer.send_many(
+        records
+            .into_iter()
+            .zip(&partitions)
+            .map(|(r, &p)| ProducerRecord {
+                key: r.key.map(Bytes::from),
+                value: r.value.map(Bytes::from),
+                headers: r
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| (k, v.map(Bytes::from)))
+                    .collect(),
+                partition: Some(p),
+                timestamp_ms: None,
+            })
+            .collect(),
+    );
+    let sends: Vec<_> = sends
+        .into_iter()
+        .zip(partitions)
+        .map(|(send, p)| async move { (Some(p), send.await) })
+        .collect();
+    // Spawned: the records are sent (and their answers awaited) even if the HTTP client goes
+    // away meanwhile.
+    let results = tokio::spawn(futures::future::join_all(sends))
+        .await
+        .map_err(|e| ApiError::internal(format!("produce task failed: {e}")))?;
+    let error_of = |e: &cascade_client::Error| pb::Error {
+        code: e.reason().unwrap_or(pb::ErrorCode::Internal) as i32,
+        message: e.to_string(),
+    };
+    // Every record refused: answer with that error (e.g. the topic was deleted meanwhile).
+    if let Some((_, Err(e))) = results.first()
+        && results.iter().all(|(_, r)| r.is_err())
+    {
+        let (status, code) =
+            crate::error::reason_status(e.reason().unwrap_or(pb::ErrorCode::Internal));
+        return Err(ApiError::new(status, code, e.to_string()));
+    }
+    let offsets = results
+        .into_iter()
+        .map(|(partition, r)| match r {
+            Ok(m) => OffsetResult {
+                partition: Some(m.partition),
+                offset: Some(m.offset),
+                error_code: None,
+                error: None,
+            },
+            Err(e) => OffsetResult {
+                partition,
+                ..per_record_error(0, &error_of(&e))
+            },
+        })
+        .collect();
     Ok(ProduceResponse {
         offsets,
         key_schema_id: None,

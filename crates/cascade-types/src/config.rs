@@ -41,6 +41,10 @@ pub struct TopicConfig {
     pub min_insync_replicas: u32,
     /// `index.interval.bytes`: bytes between time index entries. Default 4096.
     pub index_interval_bytes: u64,
+    /// `producer.id.expiration.ms`: a partition forgets an idempotent producer (its
+    /// sequences, so its retries are no longer recognised) this long after its last batch.
+    /// Kafka's broker-wide setting of the same name, here per topic. Default 1 day.
+    pub producer_id_expiration_ms: u64,
 }
 
 impl Default for TopicConfig {
@@ -55,6 +59,7 @@ impl Default for TopicConfig {
             flush_ms: 1000,
             min_insync_replicas: 1,
             index_interval_bytes: 4096,
+            producer_id_expiration_ms: 24 * 3600 * 1000,
         }
     }
 }
@@ -111,6 +116,7 @@ impl TopicConfig {
         "flush.ms",
         "min.insync.replicas",
         "index.interval.bytes",
+        "producer.id.expiration.ms",
     ];
 
     /// Sets one key, validating the value; on error nothing changes.
@@ -173,6 +179,12 @@ impl TopicConfig {
                     return Err(bad(key, value, "must be > 0"));
                 }
             }
+            "producer.id.expiration.ms" => {
+                next.producer_id_expiration_ms = parse(key, value)?;
+                if next.producer_id_expiration_ms == 0 {
+                    return Err(bad(key, value, "must be > 0"));
+                }
+            }
             other => return Err(TopicConfigError::UnknownKey(other.to_string())),
         }
         *self = next;
@@ -221,6 +233,10 @@ impl TopicConfig {
             (
                 "index.interval.bytes",
                 self.index_interval_bytes.to_string(),
+            ),
+            (
+                "producer.id.expiration.ms",
+                self.producer_id_expiration_ms.to_string(),
             ),
         ]
         .into_iter()

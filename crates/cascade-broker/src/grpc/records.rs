@@ -82,6 +82,7 @@ impl RecordsService {
                         last_offset: info.map_or(0, |i| i.last_offset),
                         record_count: info.map_or(0, |i| i.record_count as u32),
                         error: None,
+                        duplicate: info.is_some_and(|i| i.duplicate),
                     },
                     Err(e) => pb::PartitionProduceResult {
                         partition: pr.partition,
@@ -304,6 +305,39 @@ impl Records for RecordsService {
                 });
             }
             Ok(pb::ListOffsetsResponse { offsets })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn init_producer_id(
+        &self,
+        req: Request<pb::InitProducerIdRequest>,
+    ) -> Result<Response<pb::InitProducerIdResponse>, Status> {
+        let r = req.into_inner();
+        observe("init_producer_id", async {
+            let existing = match (r.producer_id, r.producer_epoch) {
+                (None, None) => None,
+                (Some(id), Some(epoch)) => {
+                    let epoch = i16::try_from(epoch).map_err(|_| {
+                        BrokerError::InvalidRequest(format!(
+                            "producer_epoch {epoch} is out of range (0 to {})",
+                            i16::MAX
+                        ))
+                    })?;
+                    Some((id, epoch))
+                }
+                _ => {
+                    return Err(BrokerError::InvalidRequest(
+                        "give both producer_id and producer_epoch (to re-initialise) or neither (for a new id)".into(),
+                    ));
+                }
+            };
+            let (producer_id, epoch) = self.broker.init_producer(existing).await?;
+            Ok(pb::InitProducerIdResponse {
+                producer_id,
+                producer_epoch: i32::from(epoch),
+            })
         })
         .await
         .map(Response::new)

@@ -17,6 +17,17 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// Most commands handled in one group (one fsync).
 const MAX_GROUP: usize = 512;
 
+impl Command {
+    /// The bytes of an append (empty for other commands).
+    pub(crate) fn batches(&self) -> &[u8] {
+        match self {
+            Command::Append { batches, .. } => batches,
+            Command::AppendReplicated { batches, .. } => batches,
+            _ => &[],
+        }
+    }
+}
+
 /// Requests to a partition's actor.
 pub(crate) enum Command {
     /// A leader append under `epoch`.
@@ -60,6 +71,12 @@ pub(crate) enum Command {
     FindDamage {
         from: u64,
         reply: oneshot::Sender<Result<Option<u64>>>,
+    },
+    /// The epoch and next sequence the log expects from an idempotent producer, if it
+    /// knows the producer (for the admission order of its appends).
+    ProducerTurn {
+        producer_id: i64,
+        reply: oneshot::Sender<Result<Option<(i16, i32)>>>,
     },
     /// Periodic housekeeping: interval flush, retention.
     Maintain { retention: bool },
@@ -269,12 +286,24 @@ impl Actor {
                         };
                         let _ = reply.send(r);
                     }
+                    Command::ProducerTurn { producer_id, reply } => {
+                        let turn = self
+                            .log
+                            .producer_states()
+                            .get(producer_id)
+                            .map(|p| (p.epoch, p.next_seq()));
+                        let _ = reply.send(Ok(turn));
+                    }
                     Command::Maintain { retention } => {
                         if let Err(e) = self.log.flush_if_due() {
                             tracing::error!(dir = %self.dir.display(), error = %e, "periodic flush failed");
                         }
                         if retention && let Err(e) = self.log.apply_retention() {
                             tracing::error!(dir = %self.dir.display(), error = %e, "retention failed");
+                        }
+                        let expired = self.log.expire_producers();
+                        if expired > 0 {
+                            tracing::debug!(dir = %self.dir.display(), expired, "idle producer ids expired");
                         }
                     }
                     Command::Reconfigure { config, reply } => {

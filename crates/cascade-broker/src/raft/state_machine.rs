@@ -34,6 +34,9 @@ pub struct ApplyResponse {
     pub version: u64,
     /// Why the command was refused, if it was.
     pub error: Option<String>,
+    /// For a producer id command: the id and epoch it issued.
+    #[serde(default)]
+    pub producer: Option<(i64, i16)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -157,10 +160,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut out = Vec::new();
         for e in entries {
             inner.last_applied = Some(e.log_id);
+            let mut producer = None;
             let error = match e.payload {
                 EntryPayload::Blank => None,
                 EntryPayload::Normal(cmd) => match inner.state.apply(&cmd) {
-                    Ok(()) => None,
+                    Ok(applied) => {
+                        producer = applied.producer;
+                        None
+                    }
                     Err(err) => {
                         tracing::debug!(command = ?cmd, error = %err, "metadata command refused at apply");
                         Some(err.to_string())
@@ -174,6 +181,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             out.push(ApplyResponse {
                 version: inner.state.version,
                 error,
+                producer,
             });
         }
         let state = Arc::new(inner.state.clone());

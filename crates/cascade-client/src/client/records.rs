@@ -112,6 +112,27 @@ impl Client {
         .await
     }
 
+    /// Asks the cluster for an idempotent producer id (`existing` None), or re-initialises
+    /// `existing` (id, epoch): the cluster bumps its epoch and fences older instances. A new
+    /// id is safe to ask for again after a lost answer (an id is wasted); a bump is not (it
+    /// may have happened, and asking again with the old epoch is refused as fenced), so it is
+    /// not resent after a transport failure.
+    pub async fn init_producer_id(&self, existing: Option<(i64, i16)>) -> Result<(i64, i16)> {
+        let req = pb::InitProducerIdRequest {
+            producer_id: existing.map(|(id, _)| id),
+            producer_epoch: existing.map(|(_, e)| i32::from(e)),
+        };
+        let idempotence = if existing.is_some() { Once } else { Repeatable };
+        let r = self
+            .call(Target::Any, idempotence, |ch| async move {
+                Ok(records_on(ch).init_producer_id(req).await?.into_inner())
+            })
+            .await?;
+        let epoch = i16::try_from(r.producer_epoch)
+            .map_err(|_| ClientError::Decode(format!("producer epoch {}", r.producer_epoch)))?;
+        Ok((r.producer_id, epoch))
+    }
+
     /// Produces typed records; `partition` None lets the broker choose (key hash or sticky).
     pub async fn produce_records(
         &self,

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod errors;
+pub mod proxy;
 
 use cascade_client::Client;
 use std::io::{BufRead, BufReader};
