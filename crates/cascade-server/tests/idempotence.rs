@@ -557,3 +557,113 @@ async fn an_idle_producer_id_expires_and_the_producer_carries_on() {
         vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_recognises_a_retry_of_what_the_old_one_stored() {
+    // Followers build the producer state from what they replicate: after a failover, a retry
+    // of a batch the old leader stored (and acknowledged with acks=all) is answered with its
+    // original offsets by the new leader, not written again.
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = start_cluster(&dirs);
+    let all = nodes
+        .iter()
+        .map(|n| n.grpc.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let client = Client::connect(&all).await.unwrap();
+    client
+        .create_topic("retry-failover", 1, 3, BTreeMap::new())
+        .await
+        .unwrap();
+    let (id, epoch) = client.init_producer_id(None).await.unwrap();
+    let first = batch(&["a", "b", "c"], (id, epoch, 0));
+    let second = batch(&["d"], (id, epoch, 3));
+    let stored = client
+        .produce_batches("retry-failover", 0, first.clone(), Acks::All)
+        .await
+        .unwrap();
+    let stored2 = client
+        .produce_batches("retry-failover", 0, second.clone(), Acks::All)
+        .await
+        .unwrap();
+    let leader = client
+        .refresh_metadata()
+        .await
+        .unwrap()
+        .leader("retry-failover", 0)
+        .unwrap()
+        .node_id;
+    nodes[(leader - 1) as usize].kill9();
+    // Both retries reach the new leader (the client follows the leader change).
+    let again = client
+        .produce_batches("retry-failover", 0, first, Acks::All)
+        .await
+        .unwrap();
+    let again2 = client
+        .produce_batches("retry-failover", 0, second, Acks::All)
+        .await
+        .unwrap();
+    let now = client
+        .refresh_metadata()
+        .await
+        .unwrap()
+        .leader("retry-failover", 0)
+        .unwrap()
+        .node_id;
+    assert_ne!(now, leader, "a new leader answered");
+    assert_eq!(
+        (again.base_offset, again.last_offset),
+        (stored.base_offset, stored.last_offset)
+    );
+    assert_eq!(
+        (again2.base_offset, again2.last_offset),
+        (stored2.base_offset, stored2.last_offset)
+    );
+    // And the sequence goes on from there.
+    let third = client
+        .produce_batches(
+            "retry-failover",
+            0,
+            batch(&["e"], (id, epoch, 4)),
+            Acks::All,
+        )
+        .await
+        .unwrap();
+    assert_eq!(third.base_offset, 4);
+    let values: Vec<Vec<u8>> = read_partition(&client, "retry-failover", 0)
+        .await
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    let expected: Vec<Vec<u8>> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .map(|v| v.as_bytes().to_vec())
+        .collect();
+    assert_eq!(values, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_idempotence_one_request_in_flight_keeps_send_order() {
+    // What holds without a producer id (docs/producer.md): concurrent requests may be stored
+    // in any order, but a producer that waits for each answer (max_in_flight 1) stores in
+    // send order, as long as nothing is retried.
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    client_topic(&node, "plain").await;
+    let client = node.client().await;
+    let producer = Producer::new(
+        client.clone(),
+        "plain",
+        ProducerConfig {
+            idempotence: false,
+            max_in_flight: 1,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(producer.identity(), None);
+    let (seed, n) = (21, 20_000);
+    send_all(&producer, seed, n, 2048, &AtomicU64::new(0)).await;
+    check_run(&client, "plain", seed, n, 2048).await;
+}
