@@ -4,9 +4,15 @@
 //!
 //! # Inputs ([`History`])
 //!
-//! - every acknowledged `acks=all` produce: (topic, partition, offset, payload), with the time
-//!   the request was first sent and the time its acknowledgement arrived;
-//! - every payload ever sent (acknowledged or not), so records nobody wrote are recognised;
+//! - every record the producers sent ([`Sent`]): its unique payload, the producer (and the
+//!   producer session: one idempotent `Producer` instance, normally one per workload producer),
+//!   the partition it was sent to, its send order (a per-producer, per-partition sequence
+//!   number taken when `send` was called) and its outcome: acknowledged at an offset, failed,
+//!   or unanswered. A record that failed or went unanswered is *ambiguous*: it may or may not
+//!   be stored;
+//! - every acknowledged `acks=all` record ([`Ack`]: the acknowledged ones among the sent):
+//!   (topic, partition, offset, payload), with the time `send` was called and the time its
+//!   acknowledgement arrived;
 //! - every acknowledged offset commit of the consumer group, with the same two times, and the
 //!   committed offsets read back at the end;
 //! - per partition: the records read back from the leader at the end (below its high
@@ -17,9 +23,17 @@
 //!
 //! - **lost**: an acknowledged event is not at its acknowledged offset with its payload in the
 //!   read-back (or two acknowledgements name the same offset);
-//! - **reordered**: event B was sent after event A's acknowledgement arrived, yet B sits at a
-//!   lower offset of the same partition (the real-time order of acknowledged writes). Events
-//!   whose requests overlapped in time may land in either order;
+//! - **duplicate**: a payload stored more than once (producers are idempotent: a retried batch
+//!   must be stored once). Each extra copy counts;
+//! - **reordered**: for each producer session and partition, the records of that producer
+//!   found in the log, taken by offset, must be in the order they were sent. Ambiguous records
+//!   may be missing, but those present must be in place too. Each record found below one its
+//!   producer sent to that partition later counts once (the first copy of a duplicated payload
+//!   is the one placed; the extra copies are duplicates);
+//! - **misplaced**: a record stored in a partition other than the one it was sent to;
+//! - **realtime order**: event B was sent after event A's acknowledgement arrived, yet B sits
+//!   at a lower offset of the same partition (the real-time order of acknowledged writes, over
+//!   all producers). Events whose sends overlapped in time may land in either order;
 //! - **gap** or **phantom**: the read-back skips an offset, or holds a workload record whose
 //!   payload was never sent;
 //! - **replicas**: in-sync replicas must be byte-identical below the bound, which is the
@@ -35,9 +49,8 @@
 //!   (per partition), the final committed offset is at least the largest acknowledged one, and
 //!   never beyond the end of the partition.
 //!
-//! The same payload at two offsets (a produce that timed out, was written anyway and was
-//! retried) is a *duplicate*: counted and reported, not a violation, because producers are not
-//! idempotent yet.
+//! Besides, the report counts the ambiguous records found stored and those absent (both are
+//! allowed), for the curious.
 
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -59,10 +72,81 @@ pub struct Ack {
     pub offset: u64,
     /// The record's value (unique per sent event).
     pub payload: Vec<u8>,
-    /// When the first attempt of its produce request was sent.
+    /// When `send` was called for it.
     pub invoked: Nanos,
     /// When the acknowledgement arrived.
     pub acked: Nanos,
+}
+
+/// How a sent record's `send` ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SendOutcome {
+    /// Acknowledged at this offset of its partition.
+    Acked {
+        /// The offset the acknowledgement named.
+        offset: u64,
+        /// When the acknowledgement arrived.
+        at: Nanos,
+    },
+    /// `send` failed with this error (ambiguous: it may be stored).
+    Failed(String),
+    /// No answer: still pending when the workload stopped waiting (ambiguous).
+    Unknown,
+}
+
+impl SendOutcome {
+    fn describe(&self) -> String {
+        match self {
+            Self::Acked { offset, .. } => format!("acknowledged at {offset}"),
+            Self::Failed(e) => format!("failed: {}", &e[..e.len().min(80)]),
+            Self::Unknown => "unanswered".into(),
+        }
+    }
+}
+
+/// A record a producer sent (acknowledged or not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// The record's value (unique per run: `<run>-p<producer>-<n>`).
+    pub payload: Vec<u8>,
+    /// The workload producer.
+    pub producer: u32,
+    /// Which `Producer` instance of that workload producer sent it (a new instance has a new
+    /// producer id; order is only promised within one instance).
+    pub session: u32,
+    /// The partition it was sent to.
+    pub partition: u32,
+    /// Send order: the producer's n-th record to this partition (taken when `send` was called).
+    pub seq: u64,
+    /// When `send` was called.
+    pub invoked: Nanos,
+    /// How it ended.
+    pub outcome: SendOutcome,
+}
+
+impl Sent {
+    /// True when its outcome is not known (it may or may not be stored).
+    pub fn ambiguous(&self) -> bool {
+        !matches!(self.outcome, SendOutcome::Acked { .. })
+    }
+}
+
+/// The acknowledged records among `sent`, as events of `topic`.
+pub fn acked(topic: &str, sent: &[Sent]) -> Vec<Ack> {
+    sent.iter()
+        .filter_map(|s| match s.outcome {
+            SendOutcome::Acked { offset, at } => Some(Ack {
+                topic: topic.to_string(),
+                partition: s.partition,
+                offset,
+                payload: s.payload.clone(),
+                invoked: s.invoked,
+                acked: at,
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 /// An acknowledged offset commit.
@@ -133,9 +217,9 @@ pub struct PartitionEvidence {
 pub struct History {
     /// Topics the workload wrote: only their records are matched against `sent`.
     pub workload_topics: BTreeSet<String>,
-    /// Every payload ever sent, acknowledged or not.
-    pub sent: HashSet<Vec<u8>>,
-    /// Acknowledged events.
+    /// Every record ever sent, acknowledged or not.
+    pub sent: Vec<Sent>,
+    /// Acknowledged events (the acknowledged ones among `sent`).
     pub acks: Vec<Ack>,
     /// Acknowledged commits.
     pub commits: Vec<Commit>,
@@ -153,8 +237,14 @@ pub enum ViolationKind {
     Lost,
     /// Two acknowledgements named the same offset.
     OffsetAckedTwice,
-    /// Acknowledged order not preserved.
+    /// A producer's records stored out of its send order (per partition).
     Reordered,
+    /// A payload stored more than once.
+    Duplicate,
+    /// A record stored in a partition it was not sent to.
+    Misplaced,
+    /// An event sent after another's acknowledgement stored below it.
+    RealtimeOrder,
     /// The read-back skips offsets.
     Gap,
     /// A workload record nobody sent.
@@ -204,10 +294,16 @@ pub struct CheckReport {
     pub acknowledged: u64,
     /// Acknowledged events not found at their offset.
     pub lost: u64,
-    /// Extra copies of payloads stored more than once (not a violation).
+    /// Extra copies of payloads stored more than once (each a violation).
     pub duplicates: u64,
-    /// A few duplicated payloads, for the curious.
+    /// A few duplicated payloads with their copies' count.
     pub duplicate_examples: Vec<String>,
+    /// Records stored out of their producer's send order (each a violation).
+    pub reordered: u64,
+    /// Records sent and never acknowledged (failed or unanswered) found stored: allowed.
+    pub ambiguous_stored: u64,
+    /// Records sent and never acknowledged that are not stored: allowed.
+    pub ambiguous_absent: u64,
     /// Records read back from leaders.
     pub records_read: u64,
     /// Partitions looked at.
@@ -223,9 +319,17 @@ pub struct CheckReport {
 }
 
 impl CheckReport {
-    /// True when nothing was violated.
+    /// True when nothing was violated (every counter of the summary line is 0).
     pub fn ok(&self) -> bool {
         self.violation_counts.is_empty()
+            && self.lost == 0
+            && self.duplicates == 0
+            && self.reordered == 0
+    }
+
+    /// Violations of every kind.
+    pub fn violation_total(&self) -> u64 {
+        self.violation_counts.values().sum()
     }
 
     fn add(&mut self, kind: ViolationKind, topic: &str, partition: u32, detail: String) {
@@ -268,7 +372,9 @@ pub fn check(h: &History) -> CheckReport {
         .map(|p| ((p.topic.clone(), p.partition), p))
         .collect();
     let mut ends: BTreeMap<Tp, u64> = BTreeMap::new();
-    let mut copies: HashMap<&[u8], u64> = HashMap::new();
+    let sent: HashMap<&[u8], &Sent> = h.sent.iter().map(|s| (s.payload.as_slice(), s)).collect();
+    // Where each sent payload was found.
+    let mut copies: HashMap<&[u8], Copies<'_>> = HashMap::new();
 
     // Partitions with acknowledgements but no evidence at all lose everything acknowledged.
     for (tp, acks) in &acks_by_tp {
@@ -319,34 +425,37 @@ pub fn check(h: &History) -> CheckReport {
         if let Some(recs) = readback {
             r.records_read += recs.len() as u64;
             ends.insert(tp.clone(), recs.last().map_or(0, |(o, _)| o + 1));
-            check_readback(&mut r, p, recs, workload, &h.sent, &mut copies);
+            check_readback(&mut r, p, recs, workload, &sent, &mut copies);
             check_acks(&mut r, p, acks, recs);
+            if workload {
+                check_producer_order(&mut r, p, recs, &sent);
+            }
         }
-        check_order(&mut r, &p.topic, p.partition, acks);
+        check_realtime_order(&mut r, &p.topic, p.partition, acks);
         check_replicas(&mut r, p, acks, readback.map(Vec::as_slice));
     }
 
-    let mut dups: Vec<(&[u8], u64)> = copies.into_iter().filter(|(_, n)| *n > 1).collect();
-    dups.sort();
-    r.duplicates = dups.iter().map(|(_, n)| n - 1).sum();
-    r.duplicate_examples = dups
-        .iter()
-        .take(10)
-        .map(|(p, n)| format!("{} x{n}", show(Some(p))))
-        .collect();
+    check_duplicates(&mut r, &copies);
+    for s in h.sent.iter().filter(|s| s.ambiguous()) {
+        if copies.contains_key(s.payload.as_slice()) {
+            r.ambiguous_stored += 1;
+        } else {
+            r.ambiguous_absent += 1;
+        }
+    }
 
     check_commits(&mut r, h, &ends);
     r
 }
 
-/// Dense offsets, no phantoms, duplicate counting.
+/// Dense offsets, no phantoms; notes where each payload was found.
 fn check_readback<'a>(
     r: &mut CheckReport,
-    p: &PartitionEvidence,
+    p: &'a PartitionEvidence,
     recs: &'a [StoredRecord],
     workload: bool,
-    sent: &HashSet<Vec<u8>>,
-    copies: &mut HashMap<&'a [u8], u64>,
+    sent: &HashMap<&[u8], &Sent>,
+    copies: &mut HashMap<&'a [u8], Copies<'a>>,
 ) {
     for w in recs.windows(2) {
         if w[1].0 != w[0].0 + 1 {
@@ -363,7 +472,10 @@ fn check_readback<'a>(
     }
     for (offset, value) in recs {
         match value {
-            Some(v) if sent.contains(v) => *copies.entry(v.as_slice()).or_default() += 1,
+            Some(v) if sent.contains_key(v.as_slice()) => copies
+                .entry(v.as_slice())
+                .or_default()
+                .push((p.topic.as_str(), p.partition, *offset)),
             _ => r.add(
                 ViolationKind::Phantom,
                 &p.topic,
@@ -419,8 +531,104 @@ fn check_acks(r: &mut CheckReport, p: &PartitionEvidence, acks: &[&Ack], recs: &
     }
 }
 
+/// Where a payload was found: (topic, partition, offset) of each copy.
+type Copies<'a> = Vec<(&'a str, u32, u64)>;
+
+/// A payload stored more than once: every extra copy is a violation.
+fn check_duplicates(r: &mut CheckReport, copies: &HashMap<&[u8], Copies<'_>>) {
+    let mut dups: Vec<(&[u8], &Copies<'_>)> = copies
+        .iter()
+        .filter(|(_, at)| at.len() > 1)
+        .map(|(p, at)| (*p, at))
+        .collect();
+    dups.sort();
+    for (payload, at) in &dups {
+        let (topic, partition, _) = at[0];
+        let places: Vec<String> = at.iter().map(|(t, p, o)| format!("{t}/{p}@{o}")).collect();
+        for _ in 1..at.len() {
+            r.duplicates += 1;
+            r.add(
+                ViolationKind::Duplicate,
+                topic,
+                partition,
+                format!(
+                    "{} stored {} times: {}",
+                    show(Some(payload)),
+                    at.len(),
+                    places.join(", ")
+                ),
+            );
+        }
+    }
+    r.duplicate_examples = dups
+        .iter()
+        .take(10)
+        .map(|(p, at)| format!("{} x{}", show(Some(p)), at.len()))
+        .collect();
+}
+
+/// Per producer session and partition, the stored records (first copies, by offset) follow
+/// the send order; every record stored below a later-sent one of its stream counts once.
+/// Records in a partition they were not sent to are misplaced.
+fn check_producer_order(
+    r: &mut CheckReport,
+    p: &PartitionEvidence,
+    recs: &[StoredRecord],
+    sent: &HashMap<&[u8], &Sent>,
+) {
+    // (producer, session) → the latest-sent record found so far, and its offset.
+    let mut latest: HashMap<(u32, u32), (&Sent, u64)> = HashMap::new();
+    let mut placed: HashSet<&[u8]> = HashSet::new();
+    for (offset, value) in recs {
+        let Some(s) = value.as_deref().and_then(|v| sent.get(v)) else {
+            continue; // a phantom, reported by the read-back check
+        };
+        if s.partition != p.partition {
+            r.add(
+                ViolationKind::Misplaced,
+                &p.topic,
+                p.partition,
+                format!(
+                    "offset {offset} holds {}, which producer {} sent to partition {}",
+                    show(Some(&s.payload)),
+                    s.producer,
+                    s.partition
+                ),
+            );
+            continue;
+        }
+        if !placed.insert(s.payload.as_slice()) {
+            continue; // an extra copy: a duplicate, not an ordering question
+        }
+        match latest.get(&(s.producer, s.session)) {
+            Some((l, at)) if l.seq > s.seq => {
+                r.reordered += 1;
+                r.add(
+                    ViolationKind::Reordered,
+                    &p.topic,
+                    p.partition,
+                    format!(
+                        "producer {} (session {}): {} (send #{}, {}) is at offset {offset}, after {} (send #{}, {}) at offset {at}",
+                        s.producer,
+                        s.session,
+                        show(Some(&s.payload)),
+                        s.seq,
+                        s.outcome.describe(),
+                        show(Some(&l.payload)),
+                        l.seq,
+                        l.outcome.describe(),
+                    ),
+                );
+            }
+            _ => {
+                latest.insert((s.producer, s.session), (s, *offset));
+            }
+        }
+    }
+}
+
 /// Real-time order: if A's acknowledgement arrived before B was sent, A's offset is lower.
-fn check_order(r: &mut CheckReport, topic: &str, partition: u32, acks: &[&Ack]) {
+fn check_realtime_order(r: &mut CheckReport, topic: &str, partition: u32, acks: &[&Ack]) {
     let mut by_offset: Vec<&Ack> = acks.to_vec();
     by_offset.sort_by_key(|a| std::cmp::Reverse(a.offset));
     // Walking offsets downwards, keep the earliest acknowledgement among higher offsets: any
@@ -432,7 +640,7 @@ fn check_order(r: &mut CheckReport, topic: &str, partition: u32, acks: &[&Ack]) 
             && e.acked < a.invoked
         {
             r.add(
-                ViolationKind::Reordered,
+                ViolationKind::RealtimeOrder,
                 topic,
                 partition,
                 format!(
@@ -750,6 +958,23 @@ mod tests {
         }
     }
 
+    /// A record producer `producer` sent to partition 0 as its `seq`-th.
+    fn sent(payload: &str, producer: u32, seq: u64, outcome: SendOutcome) -> Sent {
+        Sent {
+            payload: payload.as_bytes().to_vec(),
+            producer,
+            session: 0,
+            partition: 0,
+            seq,
+            invoked: 0,
+            outcome,
+        }
+    }
+
+    fn acked(offset: u64) -> SendOutcome {
+        SendOutcome::Acked { offset, at: 0 }
+    }
+
     fn commit(offset: u64, invoked: u64, acked: u64) -> Commit {
         Commit {
             by: String::new(),
@@ -762,7 +987,8 @@ mod tests {
     }
 
     /// A healthy history: 3 replicas of partition 0 holding a, b, c (epoch 1) and d (epoch 2),
-    /// each acknowledged in order, read back intact.
+    /// sent in that order by producer 0, each acknowledged in order, read back intact; "e",
+    /// sent by producer 1, went unanswered and is not stored (allowed).
     fn healthy() -> History {
         let batches = vec![
             batch(0, 1, &["a", "b"]),
@@ -772,10 +998,13 @@ mod tests {
         let l = log(batches);
         History {
             workload_topics: [T.to_string()].into(),
-            sent: ["a", "b", "c", "d", "e"]
-                .iter()
-                .map(|s| s.as_bytes().to_vec())
-                .collect(),
+            sent: vec![
+                sent("a", 0, 0, acked(0)),
+                sent("b", 0, 1, acked(1)),
+                sent("c", 0, 2, acked(2)),
+                sent("d", 0, 3, acked(3)),
+                sent("e", 1, 0, SendOutcome::Unknown),
+            ],
             acks: vec![
                 ack(0, "a", 10, 20),
                 ack(1, "b", 10, 20),
@@ -805,6 +1034,8 @@ mod tests {
         assert_eq!(r.acknowledged, 4);
         assert_eq!(r.lost, 0);
         assert_eq!(r.duplicates, 0);
+        assert_eq!(r.reordered, 0);
+        assert_eq!((r.ambiguous_stored, r.ambiguous_absent), (0, 1));
         assert_eq!(r.records_read, 4);
         assert_eq!(r.replica_logs, 3);
     }
@@ -841,26 +1072,225 @@ mod tests {
         assert!(kinds(&r).contains(&ViolationKind::OffsetAckedTwice));
     }
 
-    #[test]
-    fn duplicates_are_counted_not_failed() {
-        let mut h = healthy();
-        // "c" was written at 2 by a request that timed out, then again at 4 by its retry,
-        // which was the one acknowledged.
-        let l = log(vec![
-            batch(0, 1, &["a", "b"]),
-            batch(2, 1, &["c"]),
-            batch(3, 2, &["d"]),
-            batch(4, 2, &["c"]),
-        ]);
-        h.acks[2] = ack(4, "c", 30, 65);
+    /// Partition 0's evidence: one replica (in sync) holding `batches`, read back as stored.
+    fn only(h: &mut History, batches: Vec<StoredBatch>) {
+        let l = log(batches);
         h.partitions[0].readback = Some(Ok(l.records.clone()));
         h.partitions[0].replicas = [(1, Ok(l))].into();
         h.partitions[0].isr = vec![1];
+    }
+
+    #[test]
+    fn a_payload_stored_twice_is_a_duplicate() {
+        let mut h = healthy();
+        // "c" was written at 2 by a request whose answer was lost, then again at 4 by a retry
+        // the partition failed to recognise, which was the one acknowledged.
+        only(
+            &mut h,
+            vec![
+                batch(0, 1, &["a", "b"]),
+                batch(2, 1, &["c"]),
+                batch(3, 2, &["d"]),
+                batch(4, 2, &["c"]),
+            ],
+        );
+        h.acks[2] = ack(4, "c", 30, 65);
+        h.sent[2].outcome = acked(4);
+        h.final_committed = Some([((T.to_string(), 0), 5)].into());
+        let r = check(&h);
+        assert!(!r.ok());
+        assert_eq!(kinds(&r), vec![ViolationKind::Duplicate]);
+        assert_eq!(r.duplicates, 1);
+        assert_eq!(r.violation_counts[&ViolationKind::Duplicate], 1);
+        assert_eq!(r.duplicate_examples, vec!["\"c\" x2".to_string()]);
+        assert!(
+            r.violations[0].detail.contains("chaos/0@2, chaos/0@4"),
+            "{:?}",
+            r.violations
+        );
+        // The extra copy is a duplicate, not also a reordering.
+        assert_eq!((r.lost, r.reordered), (0, 0));
+
+        // Three copies are two duplicates.
+        only(
+            &mut h,
+            vec![
+                batch(0, 1, &["a", "b"]),
+                batch(2, 1, &["c"]),
+                batch(3, 2, &["d"]),
+                batch(4, 2, &["c", "c"]),
+            ],
+        );
+        h.final_committed = Some([((T.to_string(), 0), 6)].into());
+        let r = check(&h);
+        assert_eq!(r.duplicates, 2);
+        assert_eq!(r.violation_counts[&ViolationKind::Duplicate], 2);
+    }
+
+    #[test]
+    fn a_producers_records_swapped_in_the_log_are_reordered() {
+        let mut h = healthy();
+        // Producer 0 sent b before c, but c is stored first. Both were acknowledged where they
+        // are, and their sends overlapped, so only the producer-order check can see it.
+        only(
+            &mut h,
+            vec![
+                batch(0, 1, &["a"]),
+                batch(1, 1, &["c"]),
+                batch(2, 1, &["b"]),
+                batch(3, 2, &["d"]),
+            ],
+        );
+        h.acks[1] = ack(2, "b", 10, 20);
+        h.acks[2] = ack(1, "c", 10, 20);
+        h.sent[1].outcome = acked(2);
+        h.sent[2].outcome = acked(1);
+        let r = check(&h);
+        assert!(!r.ok());
+        assert_eq!(kinds(&r), vec![ViolationKind::Reordered]);
+        assert_eq!(r.reordered, 1);
+        assert_eq!((r.lost, r.duplicates), (0, 0));
+        let detail = &r.violations[0].detail;
+        assert!(
+            detail.contains(
+                "\"b\" (send #1, acknowledged at 2) is at offset 2, after \"c\" (send #2"
+            ),
+            "{detail}"
+        );
+
+        // A record moved back past two later ones is one reordered record.
+        only(&mut h, vec![batch(0, 1, &["b", "c", "d", "a"])]);
+        for (i, p) in ["b", "c", "d", "a"].iter().enumerate() {
+            h.acks
+                .iter_mut()
+                .find(|a| a.payload == p.as_bytes())
+                .unwrap()
+                .offset = i as u64;
+        }
+        let r = check(&h);
+        assert_eq!(r.reordered, 1, "{:#?}", r.violations);
+    }
+
+    #[test]
+    fn records_of_different_producers_interleave_freely() {
+        let mut h = healthy();
+        // Producer 1's "e" (acknowledged) lands between producer 0's records, and producer 1's
+        // "f", sent after "e", is stored before it: only the second is a violation.
+        only(
+            &mut h,
+            vec![
+                batch(0, 1, &["a", "e"]),
+                batch(2, 1, &["b", "c"]),
+                batch(4, 2, &["d"]),
+            ],
+        );
+        h.sent[4].outcome = acked(1);
+        for (i, a) in h.acks.iter_mut().enumerate() {
+            a.offset = [0, 2, 3, 4][i];
+        }
+        h.acks.push(ack(1, "e", 10, 20));
         h.final_committed = Some([((T.to_string(), 0), 5)].into());
         let r = check(&h);
         assert!(r.ok(), "{:#?}", r.violations);
-        assert_eq!(r.duplicates, 1);
-        assert_eq!(r.duplicate_examples, vec!["\"c\" x2".to_string()]);
+
+        h.sent
+            .push(sent("f", 1, 1, SendOutcome::Failed("timed out".into())));
+        only(
+            &mut h,
+            vec![
+                batch(0, 1, &["a", "f"]),
+                batch(2, 1, &["e", "b", "c"]),
+                batch(5, 2, &["d"]),
+            ],
+        );
+        for (i, a) in h.acks.iter_mut().enumerate() {
+            a.offset = [0, 3, 4, 5, 2][i];
+        }
+        h.final_committed = Some([((T.to_string(), 0), 6)].into());
+        let r = check(&h);
+        assert_eq!(kinds(&r), vec![ViolationKind::Reordered]);
+        assert_eq!(r.reordered, 1);
+        assert!(
+            r.violations[0].detail.contains("producer 1 (session 0)"),
+            "{:?}",
+            r.violations
+        );
+
+        // Another session of producer 1 (a new producer id) is a stream of its own.
+        h.sent[4].session = 1;
+        assert!(check(&h).ok());
+    }
+
+    #[test]
+    fn an_ambiguous_record_may_be_missing_but_not_out_of_place() {
+        let mut h = healthy();
+        // Producer 0 sent "x" between "b" and "c"; its send failed (the retry budget ran out)
+        // and it was never stored: allowed.
+        h.sent = vec![
+            sent("a", 0, 0, acked(0)),
+            sent("b", 0, 1, acked(1)),
+            sent(
+                "x",
+                0,
+                2,
+                SendOutcome::Failed("gave up after 31 attempts".into()),
+            ),
+            sent("c", 0, 3, acked(2)),
+            sent("d", 0, 4, acked(3)),
+        ];
+        let r = check(&h);
+        assert!(r.ok(), "{:#?}", r.violations);
+        assert_eq!((r.lost, r.duplicates, r.reordered), (0, 0, 0));
+        assert_eq!((r.ambiguous_stored, r.ambiguous_absent), (0, 1));
+
+        // Stored in its place (after "b", before "c"), it is fine too.
+        only(
+            &mut h,
+            vec![
+                batch(0, 1, &["a", "b"]),
+                batch(2, 1, &["x"]),
+                batch(3, 1, &["c"]),
+                batch(4, 2, &["d"]),
+            ],
+        );
+        h.acks[2].offset = 3;
+        h.acks[3].offset = 4;
+        h.sent[3].outcome = acked(3);
+        h.sent[4].outcome = acked(4);
+        h.final_committed = Some([((T.to_string(), 0), 5)].into());
+        let r = check(&h);
+        assert!(r.ok(), "{:#?}", r.violations);
+        assert_eq!((r.ambiguous_stored, r.ambiguous_absent), (1, 0));
+
+        // Stored after "c", which was sent after it, it is reordered.
+        only(
+            &mut h,
+            vec![
+                batch(0, 1, &["a", "b"]),
+                batch(2, 1, &["c"]),
+                batch(3, 1, &["x"]),
+                batch(4, 2, &["d"]),
+            ],
+        );
+        h.acks[2].offset = 2;
+        h.sent[3].outcome = acked(2);
+        let r = check(&h);
+        assert_eq!(kinds(&r), vec![ViolationKind::Reordered]);
+        assert_eq!(r.reordered, 1);
+        assert!(
+            r.violations[0].detail.contains("(send #2, failed: gave up"),
+            "{:?}",
+            r.violations
+        );
+    }
+
+    #[test]
+    fn a_record_in_another_partition_than_it_was_sent_to_is_misplaced() {
+        let mut h = healthy();
+        h.sent[4].partition = 3;
+        h.sent[3].partition = 3;
+        let r = check(&h);
+        assert_eq!(kinds(&r), vec![ViolationKind::Misplaced]);
     }
 
     #[test]
@@ -869,8 +1299,8 @@ mod tests {
         // "c" was sent at 70, after "d" was acknowledged at 60, yet sits below it.
         h.acks[2] = ack(2, "c", 70, 80);
         let r = check(&h);
-        assert_eq!(kinds(&r), vec![ViolationKind::Reordered]);
-        // Had the two requests overlapped, either order would be fine.
+        assert_eq!(kinds(&r), vec![ViolationKind::RealtimeOrder]);
+        // Had the two sends overlapped, either order would be fine.
         h.acks[2] = ack(2, "c", 55, 80);
         assert!(check(&h).ok());
     }
@@ -878,7 +1308,7 @@ mod tests {
     #[test]
     fn gaps_and_phantoms_are_flagged() {
         let mut h = healthy();
-        h.sent.remove("d".as_bytes());
+        h.sent.retain(|s| s.payload != b"d");
         h.acks.pop();
         let r = check(&h);
         assert_eq!(kinds(&r), vec![ViolationKind::Phantom]);
@@ -930,7 +1360,7 @@ mod tests {
             batch(2, 1, &["c"]),
             batch(3, 1, &["z"]),
         ]);
-        h.sent.insert(b"z".to_vec());
+        h.sent.push(sent("z", 2, 0, SendOutcome::Unknown));
         h.partitions[0].replicas.insert(3, Ok(stale));
         h.partitions[0].isr = vec![1, 2];
         let r = check(&h);

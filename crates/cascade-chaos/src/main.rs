@@ -9,7 +9,8 @@ use clap::{Parser, ValueEnum};
 use std::time::Duration;
 
 /// Fault tests of a Cascade cluster in Docker: kill -9, pause, network isolation and full
-/// restarts under an acks=all workload, checked by a history checker.
+/// restarts under an acks=all workload of idempotent producers, checked by a history checker
+/// (nothing acknowledged lost, nothing stored twice or out of its producer's send order).
 #[derive(Debug, Parser)]
 #[command(name = "cascade-chaos", version)]
 struct Args {
@@ -35,7 +36,8 @@ struct Args {
     /// Partitions of the workload topic.
     #[arg(long, default_value_t = 6)]
     partitions: u32,
-    /// Concurrent producers (acks=all, one request in flight each).
+    /// Concurrent producers (idempotent, acks=all, up to 5 requests in flight per partition,
+    /// each writing every partition).
     #[arg(long, default_value_t = 4)]
     producers: u32,
     /// Members of the consumer group.

@@ -184,8 +184,14 @@ impl RunReport {
         );
         let _ = writeln!(
             s,
-            "  produced: {} events acknowledged in {} requests; {} attempts failed or timed out, {} requests given up",
-            c.acknowledged, w.batches_acked, w.produce_failed_attempts, w.produce_given_up
+            "  produced: {} records sent, {} acknowledged, {} failed, {} unanswered ({} producer session(s), {} failed producer inits, {} sends skipped on a full partition backlog)",
+            w.records_sent,
+            c.acknowledged,
+            w.records_failed,
+            w.records_unknown,
+            w.producer_sessions,
+            w.producer_init_failures,
+            w.backlog_full
         );
         let _ = writeln!(
             s,
@@ -199,10 +205,16 @@ impl RunReport {
         );
         let _ = writeln!(
             s,
-            "  lost: {}   duplicates: {}   violations: {}",
+            "  unacknowledged records (failed or unanswered): {} stored, {} not stored (both allowed)",
+            c.ambiguous_stored, c.ambiguous_absent
+        );
+        let _ = writeln!(
+            s,
+            "  lost: {}   duplicates: {}   reordered: {}   violations: {}",
             c.lost,
             c.duplicates,
-            c.violation_counts.values().sum::<u64>()
+            c.reordered,
+            c.violation_total()
         );
         for (k, n) in &c.violation_counts {
             let _ = writeln!(s, "    {n} × {k:?}");
@@ -316,7 +328,10 @@ mod tests {
             s.contains("after healing, the first such write came: p50 150 ms"),
             "{s}"
         );
-        assert!(s.contains("lost: 0   duplicates: 0   violations: 0"), "{s}");
+        assert!(
+            s.contains("lost: 0   duplicates: 0   reordered: 0   violations: 0"),
+            "{s}"
+        );
 
         check.lost = 1;
         check
@@ -327,7 +342,10 @@ mod tests {
         report.problems.push("cluster did not settle".into());
         let s = report.summary();
         assert!(s.starts_with("cascade-chaos: FAIL"), "{s}");
-        assert!(s.contains("lost: 1   duplicates: 0   violations: 1"), "{s}");
+        assert!(
+            s.contains("lost: 1   duplicates: 0   reordered: 0   violations: 1"),
+            "{s}"
+        );
         assert!(s.contains("1 × Lost"), "{s}");
         assert!(s.contains("problem: cluster did not settle"), "{s}");
     }
