@@ -587,6 +587,8 @@ impl Partition {
         let epoch_start = self
             .call(|reply| Command::BecomeLeader { epoch, reply })
             .await?;
+        // Expected sequences from an earlier turn as leader are stale: learn them from the log.
+        self.sequencer.reset().await;
         {
             let mut r = self.lock_repl();
             r.epoch_start = epoch_start;
@@ -632,6 +634,7 @@ impl Partition {
             reply,
         })
         .await?;
+        self.sequencer.reset().await;
         let role = if leader == 0 {
             Role::Idle
         } else {
@@ -778,6 +781,84 @@ mod tests {
             .unwrap();
         assert!(part.append_replicated(batch, 5).await.is_err());
         assert_eq!(part.reader().end_offset(), 1);
+    }
+
+    /// A replica that leads again after others led meanwhile must not expect a producer's
+    /// sequences from its earlier turn: it learns them from its log, which followed along.
+    /// (It used to keep the old expectation, so every batch of that producer waited the full
+    /// park time for predecessors that had long been stored: seen in a chaos run.)
+    #[tokio::test]
+    async fn a_replica_leading_again_expects_what_its_log_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = Partition::open(
+            Arc::new(cascade_log::fs::StdFs),
+            "t".into(),
+            "id".into(),
+            0,
+            1,
+            dir.path(),
+            &TopicConfig::default(),
+            true,
+        )
+        .unwrap();
+        let batch = |seq: i32, offset: i64, epoch: i32| {
+            let mut b = cascade_record::BatchBuilder::new();
+            b.push(cascade_record::Record {
+                timestamp: 1,
+                key: None,
+                value: Some(b"x"),
+                headers: &[],
+            });
+            let mut bytes = b.finish();
+            cascade_record::header::set_producer(&mut bytes, 7, 0, seq);
+            cascade_record::header::set_base_offset(&mut bytes, offset);
+            stamp_epoch(&mut bytes, epoch);
+            bytes
+        };
+        part.become_leader(1, vec![1, 2], vec![1]).await.unwrap();
+        for seq in 0..3 {
+            let info = part
+                .append_local(BytesMut::from(&batch(seq, 0, 1)[..]))
+                .await
+                .unwrap();
+            assert_eq!(info.base_offset, seq as u64);
+        }
+        assert!(part.sequencer.knows(7).await);
+        // Another node leads and stores sequences 3 and 4; this replica copies them.
+        part.become_follower(2, 2, vec![1, 2], vec![1, 2])
+            .await
+            .unwrap();
+        assert!(
+            !part.sequencer.knows(7).await,
+            "forgotten on leaving the lead"
+        );
+        for seq in 3..5 {
+            part.append_replicated(batch(seq, i64::from(seq), 2), 2)
+                .await
+                .unwrap();
+        }
+        part.become_leader(3, vec![1, 2], vec![1]).await.unwrap();
+        assert!(
+            !part.sequencer.knows(7).await,
+            "forgotten on taking the lead"
+        );
+        // Sequence 5 is in turn at once: learnt from the log, not from the old turn (which
+        // expected 3 and would have parked it).
+        let info = part
+            .append_local(BytesMut::from(&batch(5, 0, 3)[..]))
+            .await
+            .unwrap();
+        assert_eq!(info.base_offset, 5);
+        let turns = part.sequencer.turns.lock().await;
+        assert_eq!(
+            turns.standing(&sequencer::ProducerBatch {
+                producer_id: 7,
+                epoch: 0,
+                first_seq: 6,
+                last_seq: 6
+            }),
+            sequencer::Standing::InTurn
+        );
     }
 
     fn state(role: Role, isr: &[u32], followers: &[(u32, u64)], local_end: u64) -> ReplState {

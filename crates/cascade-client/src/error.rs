@@ -149,6 +149,9 @@ pub(crate) fn retry_class(code: tonic::Code, reason: Option<ErrorCode>) -> Retry
         // in between failed.
         None if code == tonic::Code::Unavailable => Retry::Ambiguous,
         None if code == tonic::Code::Unknown => Retry::Ambiguous,
+        // The connection went away with the request in flight (a node killed, a connection
+        // reset): tonic reports the stream as cancelled. The server never answers with it.
+        None if code == tonic::Code::Cancelled => Retry::Ambiguous,
         None => Retry::No,
     }
 }
@@ -165,7 +168,7 @@ pub(crate) fn describe(e: &ClientError) -> &'static str {
         None => match e {
             ClientError::Connect { .. } => "no broker reachable",
             ClientError::Server {
-                code: tonic::Code::Unavailable | tonic::Code::Unknown,
+                code: tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled,
                 ..
             } => "broker unreachable",
             _ => "failed",
@@ -235,6 +238,10 @@ mod tests {
         // A node down: tonic reports UNAVAILABLE without an ErrorInfo.
         assert_eq!(
             ClientError::from(Status::unavailable("connection refused")).retry(),
+            Retry::Ambiguous
+        );
+        assert_eq!(
+            ClientError::from(Status::cancelled("operation was canceled")).retry(),
             Retry::Ambiguous
         );
         assert_eq!(

@@ -457,6 +457,13 @@ enum Slot {
     /// Certainly not stored, and its sequence can no longer follow on: sent again under a
     /// new epoch.
     Renumber,
+    /// Failed for good (its waiters have the error; it may or may not be stored). It keeps
+    /// its place until every batch before it is resolved, so the window never holds more
+    /// than `max_in_flight` batches past an unresolved one: the partition remembers a
+    /// producer's last five batches, and a stored batch must stay among them until its
+    /// retry is answered, or the retry would be refused as out of order and the batch
+    /// renumbered and stored twice.
+    Failed,
 }
 
 struct Sent {
@@ -594,7 +601,7 @@ impl Sender {
             if part
                 .window
                 .iter()
-                .any(|s| s.state != Slot::InFlight && s.state != Slot::Acked)
+                .any(|s| matches!(s.state, Slot::Resend | Slot::Renumber))
             {
                 continue;
             }
@@ -681,9 +688,14 @@ impl Sender {
             Err(e) if idempotent && e.reason() == Some(ErrorCode::OutOfOrderSequence) => {
                 let earlier: Vec<Slot> = part.window.iter().take(at).map(|s| s.state).collect();
                 let s = &mut part.window[at];
-                s.state = if earlier.is_empty() || earlier.contains(&Slot::Renumber) {
-                    // Everything before it is stored (or certainly not): the partition will
-                    // never take this sequence. Renumber under a new epoch.
+                s.state = if earlier
+                    .iter()
+                    .all(|e| matches!(e, Slot::Acked | Slot::Failed | Slot::Renumber))
+                {
+                    // Everything before it is resolved and the partition still refuses it: it
+                    // is not stored (were it, it would be among the five batches the partition
+                    // remembers, see `Slot::Failed`), and its sequence will never be taken.
+                    // Renumber under a new epoch.
                     Slot::Renumber
                 } else {
                     Slot::Resend
@@ -710,11 +722,16 @@ impl Sender {
                 if !refused_outright(&e) {
                     tracing::warn!(topic = %self.topic, partition = p, error = %e, "batch failed; it may or may not be stored");
                 }
-                let s = part.window.remove(at).expect("found above");
-                answers.push((s.waiters, Err(e)));
+                let s = &mut part.window[at];
+                s.state = Slot::Failed;
+                answers.push((std::mem::take(&mut s.waiters), Err(e)));
             }
         }
-        while part.window.front().is_some_and(|s| s.state == Slot::Acked) {
+        while part
+            .window
+            .front()
+            .is_some_and(|s| matches!(s.state, Slot::Acked | Slot::Failed))
+        {
             part.window.pop_front();
         }
         for (waiters, r) in answers {
@@ -780,10 +797,10 @@ impl Sender {
                 }
                 for (&p, part) in self.parts.iter_mut() {
                     part.next_seq = 0;
-                    // Every batch left in the window is certainly not stored (stored ones were
-                    // answered and dropped, failed ones removed): back to the queue, in order.
+                    // Every batch left in the window but the answered ones (stored, or failed
+                    // for good) is certainly not stored: back to the queue, in order.
                     for s in part.window.drain(..).rev() {
-                        if s.state == Slot::Acked {
+                        if matches!(s.state, Slot::Acked | Slot::Failed) {
                             continue;
                         }
                         part.queue.push_front(Ready {

@@ -50,7 +50,7 @@ struct Turn {
 /// For a producer the log does not know, the line starts at 0: its first batch here is
 /// sequence 0 (a batch that is not will be refused by the log as an unknown producer).
 #[derive(Debug, PartialEq, Eq)]
-enum Standing {
+pub(crate) enum Standing {
     /// Next in line (or nothing is known: the first batch seen defines the line).
     InTurn,
     /// Its predecessors have not been queued yet.
@@ -69,7 +69,7 @@ fn after(seq: i32) -> i32 {
 pub(crate) struct Turns(HashMap<i64, Turn>);
 
 impl Turns {
-    fn standing(&self, b: &ProducerBatch) -> Standing {
+    pub(crate) fn standing(&self, b: &ProducerBatch) -> Standing {
         let Some(t) = self.0.get(&b.producer_id) else {
             return Standing::InTurn;
         };
@@ -109,7 +109,7 @@ impl Turns {
 /// Admission control for one partition's idempotent appends.
 #[derive(Debug, Default)]
 pub(crate) struct Sequencer {
-    turns: Mutex<Turns>,
+    pub(crate) turns: Mutex<Turns>,
     /// Woken whenever a batch was queued, so parked successors look again.
     queued: Notify,
 }
@@ -134,6 +134,9 @@ impl Sequencer {
                 Standing::Other => return turns,
                 Standing::Ahead if tokio::time::Instant::now() >= deadline => {
                     metrics::counter!("cascade_produce_sequence_waits_expired_total").increment(1);
+                    // What is expected here may be stale: the next batch learns it afresh
+                    // from the log.
+                    turns.0.remove(&b.producer_id);
                     return turns;
                 }
                 Standing::Ahead => {}
@@ -150,6 +153,13 @@ impl Sequencer {
     /// Wakes batches waiting for their turn.
     pub(crate) fn queued(&self) {
         self.queued.notify_waiters();
+    }
+
+    /// Forgets every expected sequence (this replica's role changed: what it expected from
+    /// an earlier turn as leader is stale) and wakes the batches waiting, which look again.
+    pub(crate) async fn reset(&self) {
+        self.turns.lock().await.0.clear();
+        self.queued();
     }
 
     /// True if the producer's expected sequence is known here.
@@ -251,10 +261,8 @@ mod tests {
         let started = tokio::time::Instant::now();
         drop(s.turn(&batch(5, 1)).await);
         assert!(started.elapsed() >= PARK);
-        // It did not move the line: 1 is still next.
-        assert_eq!(
-            s.turns.lock().await.standing(&batch(1, 1)),
-            Standing::InTurn
-        );
+        // It did not move the line, and what was expected is forgotten: the next batch learns
+        // it from the log.
+        assert!(!s.knows(7).await);
     }
 }

@@ -16,7 +16,24 @@ pub struct Proxy {
 impl Proxy {
     /// Starts forwarding to `target` (host:port).
     pub async fn start(target: &str) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        Self::start_on(0, target).await
+    }
+
+    /// A free loopback port, for a proxy started later (e.g. one a node advertises as its own
+    /// address, so that clients reach it only through the proxy).
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// Starts forwarding 127.0.0.1:`port` (0: any) to `target`.
+    pub async fn start_on(port: u16, target: &str) -> Proxy {
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind proxy");
         let addr = listener.local_addr().unwrap().to_string();
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let target = target.to_string();
