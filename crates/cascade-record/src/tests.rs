@@ -70,7 +70,10 @@ fn producer_fields_are_rewritten_with_a_fresh_crc() {
     header::set_producer(&mut bytes, 42, 3, 1_000);
     let batch = validate_batch(&bytes).expect("the CRC covers the new fields");
     let h = batch.header();
-    assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (42, 3, 1_000));
+    assert_eq!(
+        (h.producer_id, h.producer_epoch, h.base_sequence),
+        (42, 3, 1_000)
+    );
     // Records and the other fields are untouched.
     assert_eq!(bytes[HEADER_LEN..], original[HEADER_LEN..]);
     assert_eq!(bytes[..17], original[..17]);
