@@ -251,8 +251,12 @@ impl Broker {
             .groups
             .set(GroupCoordinator::new(self.meta.clone(), offsets_count));
         self.cleanup_deleted_dirs();
+        // Subscribed before the first pass: a change that pass makes itself (a damaged replica
+        // leaving the in-sync set) must wake the loop, or the replica would wait for some
+        // unrelated change to get its role.
+        let changes = self.meta.subscribe();
         self.reconcile().await?;
-        crate::reconcile::spawn(self.clone());
+        crate::reconcile::spawn(self.clone(), changes);
         crate::controller::spawn(self.clone());
         crate::housekeeping::spawn(self.clone());
         self.spawn_scrub();

@@ -217,9 +217,14 @@ impl Partition {
         let log_cfg = log_config(config);
         let mut damaged_at_open = None;
         let clock: Arc<dyn cascade_log::Clock> = Arc::new(cascade_log::SystemClock);
+        let marker = crate::epochs::sibling(dir, "damaged");
         let log = match Log::open_with(fs.clone(), clock.clone(), dir, log_cfg.clone()) {
             Err(e @ LogError::Corrupt { .. }) if repairable => {
                 tracing::error!(dir = %dir.display(), error = %e, "damaged replica: cutting it at the damage to fetch the rest from the leader");
+                // The flag is on disk before the cut: a crash right after the cut must not
+                // leave a short log that looks clean and could lead (it stays flagged until
+                // the replica has left the in-sync set).
+                write_damage_marker(&marker, &e.to_string())?;
                 let log = Log::open_with(
                     fs,
                     clock,
@@ -234,6 +239,10 @@ impl Partition {
             }
             r => r?,
         };
+        if damaged_at_open.is_none() && marker.exists() {
+            tracing::error!(dir = %dir.display(), "replica still flagged damaged from before the restart: it leaves the in-sync set before it may lead");
+            damaged_at_open = Some(log.end_offset());
+        }
         let epochs = Arc::new(Mutex::new(EpochCache::load(dir, log.end_offset())?));
         let reader = log.reader();
         let local_end = acknowledged_end(&log);
@@ -317,6 +326,20 @@ impl Partition {
     /// The damage has been dealt with (this replica left the in-sync set).
     pub fn clear_damage(&self) {
         *self.damaged.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let marker = crate::epochs::sibling(&self.dir, "damaged");
+        match std::fs::remove_file(&marker) {
+            Ok(()) => {
+                if let Some(parent) = marker.parent()
+                    && let Err(e) = std::fs::File::open(parent).and_then(|d| d.sync_all())
+                {
+                    tracing::warn!(path = %marker.display(), error = %e, "damage flag removal not synced");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %marker.display(), error = %e, "cannot remove the damage flag: the replica will leave the in-sync set again after a restart");
+            }
+        }
     }
 
     /// Checks every batch of the log (CRC, framing, offsets); returns where the undamaged
@@ -700,6 +723,26 @@ impl Partition {
     }
 }
 
+/// Writes the damage flag beside a partition directory durably (file and directory fsynced).
+fn write_damage_marker(path: &Path, why: &str) -> Result<()> {
+    use std::io::Write;
+    let io = |e: std::io::Error| {
+        BrokerError::Storage(LogError::Io {
+            op: "write damage flag",
+            path: path.to_path_buf(),
+            source: e,
+        })
+    };
+    let mut f = std::fs::File::create(path).map_err(io)?;
+    f.write_all(why.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
+    Ok(())
+}
 /// The idempotent producer of an append, if its first batch has one: its id and epoch, the
 /// first batch's first sequence and the last batch's last (an append is one producer's run).
 fn producer_of(batches: &[u8]) -> Option<ProducerBatch> {
@@ -781,6 +824,49 @@ mod tests {
             .unwrap();
         assert!(part.append_replicated(batch, 5).await.is_err());
         assert_eq!(part.reader().end_offset(), 1);
+    }
+
+    /// The damage flag outlives the process: a replica cut for damage and then crashed
+    /// before it left the in-sync set opens flagged again (its short log looks clean), and
+    /// only dealing with it removes the flag.
+    #[tokio::test]
+    async fn a_damage_flag_survives_a_restart_until_it_is_dealt_with() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("0");
+        let open = || {
+            Partition::open(
+                Arc::new(cascade_log::fs::StdFs),
+                "t".into(),
+                "id".into(),
+                0,
+                1,
+                &dir,
+                &TopicConfig::default(),
+                true,
+            )
+            .unwrap()
+        };
+        let part = open();
+        assert_eq!(part.damaged_at_open(), None);
+        part.close().await.unwrap();
+        drop(part);
+        write_damage_marker(&crate::epochs::sibling(&dir, "damaged"), "test").unwrap();
+        let part = open();
+        assert_eq!(part.damaged_at_open(), Some(0), "flagged from the file");
+        part.close().await.unwrap();
+        drop(part);
+        let part = open();
+        assert_eq!(
+            part.damaged_at_open(),
+            Some(0),
+            "still flagged: nothing dealt with it"
+        );
+        part.clear_damage();
+        part.close().await.unwrap();
+        drop(part);
+        let part = open();
+        assert_eq!(part.damaged_at_open(), None, "cleared for good");
+        assert!(!crate::epochs::sibling(&dir, "damaged").exists());
     }
 
     /// A replica that leads again after others led meanwhile must not expect a producer's

@@ -17,8 +17,12 @@ use crate::partition::Role;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub(crate) fn spawn(broker: Arc<Broker>) {
-    let mut rx = broker.meta.subscribe();
+/// Reconciles after every metadata change `rx` has not seen yet (so a receiver subscribed
+/// before the first reconciliation also covers the changes made during it).
+pub(crate) fn spawn(
+    broker: Arc<Broker>,
+    mut rx: tokio::sync::watch::Receiver<Arc<crate::metadata::ClusterMetadata>>,
+) {
     let token = broker.shutdown.clone();
     tokio::spawn(async move {
         loop {

@@ -170,6 +170,36 @@ pub struct CleanMarker {
     pub max_timestamp: i64,
 }
 
+/// Name of the file holding the log's recovery point: the end offset last made durable
+/// (fsynced). Rewritten in place after every fsync, without an fsync of its own: after a
+/// crash it may be older than the truth (never newer), which only makes recovery less strict.
+/// Recovery uses it to tell damage from a torn tail: a bad batch below it was on stable
+/// storage and has gone bad since, it was not torn by the crash.
+pub const RECOVERY_POINT: &str = "recovery-point";
+/// Magic of the recovery-point file.
+pub const RECOVERY_MAGIC: [u8; 8] = *b"CASC.RCP";
+/// Length of the encoded recovery point: magic, the offset (u64 LE), CRC-32C.
+pub const RECOVERY_LEN: usize = 8 + 8 + 4;
+
+/// Encodes a recovery point.
+pub fn encode_recovery_point(offset: u64) -> [u8; RECOVERY_LEN] {
+    let mut b = [0u8; RECOVERY_LEN];
+    b[0..8].copy_from_slice(&RECOVERY_MAGIC);
+    b[8..16].copy_from_slice(&offset.to_le_bytes());
+    let crc = crc32c::crc32c(&b[..16]);
+    b[16..20].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// Decodes a recovery point, or `None` if the bytes are not a whole, undamaged one.
+pub fn decode_recovery_point(b: &[u8]) -> Option<u64> {
+    if b.len() != RECOVERY_LEN || b[0..8] != RECOVERY_MAGIC {
+        return None;
+    }
+    let crc = u32::from_le_bytes(b[16..20].try_into().ok()?);
+    (crc == crc32c::crc32c(&b[..16])).then(|| u64::from_le_bytes(b[8..16].try_into().expect("8")))
+}
+
 /// Length of the encoded marker: magic, four u64 fields, CRC-32C.
 pub const MARKER_LEN: usize = 8 + 4 * 8 + 4;
 
@@ -210,6 +240,19 @@ impl CleanMarker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recovery_points_round_trip_and_damage_is_refused() {
+        let b = encode_recovery_point(123_456);
+        assert_eq!(decode_recovery_point(&b), Some(123_456));
+        for i in 0..b.len() {
+            let mut bad = b;
+            bad[i] ^= 0x10;
+            assert_eq!(decode_recovery_point(&bad), None, "flipped byte {i}");
+        }
+        assert_eq!(decode_recovery_point(&b[..RECOVERY_LEN - 1]), None);
+        assert_eq!(decode_recovery_point(&[]), None);
+    }
 
     #[test]
     fn names_round_trip_and_sort() {

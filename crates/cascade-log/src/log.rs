@@ -151,6 +151,9 @@ pub struct Log {
     pub(crate) producers: ProducerStates,
     /// Offsets of the producer snapshots in the directory.
     pub(crate) snapshots: BTreeSet<u64>,
+    /// The recovery-point file ([`crate::format::RECOVERY_POINT`]), rewritten after every
+    /// fsync; None if it could not be opened (recovery is then only less strict).
+    pub(crate) recovery: Option<Arc<dyn File>>,
 }
 
 impl Log {
@@ -581,6 +584,7 @@ impl Log {
                 // current generation may move the durable offset.
                 if generation == self.shared.generation.load(Ordering::SeqCst) {
                     self.shared.durable_offset.fetch_max(end, Ordering::SeqCst);
+                    self.note_recovery_point(false);
                 }
                 self.last_sync = Instant::now();
                 Ok(self.durable_offset())
@@ -626,6 +630,7 @@ impl Log {
         }
         let next = self.active.next_offset;
         self.shared.durable_offset.fetch_max(next, Ordering::SeqCst);
+        self.note_recovery_point(false);
         let fresh = match Segment::create(&*self.fs, &self.shared.dir, next, self.clock.now_ms()) {
             Ok(s) => Arc::new(s),
             Err(e) => {
@@ -843,6 +848,9 @@ impl Log {
         self.shared
             .durable_offset
             .store(new_end.next_offset, Ordering::SeqCst);
+        // Lowered at once, durably: what is appended next may be torn by a crash, and a tear
+        // below a stale recovery point would look like damage.
+        self.note_recovery_point(true);
         Ok(())
     }
 
@@ -899,9 +907,27 @@ impl Log {
         self.shared.replace_segments(vec![fresh.clone()]);
         self.shared.end_offset.store(start, Ordering::SeqCst);
         self.shared.durable_offset.store(start, Ordering::SeqCst);
+        self.note_recovery_point(true);
         self.delete_segment_files(&old)?;
         self.active = Active::new(fresh)?;
         Ok(())
+    }
+
+    /// Records the durable offset as the recovery point (see
+    /// [`crate::format::RECOVERY_POINT`]). Without an fsync, except when it moves down
+    /// (`durable`): a recovery point that is too old only makes recovery less strict, one that
+    /// is too new would make a torn write look like damage.
+    pub(crate) fn note_recovery_point(&self, durable: bool) {
+        let Some(f) = &self.recovery else {
+            return;
+        };
+        let bytes = crate::format::encode_recovery_point(self.durable_offset());
+        let r = f
+            .write_all_at(&bytes, 0)
+            .and_then(|()| if durable { f.sync_data() } else { Ok(()) });
+        if let Err(e) = r {
+            tracing::warn!(dir = %self.shared.dir.display(), error = %e, "recovery point not written");
+        }
     }
 
     /// Reads every batch of every segment and checks it (CRC, framing, dense offsets) without
@@ -936,6 +962,10 @@ impl Log {
     pub fn close(mut self) -> Result<()> {
         self.check_poisoned()?;
         self.active.seg.sync_all()?;
+        self.shared
+            .durable_offset
+            .fetch_max(self.active.next_offset, Ordering::SeqCst);
+        self.note_recovery_point(false);
         self.save_snapshot(self.active.next_offset);
         let seg = &self.active.seg;
         let marker = CleanMarker {

@@ -17,11 +17,11 @@
 //!   the batch headers after it are replayed. Headers that do not chain are damage, handled
 //!   as damage to a sealed segment: reported, or under [`CorruptionPolicy::Truncate`] cut off.
 
-use crate::config::{Clock, CorruptionPolicy, LogConfig, SystemClock};
+use crate::config::{Clock, CorruptionPolicy, FlushPolicy, LogConfig, SystemClock};
 use crate::error::{LogError, Result};
 use crate::format::{
-    CLEAN_MARKER, CleanMarker, FILE_HEADER_LEN, FileKind, MARKER_LEN, parse_segment_name,
-    parse_snapshot_name,
+    CLEAN_MARKER, CleanMarker, FILE_HEADER_LEN, FileKind, MARKER_LEN, RECOVERY_LEN, RECOVERY_POINT,
+    decode_recovery_point, parse_segment_name, parse_snapshot_name,
 };
 use crate::fs::{FileSystem, StdFs};
 use crate::index::{Position, TimeIndexEntry};
@@ -54,6 +54,7 @@ impl Log {
         fs.create_dir_all(&dir)
             .map_err(|e| LogError::io("create directory", &dir, e))?;
         let marker = take_marker(&*fs, &dir)?;
+        let recovery_point = read_recovery_point(&*fs, &dir);
         let (bases, mut snapshots) = list_segments(&*fs, &dir)?;
         let mut segs: Vec<Arc<Segment>> = Vec::new();
         if bases.is_empty() {
@@ -64,7 +65,37 @@ impl Log {
             let seg = Segment::create(&*fs, &dir, config.initial_offset, clock.now_ms())?;
             segs.push(Arc::new(seg));
         } else {
-            open_segments(&*fs, &dir, &config, &bases, marker, &mut segs)?;
+            open_segments(
+                &*fs,
+                &dir,
+                &config,
+                &bases,
+                marker,
+                recovery_point,
+                &mut segs,
+            )?;
+            let active = segs.last().expect("at least one segment");
+            let end = active.end().next_offset;
+            if let Some(rp) = recovery_point.filter(|&rp| end < rp) {
+                // Every offset below the recovery point was fsynced; a log that no longer
+                // reaches it lost data that was on stable storage (a file cut short behind
+                // the log's back, a file system that rolled back).
+                let reason = format!(
+                    "the log ends at offset {end}, below offset {rp}, up to which it had been made durable"
+                );
+                match config.on_corruption {
+                    CorruptionPolicy::Fail => {
+                        return Err(LogError::corrupt(
+                            &active.log_path,
+                            active.end().log_len,
+                            reason,
+                        ));
+                    }
+                    CorruptionPolicy::Truncate => {
+                        tracing::error!(segment = %active.log_path.display(), %reason, "durable data is missing");
+                    }
+                }
+            }
         }
         let producers = load_producers(
             &*fs,
@@ -93,6 +124,7 @@ impl Log {
         });
         let count = segs.len();
         shared.replace_segments(segs);
+        let (fs2, dir2) = (fs.clone(), shared.dir.clone());
         let log = Log {
             fs,
             clock,
@@ -103,7 +135,10 @@ impl Log {
             last_sync: Instant::now(),
             producers,
             snapshots,
+            recovery: open_recovery_point(&*fs2, &dir2),
         };
+        // Everything present now is on stable storage.
+        log.note_recovery_point(true);
         tracing::debug!(dir = %log.dir().display(), segments = count, start = log.start_offset(),
             end, elapsed_ms = started.elapsed().as_millis() as u64, "opened log");
         Ok(log)
@@ -145,7 +180,7 @@ fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<(Vec<u64>, BTreeSet<
         };
         match parse_segment_name(name) {
             Some((base, kind)) => found.entry(base).or_default().push((kind, path)),
-            None if name == CLEAN_MARKER => {}
+            None if name == CLEAN_MARKER || name == RECOVERY_POINT => {}
             None => match parse_snapshot_name(name) {
                 Some((offset, false)) => {
                     snapshots.insert(offset);
@@ -240,6 +275,7 @@ fn open_segments(
     config: &LogConfig,
     bases: &[u64],
     marker: Option<CleanMarker>,
+    recovery_point: Option<u64>,
     segs: &mut Vec<Arc<Segment>>,
 ) -> Result<()> {
     for (i, &base) in bases.iter().enumerate() {
@@ -265,7 +301,7 @@ fn open_segments(
                 }
             }
         } else {
-            let seg = open_active(fs, dir, config, base, marker)?;
+            let seg = open_active(fs, dir, config, base, marker, recovery_point)?;
             segs.push(Arc::new(seg));
         }
     }
@@ -326,6 +362,7 @@ fn open_active(
     config: &LogConfig,
     base: u64,
     marker: Option<CleanMarker>,
+    recovery_point: Option<u64>,
 ) -> Result<Segment> {
     let log_path = crate::format::segment_path(dir, base, FileKind::Log);
     let torn_header = {
@@ -352,15 +389,113 @@ fn open_active(
     }
     let out = seg.rebuild(config.index_interval_bytes)?;
     if let Some((pos, reason)) = &out.damage {
-        tracing::warn!(segment = %seg.log_path.display(), position = pos, %reason,
-            dropped_bytes = seg.log.len().unwrap_or(0).saturating_sub(out.end.log_len),
-            "truncating the torn tail of the active segment");
+        let dropped = seg.log.len().unwrap_or(0).saturating_sub(out.end.log_len);
+        // A torn tail is what a crash leaves of writes that were never made durable. A bad
+        // batch below the recovery point was on stable storage: it went bad since. One
+        // followed by valid batches is damage too, unless the topic fsyncs every
+        // acknowledgement (flush=always): then everything past the recovery point was never
+        // acknowledged, and a power loss may have kept later pages of it but not earlier ones.
+        let why = if let Some(rp) = recovery_point.filter(|&rp| out.end.next_offset < rp) {
+            Some(format!("below offset {rp}, which had been made durable"))
+        } else if !matches!(config.flush, FlushPolicy::Always)
+            && let Some(at) = valid_batch_after(&seg, *pos)?
+        {
+            Some(format!("a valid batch follows at byte {at}"))
+        } else {
+            None
+        };
+        match (why, config.on_corruption) {
+            (Some(why), CorruptionPolicy::Fail) => {
+                return Err(LogError::corrupt(
+                    &seg.log_path,
+                    *pos,
+                    format!(
+                        "damaged batch at offset {} ({reason}): {why}",
+                        out.end.next_offset
+                    ),
+                ));
+            }
+            (Some(why), CorruptionPolicy::Truncate) => {
+                tracing::error!(segment = %seg.log_path.display(), position = pos, %reason, %why,
+                    dropped_bytes = dropped, "damaged active segment: cutting the log at the damage");
+            }
+            (None, _) => {
+                tracing::warn!(segment = %seg.log_path.display(), position = pos, %reason,
+                    dropped_bytes = dropped, "truncating the torn tail of the active segment");
+            }
+        }
         seg.log
             .set_len(out.end.log_len)
             .map_err(|e| LogError::io("truncate", &seg.log_path, e))?;
     }
     seg.sync_all()?;
     Ok(seg)
+}
+
+/// Where the first valid batch after the bad one at `pos` starts, if any: right after it
+/// (when its length field is intact) or, failing that, at any later byte (when the length
+/// itself was hit). Reads at most [`LOOK_AHEAD`] bytes past `pos`.
+fn valid_batch_after(seg: &Segment, pos: u64) -> Result<Option<u64>> {
+    let log_len = seg
+        .log
+        .len()
+        .map_err(|e| LogError::io("stat", &seg.log_path, e))?;
+    let want = (log_len.saturating_sub(pos)).min(LOOK_AHEAD) as usize;
+    let mut buf = vec![0u8; want];
+    let n = seg
+        .log
+        .read_full_at(&mut buf, pos)
+        .map_err(|e| LogError::io("read", &seg.log_path, e))?;
+    let buf = &buf[..n];
+    let valid_at = |at: usize| {
+        let rest = &buf[at..];
+        cascade_record::BatchHeader::parse(rest)
+            .ok()
+            .filter(|h| h.total_len() <= rest.len())
+            .is_some_and(|h| cascade_record::validate_batch(&rest[..h.total_len()]).is_ok())
+    };
+    if let Ok(h) = cascade_record::BatchHeader::parse(buf)
+        && h.total_len() < buf.len()
+        && valid_at(h.total_len())
+    {
+        return Ok(Some(pos + h.total_len() as u64));
+    }
+    // Byte by byte: a candidate must carry the batch magic at its place (cheap to test) before
+    // the header is parsed and the CRC checked.
+    Ok((1..buf.len().saturating_sub(cascade_record::HEADER_LEN))
+        .find(|&at| buf[at + 16] == 2 && valid_at(at))
+        .map(|at| pos + at as u64))
+}
+
+/// Most bytes past a bad batch searched for a valid one.
+const LOOK_AHEAD: u64 = 64 << 20;
+
+/// The recovery point recorded before the last stop or crash, if the file is there and whole.
+fn read_recovery_point(fs: &dyn FileSystem, dir: &Path) -> Option<u64> {
+    let path = dir.join(RECOVERY_POINT);
+    if !fs.exists(&path) {
+        return None;
+    }
+    let f = fs.open(&path, false).ok()?;
+    let mut b = [0u8; RECOVERY_LEN + 1];
+    let n = f.read_full_at(&mut b, 0).ok()?;
+    let rp = decode_recovery_point(&b[..n]);
+    if rp.is_none() {
+        tracing::warn!(path = %path.display(), "ignoring a damaged recovery point");
+    }
+    rp
+}
+
+/// The recovery-point file, created if missing.
+fn open_recovery_point(fs: &dyn FileSystem, dir: &Path) -> Option<Arc<dyn crate::fs::File>> {
+    let path = dir.join(RECOVERY_POINT);
+    match fs.open(&path, true) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot open the recovery point: recovery will tell damage from torn writes less strictly");
+            None
+        }
+    }
 }
 
 /// True when the marker matches the files exactly, so the active segment needs no scan.

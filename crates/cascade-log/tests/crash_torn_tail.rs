@@ -2,11 +2,12 @@
 //! the cut on (the size reached the disk, the data did not), with and without the
 //! clean-shutdown marker, on MemFs and on the real file system. The reopened log must hold
 //! exactly the batches before the torn one, cut the torn bytes off, ignore the stale marker,
-//! and give the next append the torn batch's offset.
+//! and give the next append the torn batch's offset. The torn batch is one written after the
+//! last fsync: a bad batch below the recovery point is damage (`crash_active_damage.rs`).
 
 mod common;
 
-use cascade_log::format::{CLEAN_MARKER, FileKind};
+use cascade_log::format::{CLEAN_MARKER, FileKind, RECOVERY_POINT};
 use cascade_log::fs::{FileSystem, MemFs};
 use cascade_log::{Log, LogConfig};
 use common::crash::*;
@@ -22,6 +23,7 @@ trait TornStore {
     fn read(&self, name: &Path) -> Vec<u8>;
     fn write(&self, name: &Path, contents: &[u8]);
     fn exists(&self, name: &Path) -> bool;
+    fn remove(&self, name: &Path);
     fn newest_base(&self) -> u64;
 }
 
@@ -47,6 +49,9 @@ impl TornStore for MemStore {
     }
     fn exists(&self, name: &Path) -> bool {
         self.0.exists(&mem_dir().join(name))
+    }
+    fn remove(&self, name: &Path) {
+        self.0.remove_file(&mem_dir().join(name)).unwrap()
     }
     fn newest_base(&self) -> u64 {
         active_base(&self.0)
@@ -79,6 +84,9 @@ impl TornStore for DiskStore {
     }
     fn exists(&self, name: &Path) -> bool {
         self.dir.join(name).exists()
+    }
+    fn remove(&self, name: &Path) {
+        std::fs::remove_file(self.dir.join(name)).unwrap()
     }
     fn newest_base(&self) -> u64 {
         *bases_on_disk(&self.dir).last().unwrap()
@@ -114,6 +122,9 @@ fn sweep_torn_tail<S: TornStore>(
         expected.extend(vals);
         i += 1;
     }
+    // Everything before the last batch is durable; the last batch is what a crash tears:
+    // written after the last fsync (the recovery point stays before it).
+    log.sync().unwrap();
     log.append(&mut batch(&["last"], 2000)).unwrap();
     expected.push("last".into());
     assert_eq!(values(&log.reader(), 0), expected);
@@ -121,7 +132,6 @@ fn sweep_torn_tail<S: TornStore>(
         log.close().unwrap();
         assert!(template.exists(Path::new(CLEAN_MARKER)));
     } else {
-        log.sync().unwrap();
         drop(log);
     }
     let log_name = path_of(Path::new(""), template.newest_base(), FileKind::Log);
@@ -152,6 +162,13 @@ fn sweep_torn_tail<S: TornStore>(
             swept += 1;
             let store = template.copy();
             store.write(&log_name, &damaged);
+            if with_marker {
+                // A clean shutdown made the last batch durable, so tearing it now is damage
+                // (crash_active_damage.rs). What is tested here is that a stale marker is
+                // ignored: as for a log whose recovery point is unknown (written before they
+                // existed, or lost), a bad tail is then cut as torn.
+                store.remove(Path::new(RECOVERY_POINT));
+            }
             let mut log = store.open(small_config());
             assert!(!store.exists(Path::new(CLEAN_MARKER)), "{ctx}");
             assert_eq!(log.end_offset(), last.base, "{ctx}");

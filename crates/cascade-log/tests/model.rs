@@ -535,6 +535,14 @@ impl Harness {
                 snapshots.push(offset);
                 continue;
             }
+            if name == cascade_log::format::RECOVERY_POINT {
+                // Whole and never beyond what is durable (it may lag after a crash).
+                let bytes = self.fs.read_file(&p).unwrap();
+                if let Some(rp) = cascade_log::format::decode_recovery_point(&bytes) {
+                    assert!(rp <= self.model.end(), "recovery point {rp} past the end");
+                }
+                continue;
+            }
             let Some((base, kind)) = parse_segment_name(name) else {
                 panic!("unexpected file {name} in an open log's directory");
             };
