@@ -101,6 +101,10 @@ pub struct Broker {
     pub(crate) fetchers: crate::replication::Fetchers,
     /// One reconciliation at a time.
     pub(crate) reconcile_lock: tokio::sync::Mutex<()>,
+    /// Replicas this node holds but could not open (damage a lone replica cannot repair, a
+    /// failing disk), with why: they are offline, the rest of the node serves on. Retried on
+    /// every reconciliation.
+    pub(crate) offline: std::sync::Mutex<HashMap<(String, u32), String>>,
     ready: tokio::sync::watch::Sender<bool>,
     /// Set during a graceful shutdown: the controller moves leadership away.
     pub(crate) leaving: AtomicBool,
@@ -133,6 +137,7 @@ impl Broker {
             liveness: Default::default(),
             fetchers: Default::default(),
             reconcile_lock: tokio::sync::Mutex::new(()),
+            offline: Default::default(),
             ready,
             leaving: AtomicBool::new(false),
             meta,
@@ -359,7 +364,45 @@ impl Broker {
             .ok()
             .filter(|h| h.id == t.id)
             .and_then(|h| h.partitions.get(&partition).cloned())
-            .ok_or_else(|| self.not_leader_error(&snap, topic, partition))
+            .ok_or_else(|| match self.offline_reason(topic, partition) {
+                Some(reason) => BrokerError::ReplicaOffline {
+                    node: self.config.node_id,
+                    topic: topic.to_string(),
+                    partition,
+                    reason,
+                },
+                None => self.not_leader_error(&snap, topic, partition),
+            })
+    }
+
+    /// Why this node's replica of `topic`/`partition` is offline, if it is.
+    pub(crate) fn offline_reason(&self, topic: &str, partition: u32) -> Option<String> {
+        self.offline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(topic.to_string(), partition))
+            .cloned()
+    }
+
+    /// Notes whether a replica could be opened (logging each change, and counting offline
+    /// replicas in `cascade_partitions_offline`).
+    pub(crate) fn set_offline(&self, topic: &str, partition: u32, reason: Option<String>) {
+        let mut offline = self.offline.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (topic.to_string(), partition);
+        match reason {
+            Some(r) => {
+                if offline.get(&key) != Some(&r) {
+                    tracing::error!(topic, partition, reason = %r, "replica offline: it could not be opened; the rest of the node serves on");
+                }
+                offline.insert(key, r);
+            }
+            None => {
+                if offline.remove(&key).is_some() {
+                    tracing::info!(topic, partition, "replica opened: online again");
+                }
+            }
+        }
+        metrics::gauge!("cascade_partitions_offline").set(offline.len() as f64);
     }
 
     /// The partition if this node leads it; otherwise `NotLeader` naming the leader, or

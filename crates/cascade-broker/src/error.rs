@@ -232,6 +232,18 @@ pub enum BrokerError {
     /// The metadata controller (Raft leader) is unknown or unreachable.
     #[error("no metadata controller is available: {0}")]
     NoController(String),
+    /// This node's replica could not be opened.
+    #[error("node {node}'s replica of {topic}/{partition} is offline: {reason}")]
+    ReplicaOffline {
+        /// This node.
+        node: u32,
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Why it could not be opened.
+        reason: String,
+    },
     /// An idempotent batch does not follow the producer's last one on the partition.
     #[error(
         "out-of-order sequence from producer {producer_id} (epoch {epoch}): expected {expected}, got {got}; nothing was written"
@@ -346,6 +358,7 @@ impl BrokerError {
             Self::NotEnoughReplicas { .. } => ErrorCode::NotEnoughReplicas,
             Self::NotCoordinator { .. } => ErrorCode::NotCoordinator,
             Self::Remote { code, .. } => *code,
+            Self::ReplicaOffline { .. } => ErrorCode::StorageError,
             Self::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
             Self::ProducerFenced { .. } => ErrorCode::ProducerFenced,
             Self::UnknownProducerId { .. } => ErrorCode::UnknownProducerId,

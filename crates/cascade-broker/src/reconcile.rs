@@ -89,8 +89,17 @@ impl Broker {
                     continue;
                 }
                 if let std::collections::btree_map::Entry::Vacant(slot) = parts.entry(i) {
-                    slot.insert(self.open_partition(t, i).await?);
-                    opened = true;
+                    // One replica that cannot be opened (damage its lone copy cannot repair, a
+                    // failing disk) is offline; it must not stop the node or its other
+                    // partitions.
+                    match self.open_partition(t, i).await {
+                        Ok(part) => {
+                            slot.insert(part);
+                            opened = true;
+                            self.set_offline(&t.name, i, None);
+                        }
+                        Err(e) => self.set_offline(&t.name, i, Some(e.to_string())),
+                    }
                 }
             }
             if opened || config_changed || existing.is_none() {

@@ -193,3 +193,69 @@ async fn torn_tail_and_cut_index_are_repaired_on_restart() {
         assert!(all.iter().all(|(_, v)| v != b"never acknowledged"));
     }
 }
+
+/// A lone replica (replication factor 1) whose active segment is damaged cannot be repaired
+/// from anywhere: cutting it would drop acknowledged events and reuse their offsets. It is
+/// refused, loudly, as a replica that is offline, while the node starts and serves its other
+/// partitions (one damaged partition used to stop the whole node from starting, and before
+/// that was silently cut as a torn tail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_lone_replica_is_offline_and_the_node_serves_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start(dir.path());
+    let client = node.client().await;
+    for t in ["lone", "fine"] {
+        client.create_topic(t, 1, 1, BTreeMap::new()).await.unwrap();
+    }
+    for i in 0..40 {
+        let values: Vec<String> = (0..10).map(|j| format!("v{i}-{j}")).collect();
+        for t in ["lone", "fine"] {
+            client
+                .produce_batches(t, 0, batch(&values), Acks::All)
+                .await
+                .unwrap();
+        }
+    }
+    tokio::task::block_in_place(|| node.kill9());
+    // Flip two bytes in the middle of the lone replica's (only) segment.
+    let log = std::fs::read_dir(dir.path().join("topics/lone/0"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "log"))
+        .unwrap();
+    let mut bytes = std::fs::read(&log).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    bytes[mid + 1] ^= 0x5a;
+    std::fs::write(&log, &bytes).unwrap();
+
+    tokio::task::block_in_place(|| node.restart_same_port());
+    let client = node.client().await.with_retry_budget(Duration::ZERO);
+    // The damaged data is neither served nor cut: the replica is offline, and says why.
+    let e = client
+        .fetch("lone", 0, 0, 1 << 20, Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.reason(),
+        Some(cascade_client::proto::ErrorCode::StorageError),
+        "{e}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("offline") && msg.contains("made durable"),
+        "{msg}"
+    );
+    assert_eq!(std::fs::read(&log).unwrap(), bytes, "nothing was cut");
+    // The rest of the node works.
+    let mut c = cascade_client::PartitionConsumer::new(client.clone(), "fine", 0, 0);
+    let mut n = 0;
+    while n < 400 {
+        n += c.poll(Duration::from_millis(200)).await.unwrap().len();
+    }
+    client
+        .produce_batches("fine", 0, batch(&["after".to_string()]), Acks::All)
+        .await
+        .unwrap();
+}
