@@ -903,3 +903,97 @@ async fn a_broker_added_later_gets_replicas_and_leadership_of_new_topics() {
         );
     }
 }
+
+/// A coordinator that was paused while another node took its groups over must not answer
+/// committed offsets from its memory when it wakes: its `FetchOffsets` goes through the same
+/// read barrier as `DescribeGroup`, so it either fails (the client then asks the new
+/// coordinator) or answers what the new coordinator committed — never the older offset, which
+/// would rewind a consumer. The request is already waiting in the paused node's socket when it
+/// resumes, so it is served before the node hears of its deposition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deposed_coordinator_never_answers_stale_committed_offsets() {
+    use cascade_client::proto::{
+        FetchOffsetsRequest, OffsetCommit, TopicPartitions, groups_client::GroupsClient,
+    };
+    let commit = |offset: u64| {
+        vec![OffsetCommit {
+            topic: "t".into(),
+            partition: 0,
+            offset,
+            metadata: String::new(),
+        }]
+    };
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = start_cluster(&dirs);
+    wait_for("3 live brokers", Duration::from_secs(20), async || {
+        let d = describe(&nodes).await;
+        (d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive)).then_some(())
+    })
+    .await;
+    let seeds: Vec<String> = nodes.iter().map(|n| n.grpc.clone()).collect();
+    let client = Client::connect(&seeds.join(",")).await.expect("connect");
+    client
+        .create_topic("t", 1, 3, BTreeMap::new())
+        .await
+        .expect("create");
+    client
+        .commit_offsets("gs", "", -1, commit(10))
+        .await
+        .expect("first commit");
+    let old = client.coordinator_of("gs").await.expect("coordinator").node_id;
+    let old_node = &nodes[old as usize - 1];
+    // A channel to the coordinator opened now, while it answers.
+    let mut direct = GroupsClient::connect(format!("http://{}", old_node.grpc))
+        .await
+        .expect("connect to the coordinator");
+    let live: Vec<String> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i as u32 + 1 != old)
+        .map(|(_, n)| n.grpc.clone())
+        .collect();
+    let others = Client::connect(&live.join(",")).await.expect("connect");
+
+    old_node.signal("-STOP");
+    let new = wait_for("another coordinator", Duration::from_secs(30), async || {
+        let c = others.coordinator_of("gs").await.ok()?;
+        (c.node_id != 0 && c.node_id != old).then_some(c.node_id)
+    })
+    .await;
+    wait_until("the second commit", Duration::from_secs(30), async || {
+        others
+            .commit_offsets("gs", "", -1, commit(20))
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let req = FetchOffsetsRequest {
+        group_id: "gs".into(),
+        partitions: vec![TopicPartitions {
+            topic: "t".into(),
+            partitions: vec![0],
+        }],
+    };
+    let asked = tokio::spawn(async move { direct.fetch_offsets(req).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    old_node.signal("-CONT");
+    match asked.await.expect("request task") {
+        Ok(r) => {
+            let offsets = r.into_inner().offsets;
+            assert!(
+                offsets.iter().all(|c| c.offset == 20),
+                "node {old}, deposed by node {new}, answered stale offsets {offsets:?}"
+            );
+        }
+        Err(status) => eprintln!("the deposed coordinator refused: {status}"),
+    }
+    // And the client, routed to the new coordinator, reads the new offset.
+    let got = wait_until("offsets from the new coordinator", Duration::from_secs(30), async || {
+        client
+            .fetch_offsets("gs", vec![])
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(got.iter().map(|c| c.offset).collect::<Vec<_>>(), [20]);
+}

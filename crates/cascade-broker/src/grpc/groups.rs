@@ -125,6 +125,10 @@ impl Groups for GroupsService {
         observe("fetch_offsets", async {
             self.broker.own_group(&r.group_id).await?;
             cascade_types::validate_group_id(&r.group_id).map_err(BrokerError::InvalidGroupId)?;
+            // Committed offsets are answered from memory: a coordinator deposed while it was
+            // paused or cut off would serve offsets older than the new coordinator's, and a
+            // consumer starting from them rewinds. The barrier proves it still leads first.
+            self.broker.groups().read_barrier(&r.group_id).await?;
             let filter = flatten(r.partitions);
             let offsets = self.broker.groups().fetch_offsets(&r.group_id, &filter);
             Ok(pb::FetchOffsetsResponse {
