@@ -124,6 +124,55 @@ impl EpochCache {
     }
 }
 
+/// Where a follower's log stops agreeing with its leader's, found by [`find_divergence`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Divergence {
+    /// Cut the local log at this offset (it may equal the local end: nothing to cut).
+    CutAt(u64),
+    /// The leader holds none of the local epochs (its log starts after all of them): drop
+    /// everything and restart empty at the leader's log start, given here.
+    Restart(u64),
+}
+
+/// KIP-279's truncation loop, follower side. `local` are the follower's epoch entries, `end`
+/// its log end; `ask(e)` asks the leader for the largest epoch `<= e` it has and where that
+/// epoch ends in its log (`(-1, leader_log_start)` if it has none).
+///
+/// One round is not enough: when the leader answers an epoch the follower never had, the
+/// follower's last batches of an *older* epoch may still diverge (the leader's copy of that
+/// older epoch can end sooner). So the follower cuts everything past the answered epoch, then
+/// asks again for its new latest epoch, until the leader answers an epoch the follower has (the
+/// logs agree up to the smaller of the two ends of it) or the follower has no epochs left.
+/// Every round removes at least one local epoch, so the loop ends.
+pub async fn find_divergence<E, F>(
+    local: &[(i32, u64)],
+    end: u64,
+    mut ask: impl FnMut(i32) -> F,
+) -> std::result::Result<Divergence, E>
+where
+    F: Future<Output = std::result::Result<(i32, u64), E>>,
+{
+    let mut entries = local.to_vec();
+    let mut end = end;
+    while let Some(&(mine, _)) = entries.last() {
+        let (theirs, their_end) = ask(mine).await?;
+        if theirs < 0 {
+            return Ok(Divergence::Restart(their_end));
+        }
+        // Local epochs newer than the answer are not in the leader's history: our end of the
+        // answered epoch is where the first of them starts.
+        let newer = entries.partition_point(|&(e, _)| e <= theirs);
+        let our_end = entries.get(newer).map_or(end, |&(_, s)| s);
+        end = end.min(our_end).min(their_end);
+        entries.truncate(newer);
+        entries.retain(|&(_, s)| s < end);
+        if entries.last().is_some_and(|&(e, _)| e == theirs) || theirs >= mine {
+            break;
+        }
+    }
+    Ok(Divergence::CutAt(end))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +197,60 @@ mod tests {
         assert_eq!(again.entries(), &[(0, 0), (2, 10)]);
         let cut = EpochCache::load(&dir, 10).unwrap();
         assert_eq!(cut.entries(), &[(0, 0)]);
+    }
+
+    /// Runs `find_divergence` against a leader with these epochs and log bounds; returns the
+    /// outcome and the epochs the follower asked about.
+    fn diverge(
+        leader_entries: &[(i32, u64)],
+        leader_start: u64,
+        leader_end: u64,
+        local: &[(i32, u64)],
+        end: u64,
+    ) -> (Divergence, Vec<i32>) {
+        let leader = EpochCache {
+            path: PathBuf::from("/nonexistent"),
+            entries: leader_entries.to_vec(),
+        };
+        let mut asked = Vec::new();
+        let d = futures::executor::block_on(find_divergence(local, end, |e| {
+            asked.push(e);
+            std::future::ready(Ok::<_, ()>(
+                leader
+                    .end_offset_for(e, leader_end)
+                    .unwrap_or((-1, leader_start)),
+            ))
+        }))
+        .unwrap();
+        (d, asked)
+    }
+
+    #[test]
+    fn truncation_loops_until_the_epochs_agree() {
+        // The case: the follower's epoch 1 runs to 10, the leader's only to 8 (its
+        // epoch 2 starts there); the follower never had epoch 2, the leader never had 3. One
+        // round (ask 3, told "epoch 2 ends at 15") would cut at 10 and keep offsets 8 and 9 of
+        // a history the leader does not share.
+        let (d, asked) = diverge(&[(1, 0), (2, 8), (4, 15)], 0, 30, &[(1, 0), (3, 10)], 20);
+        assert_eq!(d, Divergence::CutAt(8));
+        assert_eq!(asked, [3, 1]);
+        // Same history: nothing to cut, one round.
+        let (d, asked) = diverge(&[(1, 0), (2, 8)], 0, 30, &[(1, 0), (2, 8)], 20);
+        assert_eq!((d, asked), (Divergence::CutAt(20), vec![2]));
+        // The follower is ahead inside the leader's latest epoch (it had not replicated the
+        // leader's cut yet): cut at the leader's end of it.
+        let (d, _) = diverge(&[(1, 0), (2, 8)], 0, 12, &[(1, 0), (2, 8)], 20);
+        assert_eq!(d, Divergence::CutAt(12));
+        // Every local epoch is newer than the leader's history: nothing shared after the
+        // leader's epoch 1 ends.
+        let (d, asked) = diverge(&[(1, 0), (2, 5)], 0, 9, &[(1, 0), (3, 4), (5, 7)], 9);
+        assert_eq!(d, Divergence::CutAt(4));
+        assert_eq!(asked, [5, 1]);
+        // The leader's log starts after everything here (retention ran while we were away).
+        let (d, _) = diverge(&[(6, 100)], 100, 120, &[(1, 0), (3, 10)], 20);
+        assert_eq!(d, Divergence::Restart(100));
+        // No local epochs: nothing to ask.
+        let (d, asked) = diverge(&[(1, 0)], 0, 5, &[], 3);
+        assert_eq!((d, asked), (Divergence::CutAt(3), vec![]));
     }
 }

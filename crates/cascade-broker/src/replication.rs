@@ -17,6 +17,7 @@
 //! controller as compare-and-set updates on the partition epoch.
 
 use crate::broker::Broker;
+use crate::epochs::{Divergence, find_divergence};
 use crate::error::{BrokerError, Result};
 use crate::metadata::{MetadataCommand, PartitionUpdate};
 use crate::partition::{FollowerProgress, Partition, Role};
@@ -175,7 +176,10 @@ impl Broker {
         }
     }
 
-    /// KIP-279 truncation: cut the local log where the leader's log diverges from it.
+    /// KIP-279 truncation: cut the local log where the leader's log diverges from it (see
+    /// [`find_divergence`] for why it takes as many rounds as it takes), and restart it empty at
+    /// the leader's log start when it ends before it: a replica that was away while retention
+    /// deleted the leader's older segments can never fetch the gap.
     async fn truncate_to_leader(
         &self,
         client: &mut ReplicationClient<Channel>,
@@ -183,62 +187,51 @@ impl Broker {
         epoch: i32,
     ) -> Result<()> {
         let local_end = part.reader().end_offset();
-        let latest = part.epochs().latest();
-        let Some((my_epoch, _)) = latest else {
-            // Nothing stamped here (an empty log, or data from before epochs were kept):
-            // start from what the leader has, keeping nothing we cannot vouch for.
-            if local_end > 0 || part.reader().start_offset() > 0 {
-                let resp = client
-                    .epoch_end_offset(EpochEndOffsetRequest {
-                        topic: part.topic.to_string(),
-                        partition: part.index,
-                        leader_epoch: epoch,
-                        requested_epoch: -1,
-                    })
-                    .await
-                    .map_err(|s| BrokerError::from_remote(&s))?
-                    .into_inner();
-                // The answer for epoch -1 is (-1, leader log start).
-                let leader_start = resp.end_offset;
-                if local_end != leader_start {
-                    tracing::warn!(topic = %part.topic, partition = part.index, local_end, leader_start, "no epoch history: restarting the replica from the leader's log start");
-                    part.truncate_fully(leader_start).await?;
-                }
-            }
-            return Ok(());
-        };
-        let resp = client
-            .epoch_end_offset(EpochEndOffsetRequest {
+        let ask = |requested_epoch: i32| {
+            let mut client = client.clone();
+            let req = EpochEndOffsetRequest {
                 topic: part.topic.to_string(),
                 partition: part.index,
                 leader_epoch: epoch,
-                requested_epoch: my_epoch,
-            })
-            .await
-            .map_err(|s| BrokerError::from_remote(&s))?
-            .into_inner();
-        let cut = if resp.epoch < 0 {
-            // The leader has no epoch this old: its log starts after everything here.
-            None
-        } else {
-            // Our own end of the epoch the leader answered for.
-            let mine = part
-                .epochs()
-                .end_offset_for(resp.epoch, local_end)
-                .map(|(_, end)| end)
-                .unwrap_or(local_end);
-            Some(resp.end_offset.min(mine))
+                requested_epoch,
+            };
+            async move {
+                let r = client
+                    .epoch_end_offset(req)
+                    .await
+                    .map_err(|s| BrokerError::from_remote(&s))?
+                    .into_inner();
+                Ok::<_, BrokerError>((r.epoch, r.end_offset))
+            }
         };
-        match cut {
-            Some(c) if c < local_end => {
+        // The answer for epoch -1 is (-1, leader log start).
+        let (_, leader_start) = ask(-1).await?;
+        let entries = part.epochs().entries().to_vec();
+        if entries.is_empty() {
+            // Nothing stamped here (an empty log, or data from before epochs were kept):
+            // start from what the leader has, keeping nothing we cannot vouch for.
+            if (local_end > 0 || part.reader().start_offset() > 0) && local_end != leader_start {
+                tracing::warn!(topic = %part.topic, partition = part.index, local_end, leader_start, "no epoch history: restarting the replica from the leader's log start");
+                part.truncate_fully(leader_start).await?;
+            }
+            return Ok(());
+        }
+        match find_divergence(&entries, local_end, ask).await? {
+            Divergence::CutAt(c) if c < local_end => {
                 let end = part.truncate(c).await?;
                 tracing::info!(topic = %part.topic, partition = part.index, from = local_end, to = end, "truncated a divergent suffix");
             }
-            Some(_) => {}
-            None => {
+            Divergence::CutAt(_) => {}
+            Divergence::Restart(start) => {
                 tracing::warn!(topic = %part.topic, partition = part.index, "leader holds none of this replica's epochs: restarting from the leader's log start");
-                part.truncate_fully(resp.end_offset).await?;
+                part.truncate_fully(start).await?;
+                return Ok(());
             }
+        }
+        let end = part.reader().end_offset();
+        if end < leader_start {
+            tracing::warn!(topic = %part.topic, partition = part.index, end, leader_start, "this replica ends before the leader's log start (retention ran meanwhile): restarting it from there");
+            part.truncate_fully(leader_start).await?;
         }
         Ok(())
     }

@@ -940,7 +940,11 @@ async fn a_deposed_coordinator_never_answers_stale_committed_offsets() {
         .commit_offsets("gs", "", -1, commit(10))
         .await
         .expect("first commit");
-    let old = client.coordinator_of("gs").await.expect("coordinator").node_id;
+    let old = client
+        .coordinator_of("gs")
+        .await
+        .expect("coordinator")
+        .node_id;
     let old_node = &nodes[old as usize - 1];
     // A channel to the coordinator opened now, while it answers.
     let mut direct = GroupsClient::connect(format!("http://{}", old_node.grpc))
@@ -988,12 +992,98 @@ async fn a_deposed_coordinator_never_answers_stale_committed_offsets() {
         Err(status) => eprintln!("the deposed coordinator refused: {status}"),
     }
     // And the client, routed to the new coordinator, reads the new offset.
-    let got = wait_until("offsets from the new coordinator", Duration::from_secs(30), async || {
-        client
-            .fetch_offsets("gs", vec![])
-            .await
-            .map_err(|e| e.to_string())
-    })
+    let got = wait_until(
+        "offsets from the new coordinator",
+        Duration::from_secs(30),
+        async || {
+            client
+                .fetch_offsets("gs", vec![])
+                .await
+                .map_err(|e| e.to_string())
+        },
+    )
     .await;
     assert_eq!(got.iter().map(|c| c.offset).collect::<Vec<_>>(), [20]);
+}
+
+/// A follower that was away while retention deleted the leader's older segments ends before
+/// the leader's log start: it can never fetch the gap, so it restarts its replica at the
+/// leader's log start and catches up from there (it used to retry the out-of-range fetch
+/// forever and never rejoin the in-sync set).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_left_behind_by_retention_restarts_at_the_leaders_log_start() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = start_cluster_with(&dirs, &["--retention-check-secs", "1"]);
+    wait_for("3 live brokers", Duration::from_secs(20), async || {
+        let d = describe(&nodes).await;
+        (d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive)).then_some(())
+    })
+    .await;
+    let admin = nodes[0].client().await;
+    let configs: BTreeMap<String, String> = [
+        ("min.insync.replicas".to_string(), "2".to_string()),
+        ("segment.bytes".to_string(), "2048".to_string()),
+        ("retention.bytes".to_string(), "4096".to_string()),
+    ]
+    .into();
+    admin
+        .create_topic("r", 1, 3, configs)
+        .await
+        .expect("create");
+    let mut acked = BTreeMap::new();
+    produce_all(&nodes, "r", 1, "a", 50, &mut acked).await;
+    wait_for(
+        "all replicas in sync",
+        Duration::from_secs(20),
+        async || (partition(&describe(&nodes).await, "r", 0).isr.len() == 3).then_some(()),
+    )
+    .await;
+    let p = partition(&describe(&nodes).await, "r", 0);
+    let away = *p.replicas.iter().find(|&&r| r != p.leader).unwrap();
+    nodes[away as usize - 1].stop();
+    let away_end = 50;
+
+    // Enough new data that retention deletes everything the stopped follower has.
+    produce_all(&nodes, "r", 1, "b", 500, &mut acked).await;
+    let leader_start = wait_for(
+        "retention past the stopped follower's end",
+        Duration::from_secs(30),
+        async || {
+            let (_, c) = leader_client(&nodes, "r", 0).await;
+            let o = c
+                .list_offsets("r", vec![0], cascade_client::proto::OffsetSpec::Earliest, 0)
+                .await
+                .ok()?;
+            (o[0].offset > away_end).then_some(o[0].offset)
+        },
+    )
+    .await;
+
+    nodes[away as usize - 1].restart_same_port();
+    wait_until(
+        "the returning follower back in sync",
+        Duration::from_secs(30),
+        async || {
+            let p = partition(&describe(&nodes).await, "r", 0);
+            if p.isr.contains(&away) {
+                Ok(())
+            } else {
+                Err(format!("isr {:?}", p.isr))
+            }
+        },
+    )
+    .await;
+    // Its replica now starts at (or after) the leader's old log start and holds the rest.
+    nodes[away as usize - 1].stop();
+    let log = cascade_log::Log::open(
+        &dirs[away as usize - 1].path().join("topics/r/0"),
+        cascade_log::LogConfig::default(),
+    )
+    .expect("open the follower's replica");
+    assert!(
+        log.reader().start_offset() > away_end,
+        "the replica restarted at {} (the leader's log started at {leader_start})",
+        log.reader().start_offset()
+    );
+    assert_eq!(log.reader().end_offset(), 550);
 }

@@ -183,15 +183,22 @@ pub const FAST: &[&str] = &["--heartbeat-ms", "200", "--session-timeout-ms", "12
 
 /// Starts one node per directory as a cluster: node 1 bootstraps, the others join through it.
 pub fn start_cluster(dirs: &[tempfile::TempDir]) -> Vec<Node> {
+    start_cluster_with(dirs, &[])
+}
+
+/// [`start_cluster`] with extra flags for every node.
+pub fn start_cluster_with(dirs: &[tempfile::TempDir], extra: &[&str]) -> Vec<Node> {
     let mut nodes = Vec::new();
     let mut first = vec!["--node-id", "1"];
     first.extend_from_slice(FAST);
+    first.extend_from_slice(extra);
     nodes.push(Node::start_with(dirs[0].path(), &first));
     let seed = nodes[0].grpc.clone();
     for (i, d) in dirs.iter().enumerate().skip(1) {
         let id = (i + 1).to_string();
         let mut args = vec!["--node-id", id.as_str(), "--seeds", seed.as_str()];
         args.extend_from_slice(FAST);
+        args.extend_from_slice(extra);
         nodes.push(Node::start_with(d.path(), &args));
     }
     nodes
