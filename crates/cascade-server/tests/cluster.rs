@@ -1076,7 +1076,7 @@ async fn a_follower_left_behind_by_retention_restarts_at_the_leaders_log_start()
     // Its replica now starts at (or after) the leader's old log start and holds the rest.
     nodes[away as usize - 1].stop();
     let log = cascade_log::Log::open(
-        &dirs[away as usize - 1].path().join("topics/r/0"),
+        dirs[away as usize - 1].path().join("topics/r/0"),
         cascade_log::LogConfig::default(),
     )
     .expect("open the follower's replica");
