@@ -10,6 +10,7 @@ use crate::group::{GroupCoordinator, OFFSETS_TOPIC};
 pub use crate::metadata::BrokerInfo;
 use crate::metadata::{ClusterMetadata, Metadata, MetadataCommand, TopicMeta};
 use crate::partition::{Partition, Role};
+use cascade_log::fs::{FileSystem, StdFs};
 use cascade_types::TopicConfig;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -280,7 +281,7 @@ impl Broker {
     fn cleanup_deleted_dirs(&self) {
         let snap = self.meta.snapshot();
         let topics_root = self.config.data_dir.join("topics");
-        let _ = std::fs::create_dir_all(&topics_root);
+        let _ = StdFs.create_dir_all_durable(&topics_root);
         if let Ok(entries) = std::fs::read_dir(&topics_root) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
@@ -312,12 +313,12 @@ impl Broker {
                     let parent = idfile.parent().expect("has parent");
                     tracing::warn!(dir = %parent.display(), "removing data of an older topic of the same name");
                     let _ = std::fs::remove_dir_all(parent);
-                    std::fs::create_dir_all(parent).map_err(|e| BrokerError::Metadata(format!("create {}: {e}", parent.display())))?;
+                    StdFs.create_dir_all_durable(parent).map_err(|e| BrokerError::Metadata(format!("create {}: {e}", parent.display())))?;
                     crate::metadata::write_atomically(&idfile, want.as_bytes())?;
                 }
                 Err(_) => {
                     let parent = idfile.parent().expect("has parent");
-                    std::fs::create_dir_all(parent).map_err(|e| BrokerError::Metadata(format!("create {}: {e}", parent.display())))?;
+                    StdFs.create_dir_all_durable(parent).map_err(|e| BrokerError::Metadata(format!("create {}: {e}", parent.display())))?;
                     crate::metadata::write_atomically(&idfile, want.as_bytes())?;
                 }
             }

@@ -51,7 +51,7 @@ impl Log {
         config.validate()?;
         let dir = dir.into();
         let started = Instant::now();
-        fs.create_dir_all(&dir)
+        fs.create_dir_all_durable(&dir)
             .map_err(|e| LogError::io("create directory", &dir, e))?;
         let marker = take_marker(&*fs, &dir)?;
         let recovery_point = read_recovery_point(&*fs, &dir);

@@ -155,3 +155,37 @@ fn power_loss_case(seed: u64, before: Before, seen: &mut PowerLossStats) {
         log.flush_if_due().unwrap();
     }
 }
+
+/// A log opened in a brand-new directory several levels deep (a topic created on a fresh
+/// node: `<data>/topics/<topic>/<partition>`), acknowledged appends, then a power loss: the
+/// directories are names like any other and survive only if the directory holding each one
+/// was fsynced. Without that the whole partition vanished, every acknowledged record with it.
+#[test]
+fn a_new_logs_directories_survive_a_power_loss() {
+    use cascade_log::fs::FileSystem;
+    use std::path::Path;
+    use std::sync::Arc;
+    let fs = MemFs::new();
+    let clock = clock();
+    let dir = Path::new("/data/topics/orders/0");
+    let config = LogConfig {
+        flush: FlushPolicy::Always,
+        ..small_config()
+    };
+    let mut log = Log::open_with(Arc::new(fs.clone()), clock.clone(), dir, config.clone()).unwrap();
+    for i in 0..5u8 {
+        log.append(&mut sized_batch(2, 30, i, 1_000)).unwrap();
+        log.flush_if_due().unwrap();
+    }
+    assert_eq!(log.durable_offset(), log.end_offset());
+    let acked = read_all(&log.reader(), 0);
+    assert_eq!(acked.len(), 10);
+    drop(log);
+    fs.crash();
+    assert!(
+        fs.exists(dir),
+        "the partition directory was lost in the power loss"
+    );
+    let log = Log::open_with(Arc::new(fs.clone()), clock, dir, config).unwrap();
+    assert_eq!(read_all(&log.reader(), 0), acked);
+}

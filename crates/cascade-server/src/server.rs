@@ -42,7 +42,7 @@ pub struct DataDirLock {
 
 /// Takes an exclusive lock on `<data_dir>/LOCK`, so two servers never share one directory.
 pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock> {
-    std::fs::create_dir_all(dir)
+    cascade_log::fs::FileSystem::create_dir_all_durable(&cascade_log::fs::StdFs, dir)
         .with_context(|| format!("creating data directory {}", dir.display()))?;
     let path = dir.join("LOCK");
     let mut file = std::fs::OpenOptions::new()

@@ -1087,3 +1087,95 @@ async fn a_follower_left_behind_by_retention_restarts_at_the_leaders_log_start()
     );
     assert_eq!(log.reader().end_offset(), 550);
 }
+
+/// A flipped byte in the middle of a node's metadata Raft journal: the node refuses to start,
+/// naming the file and the damage (it used to drop every entry after the bad frame and vote
+/// as if it had never acknowledged them). Moving its `meta/raft` aside, as
+/// docs/operations.md says, brings it back: it rejoins and the leader sends it the log again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_metadata_journal_stops_its_node_until_it_is_replaced() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = start_cluster(&dirs);
+    wait_for("3 live brokers", Duration::from_secs(20), async || {
+        let d = describe(&nodes).await;
+        (d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive)).then_some(())
+    })
+    .await;
+    let admin = nodes[0].client().await;
+    for i in 0..8 {
+        admin
+            .create_topic(&format!("m{i}"), 1, 3, BTreeMap::new())
+            .await
+            .expect("create");
+    }
+    assert_eq!(nodes[2].stop(), Some(0));
+    let journal = dirs[2].path().join("meta/raft/raft.log");
+    let mut bytes = std::fs::read(&journal).expect("journal");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x20;
+    std::fs::write(&journal, &bytes).unwrap();
+
+    let node = &nodes[2];
+    let out = tokio::task::spawn_blocking({
+        let (dir, grpc, extra) = (node.dir.clone(), node.grpc.clone(), node.extra.clone());
+        move || {
+            let mut child = std::process::Command::new(bin())
+                .arg("server")
+                .arg("--data-dir")
+                .arg(&dir)
+                .args(["--grpc-addr", &grpc, "--http-addr", "127.0.0.1:0"])
+                .args(&extra)
+                .env("CASCADE_LOG", "warn,openraft=off")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait().expect("wait").is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("a node with a damaged journal started");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            child.wait_with_output().expect("output")
+        }
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("raft.log is damaged") && stderr.contains("docs/operations.md"),
+        "{stderr}"
+    );
+    // The file is left as it was, for whoever repairs it.
+    assert_eq!(std::fs::read(&journal).unwrap(), bytes);
+
+    // The documented way back: move the journal aside; the node rejoins and is sent the log.
+    std::fs::rename(
+        dirs[2].path().join("meta/raft"),
+        dirs[2].path().join("meta/raft.damaged"),
+    )
+    .unwrap();
+    nodes[2].restart_same_port();
+    wait_until(
+        "node 3 back with every topic",
+        Duration::from_secs(30),
+        async || {
+            let d = describe_at(&nodes[2]).await.ok_or("no answer")?;
+            let topics = d.topics.iter().filter(|t| t.name.starts_with('m')).count();
+            if topics == 8 && d.brokers.iter().all(|b| b.alive) {
+                Ok(())
+            } else {
+                Err(format!("{topics} topics, brokers {:?}", d.brokers))
+            }
+        },
+    )
+    .await;
+    // And the cluster still takes metadata changes with it.
+    admin
+        .create_topic("after", 1, 3, BTreeMap::new())
+        .await
+        .expect("create after");
+}

@@ -259,3 +259,120 @@ async fn a_damaged_lone_replica_is_offline_and_the_node_serves_the_rest() {
         .await
         .unwrap();
 }
+
+/// Every directory a fresh node and a new topic create is a name in its parent, durable only
+/// once the parent is fsynced (POSIX's minimum; not every file system orders it for you). A
+/// power loss right after start-up or topic creation otherwise loses `meta/` (the node
+/// forgets its cluster) or a whole partition directory with every acknowledged event in it.
+/// Traced with strace: each successful mkdir must be followed by an fsync of its parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_directory_created_is_fsynced_in_its_parent() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path().canonicalize().unwrap();
+    let data = root.join("data");
+    let trace = root.join("trace");
+    let mut child = Command::new("strace")
+        .args([
+            "-f",
+            "-y",
+            "-qq",
+            "-e",
+            "trace=mkdir,mkdirat,fsync,fdatasync",
+            "-o",
+        ])
+        .arg(&trace)
+        .arg(bin())
+        .arg("server")
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .env("CASCADE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("strace must be installed (.ci/run installs it)");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let grpc = loop {
+        let line = lines.next().expect("server exited").unwrap();
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && v["event"] == "ready"
+        {
+            break v["grpc_addr"].as_str().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let client = Client::connect(&grpc).await.unwrap();
+    client
+        .create_topic("t", 2, 1, BTreeMap::new())
+        .await
+        .expect("create");
+    client
+        .produce_records(
+            "t",
+            Some(0),
+            vec![common::errors::record(None, b"x")],
+            Acks::All,
+        )
+        .await
+        .expect("produce");
+    // Stop the traced server itself (strace does not pass its own SIGTERM on); strace exits
+    // with it.
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))
+        .expect("strace's children");
+    let server = children
+        .split_whitespace()
+        .next()
+        .expect("the traced server");
+    Command::new("kill")
+        .args(["-TERM", server])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+
+    // "1234 mkdir("/path", 0777) = 0" and "1234 fsync(7</path>) = 0", in order.
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let mut created: Vec<(usize, std::path::PathBuf)> = Vec::new();
+    let mut synced: Vec<(usize, std::path::PathBuf)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if !line.ends_with("= 0") {
+            continue;
+        }
+        if line.contains("mkdir") {
+            let path = line.split('"').nth(1).expect("a path");
+            created.push((i, std::path::PathBuf::from(path)));
+        } else if line.contains("fsync(") || line.contains("fdatasync(") {
+            let path = line
+                .split('<')
+                .nth(1)
+                .and_then(|s| s.split('>').next())
+                .unwrap();
+            synced.push((i, std::path::PathBuf::from(path)));
+        }
+    }
+    let expected = [
+        data.clone(),
+        data.join("meta"),
+        data.join("meta/raft"),
+        data.join("topics"),
+        data.join("topics/t"),
+        data.join("topics/t/0"),
+        data.join("topics/t/1"),
+    ];
+    for dir in &expected {
+        assert!(
+            created.iter().any(|(_, p)| p == dir),
+            "{} was not created (by mkdir); the trace:\n{text}",
+            dir.display()
+        );
+    }
+    for (at, dir) in &created {
+        let parent = dir.parent().unwrap();
+        assert!(
+            synced.iter().any(|(i, p)| i > at && p == parent),
+            "{} was created but {} was never fsynced after it",
+            dir.display(),
+            parent.display()
+        );
+    }
+}

@@ -13,6 +13,11 @@
 //! - Replaying the journal from the start gives exactly the state before the crash, up to the
 //!   last complete, checksummed frame; a torn or corrupt tail frame was never acknowledged
 //!   and is cut off on open.
+//! - A bad frame *followed by a valid one* is not a torn write (every write is fsync'd before
+//!   the next begins, so a crash can only tear the last one): it is damage, and the entries
+//!   after it may have been acknowledged to a Raft leader. Dropping them would let this voter
+//!   vote and count as if it never had them, so opening such a journal fails with
+//!   [`JournalDamaged`] and the node does not start.
 //! - The vote lives in `vote.json`, replaced atomically and fsync'd before `save_vote`
 //!   returns. The committed log id (`committed.json`) is a hint for faster restarts and may be
 //!   stale or missing after a crash, which openraft allows.
@@ -78,26 +83,52 @@ fn frame(op: &JournalOp) -> Result<Vec<u8>, SError> {
     Ok(out)
 }
 
+/// The frame at `at`, if a complete, checksummed one starts there.
+fn frame_at(bytes: &[u8], at: usize) -> Option<(JournalOp, usize)> {
+    let header = bytes.get(at..at.checked_add(8)?)?;
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    let body = bytes.get(at + 8..(at + 8).checked_add(len)?)?;
+    // Every op is a JSON object; checking that first keeps a scan for a valid frame cheap.
+    if body.first() != Some(&b'{') || crc32c::crc32c(body) != crc {
+        return None;
+    }
+    let op = serde_json::from_slice(body).ok()?;
+    Some((op, 8 + len))
+}
+
 /// Reads the frames of a journal; returns the ops and the length of the valid prefix.
 fn replay(bytes: &[u8]) -> (Vec<JournalOp>, u64) {
     let mut ops = Vec::new();
     let mut at = 0usize;
-    while at + 8 <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
-        let Some(body) = bytes.get(at + 8..at + 8 + len) else {
-            break;
-        };
-        if crc32c::crc32c(body) != crc {
-            break;
-        }
-        match serde_json::from_slice(body) {
-            Ok(op) => ops.push(op),
-            Err(_) => break,
-        }
-        at += 8 + len;
+    while let Some((op, len)) = frame_at(bytes, at) {
+        ops.push(op);
+        at += len;
     }
     (ops, at as u64)
+}
+
+/// The first position after `from` where a valid frame starts, if any: evidence that the bad
+/// bytes at `from` are damage inside the journal, not a write torn by a crash.
+fn valid_frame_after(bytes: &[u8], from: usize) -> Option<usize> {
+    (from + 1..bytes.len().saturating_sub(8)).find(|&at| frame_at(bytes, at).is_some())
+}
+
+/// The Raft journal holds a bad frame with valid frames after it. See the module docs.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the metadata Raft journal {path} is damaged: bytes {at}.. do not form a valid frame, yet a \
+     valid frame starts at byte {next}. Entries this node acknowledged to the cluster may be \
+     lost, so it must not vote as if it had them, and it refuses to start. Restore the file from \
+     a backup, or replace this node: see \"A damaged metadata journal\" in docs/operations.md"
+)]
+pub struct JournalDamaged {
+    /// The journal file.
+    pub path: PathBuf,
+    /// Where the valid prefix ends.
+    pub at: u64,
+    /// Where the next valid frame starts.
+    pub next: u64,
 }
 
 impl Inner {
@@ -157,7 +188,8 @@ impl Inner {
 impl LogStore {
     /// Opens (or creates) the log in `dir`, cutting a torn tail.
     pub fn open(dir: &Path) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        // The directory must survive a power loss, or a node forgets its cluster.
+        cascade_log::fs::FileSystem::create_dir_all_durable(&cascade_log::fs::StdFs, dir)?;
         let path = dir.join("raft.log");
         let mut bytes = Vec::new();
         match File::open(&path) {
@@ -168,6 +200,16 @@ impl LogStore {
             Err(e) => return Err(e),
         }
         let (ops, valid) = replay(&bytes);
+        if let Some(next) = valid_frame_after(&bytes, valid as usize) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                JournalDamaged {
+                    path,
+                    at: valid,
+                    next: next as u64,
+                },
+            ));
+        }
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         if valid < bytes.len() as u64 {
             tracing::warn!(
@@ -356,10 +398,82 @@ mod tests {
             let (got, valid) = replay(&bytes[..cut]);
             assert_eq!((got.len(), valid), (4, ends[3]), "cut at {cut}");
         }
-        // A flipped byte in the third frame ends the replay before it.
+        // A flipped byte in the third frame ends the replay before it, and the frames after
+        // it show it is damage, not a torn tail.
         let mut bad = bytes.clone();
         bad[ends[1] as usize + 10] ^= 0xff;
         assert_eq!(replay(&bad).0.len(), 2);
+        assert_eq!(
+            valid_frame_after(&bad, ends[1] as usize),
+            Some(ends[2] as usize)
+        );
+        // A flipped byte in the last frame is indistinguishable from a torn write.
+        let mut last = bytes.clone();
+        last[ends[3] as usize + 9] ^= 0x01;
+        assert_eq!(replay(&last).0.len(), 4);
+        assert_eq!(valid_frame_after(&last, ends[3] as usize), None);
+        for cut in ends[3] as usize..bytes.len() {
+            assert_eq!(valid_frame_after(&bytes[..cut], ends[3] as usize), None);
+        }
+    }
+
+    /// Damage anywhere but the last frame — a flipped bit in a length, a checksum or a body,
+    /// or a zeroed block — stops the journal from opening instead of silently dropping the
+    /// entries after it (a voter would forget entries it acknowledged).
+    #[test]
+    fn damage_before_the_last_frame_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.log");
+        {
+            let store = LogStore::open(dir.path()).unwrap();
+            let mut inner = store.lock();
+            for i in 1..=20 {
+                inner.write_ops(&[JournalOp::Append(entry(i))]).unwrap();
+            }
+        }
+        let good = std::fs::read(&path).unwrap();
+        let mut starts = vec![0usize];
+        for i in 1..=20 {
+            let end = starts.last().unwrap() + frame(&JournalOp::Append(entry(i))).unwrap().len();
+            starts.push(end);
+        }
+        assert_eq!(starts[20], good.len());
+        let last_start = starts[19];
+        for (what, damage) in [
+            ("length", 2usize),
+            ("checksum", 5),
+            ("body", 20),
+            ("end of body", usize::MAX),
+        ] {
+            for frame in [0, 7, 18] {
+                let mut bad = good.clone();
+                let at = if damage == usize::MAX {
+                    starts[frame + 1] - 1
+                } else {
+                    starts[frame] + damage
+                };
+                bad[at] ^= 0x10;
+                std::fs::write(&path, &bad).unwrap();
+                let err = LogStore::open(dir.path()).expect_err(what);
+                let damaged = err
+                    .get_ref()
+                    .and_then(|e| e.downcast_ref::<JournalDamaged>())
+                    .unwrap_or_else(|| panic!("{what} in frame {frame}: {err}"));
+                assert_eq!(damaged.at, starts[frame] as u64, "{what} in frame {frame}");
+                // Nothing was cut: the evidence stays for whoever repairs it.
+                assert_eq!(std::fs::read(&path).unwrap(), bad);
+            }
+        }
+        let mut zeroed = good.clone();
+        zeroed[starts[3]..starts[5]].fill(0);
+        std::fs::write(&path, &zeroed).unwrap();
+        assert!(LogStore::open(dir.path()).is_err());
+        // The same damage in the last frame is a torn tail: cut, and the rest opens.
+        let mut torn = good.clone();
+        torn[last_start + 20] ^= 0x10;
+        std::fs::write(&path, &torn).unwrap();
+        let store = LogStore::open(dir.path()).unwrap();
+        assert_eq!(store.lock().entries.len(), 19);
     }
 
     #[test]

@@ -70,7 +70,8 @@ fn sm_err(e: impl std::error::Error + 'static) -> SError {
 impl StateMachine {
     /// Loads the last snapshot in `dir`, if any.
     pub fn open(dir: &Path) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        // The directory must survive a power loss, or a node forgets its cluster.
+        cascade_log::fs::FileSystem::create_dir_all_durable(&cascade_log::fs::StdFs, dir)?;
         let mut inner = Inner {
             dir: dir.to_path_buf(),
             last_applied: None,

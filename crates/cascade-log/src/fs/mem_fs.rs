@@ -4,8 +4,9 @@
 //! durable by `sync_data` (`durable`). The directory tree likewise has a live namespace and a
 //! durable one, updated by `sync_dir`. [`MemFs::crash`] throws away everything that was not made
 //! durable, as a power loss would: unsynced writes vanish, files created without a directory
-//! sync disappear, files removed without one come back. Directory creation is treated as
-//! immediately durable (the log creates its directory once, before any data exists).
+//! sync disappear, files removed without one come back. Directories follow the same rule: a
+//! new directory survives only once its parent was synced, and with it go the files in it
+//! (POSIX's minimum; the root, a path without a parent, always exists).
 //!
 //! Faults are armed through [`MemFs::set_faults`] and hit every handle at once.
 
@@ -50,6 +51,18 @@ struct Tree {
     live: BTreeMap<PathBuf, Arc<MemFile>>,
     durable: BTreeMap<PathBuf, Arc<MemFile>>,
     dirs: BTreeSet<PathBuf>,
+    durable_dirs: BTreeSet<PathBuf>,
+}
+
+impl Tree {
+    /// True if `path`'s directory chain survives a crash: every ancestor but the root is a
+    /// durable directory.
+    fn durably_reachable(&self, path: &Path) -> bool {
+        path.ancestors()
+            .skip(1)
+            .filter(|a| a.parent().is_some())
+            .all(|a| self.durable_dirs.contains(a))
+    }
 }
 
 /// An in-memory file system with a durability model; cheap to clone (clones share state).
@@ -92,8 +105,20 @@ impl MemFs {
     /// them no longer reach the file system.
     pub fn crash(&self) {
         let mut tree = lock(&self.tree);
+        let dirs: BTreeSet<PathBuf> = tree
+            .durable_dirs
+            .iter()
+            .filter(|d| tree.durably_reachable(d))
+            .cloned()
+            .collect();
+        tree.durable_dirs = dirs.clone();
+        tree.dirs = dirs;
         let mut fresh = BTreeMap::new();
-        for (path, f) in &tree.durable {
+        for (path, f) in tree
+            .durable
+            .iter()
+            .filter(|(p, _)| tree.durably_reachable(p))
+        {
             let durable = lock(&f.images).durable.clone();
             fresh.insert(
                 path.clone(),
@@ -129,6 +154,10 @@ impl MemFs {
         });
         tree.live.insert(path.to_path_buf(), f.clone());
         tree.durable.insert(path.to_path_buf(), f);
+        for dir in path.ancestors().skip(1).filter(|a| a.parent().is_some()) {
+            tree.dirs.insert(dir.to_path_buf());
+            tree.durable_dirs.insert(dir.to_path_buf());
+        }
         Ok(())
     }
 }
@@ -197,6 +226,9 @@ impl FileSystem for MemFs {
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         let mut tree = lock(&self.tree);
         for p in path.ancestors() {
+            if p.parent().is_none() {
+                tree.durable_dirs.insert(p.to_path_buf());
+            }
             tree.dirs.insert(p.to_path_buf());
         }
         Ok(())
@@ -235,6 +267,7 @@ impl FileSystem for MemFs {
         tree.live.retain(|p, _| !p.starts_with(path));
         tree.durable.retain(|p, _| !p.starts_with(path));
         tree.dirs.retain(|p| !p.starts_with(path));
+        tree.durable_dirs.retain(|p| !p.starts_with(path));
         Ok(())
     }
 
@@ -273,11 +306,25 @@ impl FileSystem for MemFs {
             return Err(io::Error::other("injected directory fsync failure"));
         }
         let mut tree = lock(&self.tree);
-        let Tree { live, durable, .. } = &mut *tree;
+        let Tree {
+            live,
+            durable,
+            dirs,
+            durable_dirs,
+        } = &mut *tree;
+        if !dirs.contains(path) {
+            return Err(not_found(path));
+        }
         durable.retain(|p, _| p.parent() != Some(path));
         for (p, f) in live.iter() {
             if p.parent() == Some(path) {
                 durable.insert(p.clone(), f.clone());
+            }
+        }
+        durable_dirs.retain(|p| p.parent() != Some(path));
+        for d in dirs.iter() {
+            if d.parent() == Some(path) {
+                durable_dirs.insert(d.clone());
             }
         }
         Ok(())
@@ -292,7 +339,7 @@ mod tests {
     fn crash_keeps_only_synced_data_and_names() {
         let fs = MemFs::new();
         let dir = Path::new("/d");
-        fs.create_dir_all(dir).unwrap();
+        fs.create_dir_all_durable(dir).unwrap();
         let a = fs.open(&dir.join("a"), true).unwrap();
         a.write_all_at(b"hello", 0).unwrap();
         a.sync_data().unwrap();
@@ -326,5 +373,34 @@ mod tests {
             ..Default::default()
         });
         assert!(f.sync_data().is_err());
+    }
+
+    #[test]
+    fn a_new_directory_survives_a_crash_only_once_its_parent_is_synced() {
+        let fs = MemFs::new();
+        let dir = Path::new("/data/topics/t/0");
+        fs.create_dir_all(dir).unwrap();
+        let f = fs.open(&dir.join("seg"), true).unwrap();
+        f.write_all_at(b"x", 0).unwrap();
+        f.sync_data().unwrap();
+        fs.sync_dir(dir).unwrap();
+        fs.crash();
+        // The file was synced and so was its directory, but no directory above it was.
+        assert!(!fs.exists(dir));
+        assert!(!fs.exists(&dir.join("seg")));
+        assert!(!fs.exists(Path::new("/data")));
+
+        fs.create_dir_all_durable(dir).unwrap();
+        let f = fs.open(&dir.join("seg"), true).unwrap();
+        f.write_all_at(b"x", 0).unwrap();
+        f.sync_data().unwrap();
+        fs.sync_dir(dir).unwrap();
+        fs.crash();
+        assert_eq!(fs.read_file(&dir.join("seg")).unwrap(), b"x");
+        // A sibling created later without its own sync is gone again.
+        fs.create_dir_all(Path::new("/data/topics/u/0")).unwrap();
+        fs.crash();
+        assert!(!fs.exists(Path::new("/data/topics/u")));
+        assert!(fs.exists(dir));
     }
 }

@@ -82,4 +82,25 @@ pub trait FileSystem: Send + Sync + Debug {
     /// Makes the directory's entries durable: files created, removed or renamed in it since
     /// the last call survive a power loss only after this returns.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
+
+    /// Creates `path` and any missing parents, and makes every new name durable: each
+    /// directory it was created in is fsynced, and so is `path`'s parent even when `path`
+    /// already existed (an earlier run may have created it and stopped before the sync). A new
+    /// name is durable only once its directory is fsynced (POSIX; ext4 and xfs usually order
+    /// it for you, other file systems do not), and a directory that vanishes in a power loss
+    /// takes every file in it along, however well each file was fsynced.
+    fn create_dir_all_durable(&self, path: &Path) -> io::Result<()> {
+        let missing: Vec<&Path> = path.ancestors().take_while(|p| !self.exists(p)).collect();
+        self.create_dir_all(path)?;
+        let mut synced: Vec<&Path> = Vec::new();
+        for dir in missing.iter().rev().copied().chain(std::iter::once(path)) {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty())
+                && !synced.contains(&parent)
+            {
+                self.sync_dir(parent)?;
+                synced.push(parent);
+            }
+        }
+        Ok(())
+    }
 }
