@@ -38,6 +38,8 @@ use tonic::{Request, Response, Status};
 const FETCH_BYTES: u32 = 4 << 20;
 /// How long the leader holds a fetch that finds nothing new.
 const FETCH_WAIT: Duration = Duration::from_millis(500);
+/// How often a follower whose local storage failed (a full disk) tries again.
+const STORAGE_RETRY: Duration = Duration::from_secs(2);
 
 /// Running fetchers and channels to peers.
 #[derive(Debug, Default)]
@@ -103,12 +105,13 @@ impl Broker {
         });
     }
 
-    /// The fetcher loop of one followed partition. Returns only when cancelled (role change)
-    /// or on a fatal local storage error.
+    /// The fetcher loop of one followed partition. Returns only when cancelled (role change);
+    /// local storage errors are retried every [`STORAGE_RETRY`].
     async fn follow(self: &Arc<Self>, part: Arc<Partition>, leader: u32, epoch: i32) {
         let me = self.config.node_id;
         let mut truncated = false;
         let mut backoff = Duration::from_millis(50);
+        let mut storage_failing: Option<String> = None;
         loop {
             let r = async {
                 // One round trip under the gate a damaged-log repair closes (see
@@ -162,10 +165,23 @@ impl Broker {
             }
             .await;
             match r {
-                Ok(()) => backoff = Duration::from_millis(50),
+                Ok(()) => {
+                    if storage_failing.take().is_some() {
+                        tracing::warn!(topic = %part.topic, partition = part.index, "follower storage works again; replicating");
+                    }
+                    backoff = Duration::from_millis(50);
+                }
                 Err(BrokerError::Storage(e)) => {
-                    tracing::error!(topic = %part.topic, partition = part.index, error = %e, "follower storage failed; stopping replication");
-                    return;
+                    // A full disk (ENOSPC) is often transient: the failed append was rolled
+                    // back, so keep trying, slowly, and rejoin once space returns. A poisoned
+                    // log (a failed fsync) keeps failing here until the replica is reopened.
+                    // Meanwhile the leader drops this replica from the in-sync set.
+                    let msg = e.to_string();
+                    if storage_failing.as_deref() != Some(msg.as_str()) {
+                        tracing::error!(topic = %part.topic, partition = part.index, error = %msg, "follower storage failed; retrying every few seconds");
+                        storage_failing = Some(msg);
+                    }
+                    tokio::time::sleep(STORAGE_RETRY).await;
                 }
                 Err(e) => {
                     tracing::debug!(topic = %part.topic, partition = part.index, leader, error = %e, "replica fetch failed; retrying");

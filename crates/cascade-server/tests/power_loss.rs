@@ -65,6 +65,12 @@ async fn serve(cfg: BrokerConfig, addr: SocketAddr) -> (InProc, Arc<AtomicBool>)
 }
 
 async fn start_all(dirs: &[PathBuf], addrs: &[SocketAddr], fs: &MemFs) -> Vec<InProc> {
+    let same: Vec<MemFs> = dirs.iter().map(|_| fs.clone()).collect();
+    start_each(dirs, addrs, &same).await
+}
+
+/// Like [`start_all`], each node on its own file system (faults hit one node only).
+async fn start_each(dirs: &[PathBuf], addrs: &[SocketAddr], fss: &[MemFs]) -> Vec<InProc> {
     let mut nodes = Vec::new();
     let mut readies = Vec::new();
     for (i, (dir, addr)) in dirs.iter().zip(addrs).enumerate() {
@@ -73,7 +79,7 @@ async fn start_all(dirs: &[PathBuf], addrs: &[SocketAddr], fs: &MemFs) -> Vec<In
         } else {
             vec![addrs[0].to_string()]
         };
-        let (n, ready) = serve(config(i as u32 + 1, dir, *addr, seeds, fs), *addr).await;
+        let (n, ready) = serve(config(i as u32 + 1, dir, *addr, seeds, &fss[i]), *addr).await;
         nodes.push(n);
         readies.push(ready);
     }
@@ -257,4 +263,101 @@ async fn read_until(
         }
     }
     Ok(out)
+}
+
+/// A follower whose disk fills up (ENOSPC on every write) falls out of the in-sync set while
+/// the other two keep acknowledging, and once space returns it catches up and rejoins without
+/// a restart (its fetcher used to end at the first storage error, for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_with_a_full_disk_recovers_when_space_returns() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs: Vec<PathBuf> = (1..=3).map(|i| root.path().join(format!("n{i}"))).collect();
+    let mut addrs = Vec::new();
+    for _ in 0..3 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        addrs.push(l.local_addr().unwrap());
+    }
+    let fss: Vec<MemFs> = (0..3).map(|_| MemFs::new()).collect();
+    let nodes = start_each(&dirs, &addrs, &fss).await;
+    let seeds: String = addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let client = Client::connect(&seeds).await.expect("connect");
+    let configs: BTreeMap<String, String> =
+        [("min.insync.replicas".to_string(), "2".to_string())].into();
+    client
+        .create_topic("full", 1, 3, configs)
+        .await
+        .expect("create");
+    let produce = async |from: u64, to: u64| {
+        for i in from..to {
+            let rec = cascade_client::proto::Record {
+                value: Some(bytes::Bytes::from(format!("f{i}"))),
+                ..Default::default()
+            };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                match client
+                    .produce_records("full", Some(0), vec![rec.clone()], Acks::All)
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(e) => {
+                        assert!(Instant::now() < deadline, "produce f{i}: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+    };
+    let describe = async || {
+        client
+            .describe_topic("full")
+            .await
+            .expect("describe")
+            .partitions[0]
+            .clone()
+    };
+    produce(0, 20).await;
+    let p = describe().await;
+    let follower = *p.replicas.iter().find(|&&r| r != p.leader).unwrap();
+    let full = &fss[follower as usize - 1];
+    full.set_faults(MemFsFaults {
+        write_budget: Some(0),
+        fail_sync: false,
+    });
+    // The other two keep acknowledging; the full one leaves the in-sync set.
+    produce(20, 60).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while describe().await.isr.contains(&follower) {
+        assert!(
+            Instant::now() < deadline,
+            "the full follower stayed in sync"
+        );
+        produce(60, 61).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Space returns: it catches up and is back in sync, no restart.
+    full.set_faults(MemFsFaults::default());
+    produce(61, 80).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = describe().await;
+        if p.isr.contains(&follower) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {follower} never rejoined after its disk had space again: isr {:?}",
+            p.isr
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for n in nodes {
+        n.stop.cancel();
+        n.broker.shutdown().await;
+        let _ = n.server.await;
+    }
 }
