@@ -643,6 +643,20 @@ impl Partition {
         Ok(())
     }
 
+    /// Stops accepting appends as leader at once, before the metadata's new role reaches this
+    /// replica through the reconciler (which then gives it its real role: the role seen by
+    /// [`Partition::role`] is left for it to change, so it still notices the change). Goes
+    /// through the actor's queue, so every command queued after it — a truncation — finds the
+    /// leader fenced: a damaged leader that handed over leadership steps down *before* its
+    /// log is cut, and no produce is acknowledged against the cut log.
+    pub async fn stop_leading_appends(&self) -> Result<()> {
+        if !matches!(self.role(), Role::Leader { .. }) {
+            return Ok(());
+        }
+        self.call(|reply| Command::BecomeFollower { epoch: None, reply })
+            .await
+    }
+
     /// Takes the follower role (appends as leader are refused from now on).
     pub async fn become_follower(
         &self,
@@ -824,6 +838,41 @@ mod tests {
             .unwrap();
         assert!(part.append_replicated(batch, 5).await.is_err());
         assert_eq!(part.reader().end_offset(), 1);
+    }
+
+    /// A leader fenced by `stop_leading_appends` (what a damaged leader does before cutting
+    /// its log) refuses appends at once, though its role has not changed yet.
+    #[tokio::test]
+    async fn a_fenced_leader_refuses_appends_before_its_role_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = Partition::open(
+            Arc::new(cascade_log::fs::StdFs),
+            "t".into(),
+            "id".into(),
+            0,
+            1,
+            dir.path(),
+            &TopicConfig::default(),
+            true,
+        )
+        .unwrap();
+        part.become_leader(3, vec![1], vec![1]).await.unwrap();
+        let batch = || {
+            let mut b = cascade_record::BatchBuilder::new();
+            b.push(cascade_record::Record {
+                timestamp: 1,
+                key: None,
+                value: Some(b"x"),
+                headers: &[],
+            });
+            BytesMut::from(b.finish().as_slice())
+        };
+        part.append(batch()).await.unwrap();
+        part.stop_leading_appends().await.unwrap();
+        assert_eq!(part.role(), Role::Leader { epoch: 3 });
+        let err = part.append(batch()).await.unwrap_err();
+        assert!(matches!(err, BrokerError::NotLeader { .. }), "{err}");
+        assert_eq!(part.reader().end_offset(), 1, "nothing was written");
     }
 
     /// The damage flag outlives the process: a replica cut for damage and then crashed

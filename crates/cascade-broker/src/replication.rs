@@ -560,6 +560,10 @@ impl Broker {
         if !self.leave_isr(part).await? {
             return Ok(()); // the last live in-sync copy keeps its data (logged)
         }
+        // Leadership has moved in the metadata, but this replica learns it through the
+        // reconciler, later: until then it would still append (and, with acks=leader,
+        // acknowledge) produces into the log about to be cut. Step down first.
+        part.stop_leading_appends().await?;
         let end = part.truncate(at).await?;
         tracing::warn!(topic = %part.topic, partition = part.index, end, "cut a damaged replica; fetching the rest from the leader");
         // A fetch sent before the fetches were held may still have readmitted the replica
