@@ -16,11 +16,15 @@
 //! broker the new controller has never heard from gets a full session first. All decisions are metadata commands through Raft, compare-and-set on each
 //! partition's epoch, so a stale decision is skipped, never applied.
 //!
+//! It also raises `__consumer_offsets` to `offsets_replication_factor` replicas once enough
+//! brokers are live (it was created with fewer if fewer were up at first use).
+//!
 //! Every node also runs the leader-side in-sync checks of its own partitions
 //! ([`Broker::check_isr`]) from the same tick.
 
 use crate::broker::{Broker, BrokerInfo};
 use crate::error::{BrokerError, Result};
+use crate::group::OFFSETS_TOPIC;
 use crate::metadata::{ClusterMetadata, MetadataCommand, PartitionUpdate};
 use cascade_proto::internal::controller_client::ControllerClient;
 use cascade_proto::internal::controller_server::Controller;
@@ -276,6 +280,35 @@ impl Broker {
                 .propose_local(MetadataCommand::UpdatePartitions(updates))
                 .await?;
         }
+        self.raise_offsets_replication().await
+    }
+
+    /// `__consumer_offsets` is created on first use with as many replicas as brokers are live
+    /// then, up to `offsets_replication_factor`; a cluster whose first group appeared while
+    /// only one broker was up would keep every committed offset on that broker alone. Raise
+    /// it as brokers become live (the new replicas join the in-sync set once caught up).
+    async fn raise_offsets_replication(self: &Arc<Self>) -> Result<()> {
+        let snap = self.meta.snapshot();
+        let Some(t) = snap.topics.get(OFFSETS_TOPIC) else {
+            return Ok(());
+        };
+        let live = snap.live_brokers().len() as u32;
+        let want = self.config.offsets_replication_factor.min(live);
+        if t.replication_factor >= want {
+            return Ok(());
+        }
+        tracing::info!(
+            from = t.replication_factor,
+            to = want,
+            "raising the replication factor of {OFFSETS_TOPIC} now that enough brokers are live"
+        );
+        self.meta
+            .propose_local(MetadataCommand::RaiseReplicationFactor {
+                name: OFFSETS_TOPIC.into(),
+                topic_id: t.id.clone(),
+                replication_factor: want,
+            })
+            .await?;
         Ok(())
     }
 }

@@ -194,6 +194,18 @@ pub enum MetadataCommand {
         /// The new settings.
         config: TopicConfig,
     },
+    /// Raises a topic's replication factor: every partition gets new replicas (live brokers
+    /// holding the fewest replicas first, deterministically), which join the in-sync set once
+    /// they have caught up. For the internal offsets topic, created with fewer replicas when
+    /// fewer brokers were up, `min.insync.replicas` follows its creation rule (`rf.min(2)`).
+    RaiseReplicationFactor {
+        /// Name.
+        name: String,
+        /// The topic's id, so a re-created topic is never changed by a stale proposal.
+        topic_id: String,
+        /// The new factor; larger than the current one.
+        replication_factor: u32,
+    },
     /// Issues an idempotent producer id (`existing` None), or bumps the epoch of an issued
     /// one whose current epoch is `existing`'s (fencing older instances). An id whose epoch
     /// is exhausted gets a fresh id instead, as Kafka does.
@@ -368,6 +380,55 @@ impl ClusterMetadata {
                     .expect("checked")
                     .partitions
                     .extend(more);
+            }
+            MetadataCommand::RaiseReplicationFactor {
+                name,
+                topic_id,
+                replication_factor: rf,
+            } => {
+                let t = self.topic(name)?;
+                if t.id != *topic_id {
+                    return Err(BrokerError::UnknownTopic(name.clone()));
+                }
+                if *rf <= t.replication_factor {
+                    return Err(BrokerError::InvalidReplicationFactor(format!(
+                        "topic {name:?} already has replication factor {}; the new one must be larger, got {rf}",
+                        t.replication_factor
+                    )));
+                }
+                let live = self.live_brokers();
+                if *rf as usize > live.len() {
+                    return Err(BrokerError::InvalidReplicationFactor(format!(
+                        "replication factor {rf} for topic {name:?} needs {rf} live brokers, only {} are",
+                        live.len()
+                    )));
+                }
+                let mut load: BTreeMap<u32, usize> = live.iter().map(|&b| (b, 0)).collect();
+                for p in self.topics.values().flat_map(|t| &t.partitions) {
+                    for r in &p.replicas {
+                        if let Some(n) = load.get_mut(r) {
+                            *n += 1;
+                        }
+                    }
+                }
+                let t = self.topics.get_mut(name).expect("checked");
+                for p in &mut t.partitions {
+                    while p.replicas.len() < *rf as usize {
+                        let next = load
+                            .iter()
+                            .filter(|(b, _)| !p.replicas.contains(b))
+                            .min_by_key(|&(&b, &n)| (n, b))
+                            .map(|(&b, _)| b)
+                            .expect("enough live brokers: checked");
+                        p.replicas.push(next);
+                        *load.get_mut(&next).expect("live") += 1;
+                    }
+                    p.partition_epoch += 1;
+                }
+                t.replication_factor = *rf;
+                if t.internal {
+                    t.config.min_insync_replicas = (*rf).min(2);
+                }
             }
             MetadataCommand::AlterConfig { name, config } => {
                 let t = self.topic(name)?;
@@ -784,6 +845,74 @@ mod tests {
         }
     }
 
+    /// The offsets topic created on one broker, raised to three once three are live: every
+    /// partition gets two new, distinct replicas spread evenly, keeps its leader and in-sync
+    /// set (the new replicas join it when caught up), and changes epoch so stale updates
+    /// computed before are refused; `min.insync.replicas` follows the creation rule.
+    #[test]
+    fn raising_the_replication_factor_adds_spread_replicas() {
+        let mut m = ClusterMetadata::default();
+        m.apply(&MetadataCommand::RegisterBroker(BrokerInfo {
+            node_id: 1,
+            grpc_addr: "n1:50051".into(),
+            http_addr: String::new(),
+            fenced: false,
+        }))
+        .unwrap();
+        let MetadataCommand::CreateTopic { config, .. } = create("o", 6, 1) else {
+            unreachable!()
+        };
+        m.apply(&MetadataCommand::CreateTopic {
+            name: "o".into(),
+            id: "oid".into(),
+            partitions: 6,
+            replication_factor: 1,
+            config: TopicConfig {
+                min_insync_replicas: 1,
+                ..config
+            },
+            internal: true,
+            created_ms: 0,
+        })
+        .unwrap();
+        let raise = |rf, id: &str| MetadataCommand::RaiseReplicationFactor {
+            name: "o".into(),
+            topic_id: id.into(),
+            replication_factor: rf,
+        };
+        assert!(m.apply(&raise(3, "oid")).is_err(), "only one live broker");
+        for id in [2, 3] {
+            m.apply(&MetadataCommand::RegisterBroker(BrokerInfo {
+                node_id: id,
+                grpc_addr: format!("n{id}:50051"),
+                http_addr: String::new(),
+                fenced: false,
+            }))
+            .unwrap();
+        }
+        assert!(m.apply(&raise(3, "old-id")).is_err(), "another topic's id");
+        let before = m.clone();
+        m.apply(&raise(3, "oid")).unwrap();
+        let t = &m.topics["o"];
+        assert_eq!((t.replication_factor, t.config.min_insync_replicas), (3, 2));
+        for (p, b) in t.partitions.iter().zip(&before.topics["o"].partitions) {
+            let mut r = p.replicas.clone();
+            r.sort();
+            assert_eq!(r, [1, 2, 3]);
+            assert_eq!(
+                p.replicas[0], b.replicas[0],
+                "the preferred leader stays first"
+            );
+            assert_eq!((p.leader, &p.isr), (b.leader, &b.isr));
+            assert_eq!(p.partition_epoch, b.partition_epoch + 1);
+        }
+        // Replay gives the same placement.
+        let mut again = before.clone();
+        again.apply(&raise(3, "oid")).unwrap();
+        assert_eq!(again, m);
+        assert!(m.apply(&raise(3, "oid")).is_err(), "not larger");
+    }
+
     #[test]
     fn create_validates_and_spreads_leaders() {
         let mut m = two_brokers();
@@ -806,6 +935,17 @@ mod tests {
     fn partitions_only_grow() {
         let mut m = two_brokers();
         m.apply(&create("t", 2, 1)).unwrap();
+        let id = m.topics["t"].id.clone();
+        let rf = m.topics["t"].replication_factor;
+        let raise = |rf| MetadataCommand::RaiseReplicationFactor {
+            name: "t".into(),
+            topic_id: id.clone(),
+            replication_factor: rf,
+        };
+        let before = m.clone();
+        assert!(m.apply(&raise(rf)).is_err());
+        assert!(m.apply(&raise(99)).is_err());
+        assert_eq!(m, before, "a refused raise changes nothing");
         let grow = |total| MetadataCommand::CreatePartitions {
             name: "t".into(),
             total,

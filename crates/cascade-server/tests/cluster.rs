@@ -1179,3 +1179,92 @@ async fn a_damaged_metadata_journal_stops_its_node_until_it_is_replaced() {
         .await
         .expect("create after");
 }
+
+/// A group used while only the first broker was up creates `__consumer_offsets` with one
+/// replica. Once two more brokers join, the controller raises it to three and the new replicas
+/// catch up, so the committed offsets survive the first broker's death (they stayed on it
+/// alone before, and the group lost them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consumer_offsets_reach_their_replication_factor_once_brokers_join() {
+    use cascade_client::proto::OffsetCommit;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut first = vec!["--node-id", "1"];
+    first.extend_from_slice(FAST);
+    let mut nodes = vec![Node::start_with(dirs[0].path(), &first)];
+    let c1 = nodes[0].client().await;
+    c1.create_topic("t", 1, 1, BTreeMap::new())
+        .await
+        .expect("create");
+    let commit = vec![OffsetCommit {
+        topic: "t".into(),
+        partition: 0,
+        offset: 42,
+        metadata: String::new(),
+    }];
+    wait_until("the first commit", Duration::from_secs(30), async || {
+        c1.commit_offsets("g", "", -1, commit.clone())
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let offsets_rf = async |nodes: &[Node]| {
+        let c = Client::connect(&nodes[0].grpc).await.ok()?;
+        let topics = c.list_topics(true).await.ok()?;
+        let t = topics
+            .into_iter()
+            .find(|t| t.name == "__consumer_offsets")?;
+        Some(t)
+    };
+    assert_eq!(offsets_rf(&nodes).await.unwrap().replication_factor, 1);
+
+    let seed = nodes[0].grpc.clone();
+    for id in ["2", "3"] {
+        let mut args = vec!["--node-id", id, "--seeds", seed.as_str()];
+        args.extend_from_slice(FAST);
+        nodes.push(Node::start_with(
+            dirs[id.parse::<usize>().unwrap() - 1].path(),
+            &args,
+        ));
+    }
+    wait_until(
+        "__consumer_offsets with 3 in-sync replicas everywhere",
+        Duration::from_secs(60),
+        async || {
+            let t = offsets_rf(&nodes).await.ok_or("no answer")?;
+            let short: Vec<_> = t
+                .partitions
+                .iter()
+                .filter(|p| p.replicas.len() < 3 || p.isr.len() < 3)
+                .map(|p| (p.partition, p.replicas.clone(), p.isr.clone()))
+                .collect();
+            if t.replication_factor == 3 && short.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "rf {}, short {:?}",
+                    t.replication_factor,
+                    &short[..short.len().min(3)]
+                ))
+            }
+        },
+    )
+    .await;
+
+    // The first broker dies: the committed offset is still there.
+    nodes[0].kill9();
+    let others = Client::connect(&format!("{},{}", nodes[1].grpc, nodes[2].grpc))
+        .await
+        .expect("connect");
+    let got = wait_until(
+        "offsets after the first broker died",
+        Duration::from_secs(30),
+        async || {
+            others
+                .fetch_offsets("g", vec![])
+                .await
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
+    assert_eq!(got.iter().map(|c| c.offset).collect::<Vec<_>>(), [42]);
+}
