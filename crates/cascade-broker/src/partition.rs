@@ -218,7 +218,11 @@ impl Partition {
         let mut damaged_at_open = None;
         let clock: Arc<dyn cascade_log::Clock> = Arc::new(cascade_log::SystemClock);
         let marker = crate::epochs::sibling(dir, "damaged");
-        let log = match Log::open_with(fs.clone(), clock.clone(), dir, log_cfg.clone()) {
+        let opened = Log::open_with(fs.clone(), clock.clone(), dir, log_cfg.clone());
+        if matches!(opened, Err(LogError::Corrupt { .. })) {
+            metrics::counter!("cascade_log_damage_total", "found" => "open").increment(1);
+        }
+        let log = match opened {
             Err(e @ LogError::Corrupt { .. }) if repairable => {
                 tracing::error!(dir = %dir.display(), error = %e, "damaged replica: cutting it at the damage to fetch the rest from the leader");
                 // The flag is on disk before the cut: a crash right after the cut must not

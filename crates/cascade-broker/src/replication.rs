@@ -662,6 +662,7 @@ impl Broker {
     pub(crate) async fn scrub_partition(self: &Arc<Self>, part: &Arc<Partition>) {
         match part.scrub().await {
             Ok(Some(at)) => {
+                metrics::counter!("cascade_log_damage_total", "found" => "scrub").increment(1);
                 // Not the "damaged when opened" flag, which the reconciler repairs on its own
                 // (two repairs of one replica would race); this one cuts the log itself, and
                 // only once the replica is out of the in-sync set: until then it retries.

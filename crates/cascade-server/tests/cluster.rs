@@ -385,22 +385,6 @@ async fn graceful_stop_hands_leadership_over_before_exiting() {
     check_acked(&nodes, "g", &acked).await;
 }
 
-/// A counter or gauge from a node's `/metrics` (0 if absent).
-fn metric(node: &Node, name: &str) -> f64 {
-    use std::io::{Read, Write};
-    let Some(http) = &node.http else { return 0.0 };
-    let Ok(mut s) = std::net::TcpStream::connect(http) else {
-        return 0.0;
-    };
-    let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Starts every node again at once (each waits for a majority before it is ready).
 fn restart_all(nodes: &mut [Node]) {
     tokio::task::block_in_place(|| {
@@ -515,6 +499,8 @@ async fn damaged_follower_is_detected_by_checksum_and_repaired_from_the_leader()
         },
     )
     .await;
+    // The damage the repair dealt with is counted where it was found.
+    assert!(metric(repaired, "cascade_log_damage_total") >= 1.0);
     check_acked(&nodes, "d", &acked).await;
     for n in nodes.iter_mut() {
         tokio::task::block_in_place(|| n.stop());

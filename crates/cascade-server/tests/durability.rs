@@ -248,6 +248,12 @@ async fn a_damaged_lone_replica_is_offline_and_the_node_serves_the_rest() {
         "{msg}"
     );
     assert_eq!(std::fs::read(&log).unwrap(), bytes, "nothing was cut");
+    // And /metrics names it.
+    assert_eq!(
+        metric(&node, "cascade_log_damage_total{found=\"open\"}"),
+        1.0
+    );
+    assert_eq!(metric(&node, "cascade_partitions_offline"), 1.0);
     // The rest of the node works.
     let mut c = cascade_client::PartitionConsumer::new(client.clone(), "fine", 0, 0);
     let mut n = 0;

@@ -296,3 +296,19 @@ impl Drop for Gateway {
         let _ = self.child.wait();
     }
 }
+
+/// A counter or gauge from a node's `/metrics` (0 if absent).
+pub fn metric(node: &Node, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let Some(http) = &node.http else { return 0.0 };
+    let Ok(mut s) = std::net::TcpStream::connect(http) else {
+        return 0.0;
+    };
+    let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
