@@ -366,6 +366,15 @@ impl Broker {
             .filter(|h| h.id == t.id)
             .and_then(|h| h.partitions.get(&partition).cloned())
             .ok_or_else(|| match self.offline_reason(topic, partition) {
+                // An offline replica that does not lead (its leadership moved away when its
+                // storage failed) sends clients to the leader, so they move on.
+                Some(_)
+                    if snap
+                        .assignment(topic, partition)
+                        .is_some_and(|a| a.leader != self.config.node_id && a.leader != 0) =>
+                {
+                    self.not_leader_error(&snap, topic, partition)
+                }
                 Some(reason) => BrokerError::ReplicaOffline {
                     node: self.config.node_id,
                     topic: topic.to_string(),

@@ -295,6 +295,24 @@ impl Broker {
         let live = snap.live_brokers().len() as u32;
         let want = self.config.offsets_replication_factor.min(live);
         if t.replication_factor >= want {
+            // Once every partition's in-sync set has caught up, `min.insync.replicas` follows
+            // the creation rule (`rf.min(2)`): raised earlier, it would refuse commits while
+            // the new replicas were still catching up.
+            let min = t.replication_factor.min(2);
+            if t.config.min_insync_replicas < min
+                && t.partitions.iter().all(|p| p.isr.len() as u32 >= min)
+            {
+                tracing::info!(min, "raising min.insync.replicas of {OFFSETS_TOPIC}");
+                self.meta
+                    .propose_local(MetadataCommand::AlterConfig {
+                        name: OFFSETS_TOPIC.into(),
+                        config: cascade_types::TopicConfig {
+                            min_insync_replicas: min,
+                            ..t.config.clone()
+                        },
+                    })
+                    .await?;
+            }
             return Ok(());
         }
         tracing::info!(

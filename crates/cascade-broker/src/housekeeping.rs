@@ -2,7 +2,9 @@
 //! second), flush partitions with `flush=interval`, run retention, and refresh the gauges
 //! that `/metrics` shows (including replication health: led and under-replicated partitions,
 //! and on the controller offline partitions and fenced brokers). Work on partitions is sent to
-//! their actors, never done here.
+//! their actors, never done here. It also watches storage health: a replica whose log a failed
+//! fsync poisoned is handed to `Broker::retire_failed_replica` (leadership moves, the replica is
+//! reopened), and offline replicas are retried every second.
 
 use crate::broker::Broker;
 use cascade_types::FlushMode;
@@ -72,6 +74,11 @@ pub(crate) fn spawn(broker: Arc<Broker>) {
                 let interval = t.config.flush == FlushMode::Interval;
                 for p in h.partitions.values() {
                     partitions += 1;
+                    if let Some(reason) = p.reader().poisoned() {
+                        let (b, p) = (broker.clone(), p.clone());
+                        tokio::spawn(async move { b.retire_failed_replica(p, reason).await });
+                        continue;
+                    }
                     if interval || retention {
                         p.maintain(retention);
                     }
@@ -79,6 +86,17 @@ pub(crate) fn spawn(broker: Arc<Broker>) {
             }
             if last_second.elapsed() >= Duration::from_secs(1) {
                 last_second = Instant::now();
+                // Offline replicas (a failing disk, a replica retired after a failed fsync)
+                // are retried here too, not only when the metadata changes: a disk that
+                // recovers must bring its replicas back by itself.
+                let offline = !broker
+                    .offline
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty();
+                if offline && let Err(e) = broker.reconcile().await {
+                    tracing::debug!(error = %e, "retrying offline replicas");
+                }
                 broker.groups().expire_members();
                 broker.expire_consumers();
                 metrics::gauge!("cascade_partitions").set(partitions as f64);

@@ -196,8 +196,9 @@ pub enum MetadataCommand {
     },
     /// Raises a topic's replication factor: every partition gets new replicas (live brokers
     /// holding the fewest replicas first, deterministically), which join the in-sync set once
-    /// they have caught up. For the internal offsets topic, created with fewer replicas when
-    /// fewer brokers were up, `min.insync.replicas` follows its creation rule (`rf.min(2)`).
+    /// they have caught up. `min.insync.replicas` is left alone: raising it before the new
+    /// replicas are in sync would refuse every `acks=all` write meanwhile (the controller
+    /// raises it for the offsets topic once every in-sync set is large enough).
     RaiseReplicationFactor {
         /// Name.
         name: String,
@@ -426,9 +427,6 @@ impl ClusterMetadata {
                     p.partition_epoch += 1;
                 }
                 t.replication_factor = *rf;
-                if t.internal {
-                    t.config.min_insync_replicas = (*rf).min(2);
-                }
             }
             MetadataCommand::AlterConfig { name, config } => {
                 let t = self.topic(name)?;
@@ -848,7 +846,7 @@ mod tests {
     /// The offsets topic created on one broker, raised to three once three are live: every
     /// partition gets two new, distinct replicas spread evenly, keeps its leader and in-sync
     /// set (the new replicas join it when caught up), and changes epoch so stale updates
-    /// computed before are refused; `min.insync.replicas` follows the creation rule.
+    /// computed before are refused; `min.insync.replicas` is left for later.
     #[test]
     fn raising_the_replication_factor_adds_spread_replicas() {
         let mut m = ClusterMetadata::default();
@@ -894,7 +892,7 @@ mod tests {
         let before = m.clone();
         m.apply(&raise(3, "oid")).unwrap();
         let t = &m.topics["o"];
-        assert_eq!((t.replication_factor, t.config.min_insync_replicas), (3, 2));
+        assert_eq!((t.replication_factor, t.config.min_insync_replicas), (3, 1));
         for (p, b) in t.partitions.iter().zip(&before.topics["o"].partitions) {
             let mut r = p.replicas.clone();
             r.sort();

@@ -181,6 +181,9 @@ pub struct Partition {
     min_insync: Mutex<u32>,
     thread: Mutex<Option<JoinHandle<()>>>,
     damaged: Mutex<Option<u64>>,
+    /// Set once this replica's storage failed and the broker is retiring it (see
+    /// `Broker::retire_failed_replica`), so that happens once.
+    retiring: std::sync::atomic::AtomicBool,
     /// Held shared by the follower fetcher for each fetch round trip, and exclusively while a
     /// damaged log is taken out of the in-sync set and cut: a fetch from the uncut end would
     /// tell the leader this replica holds everything and get it readmitted to the in-sync set
@@ -305,6 +308,7 @@ impl Partition {
             min_insync: Mutex::new(config.min_insync_replicas),
             thread: Mutex::new(Some(thread)),
             damaged: Mutex::new(damaged_at_open),
+            retiring: Default::default(),
             fetch_gate: tokio::sync::RwLock::new(()),
             hw_saved: std::sync::atomic::AtomicU64::new(checkpoint),
             sequencer: Sequencer::default(),
@@ -654,10 +658,12 @@ impl Partition {
     /// leader fenced: a damaged leader that handed over leadership steps down *before* its
     /// log is cut, and no produce is acknowledged against the cut log.
     pub async fn stop_leading_appends(&self) -> Result<()> {
-        if !matches!(self.role(), Role::Leader { .. }) {
+        let Role::Leader { epoch } = self.role() else {
             return Ok(());
-        }
-        self.call(|reply| Command::BecomeFollower { epoch: None, reply })
+        };
+        // Only the leader epoch is fenced: if the reconciler's `BecomeFollower` got to the
+        // actor first, this must not undo the follower epoch it set.
+        self.call(|reply| Command::StopLeading { epoch, reply })
             .await
     }
 
@@ -722,6 +728,13 @@ impl Partition {
         let config = log_config(config);
         self.call(|reply| Command::Reconfigure { config, reply })
             .await
+    }
+
+    /// Claims the retirement of this replica after a storage failure: true the first time.
+    pub(crate) fn begin_retiring(&self) -> bool {
+        !self
+            .retiring
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Flushes and closes the log (writing its clean-shutdown marker) and stops the actor.

@@ -226,13 +226,23 @@ impl Broker {
         if entries.is_empty() {
             // Nothing stamped here (an empty log, or data from before epochs were kept):
             // start from what the leader has, keeping nothing we cannot vouch for.
-            if (local_end > 0 || part.reader().start_offset() > 0) && local_end != leader_start {
+            // (An empty replica at 0 whose leader starts later, a replaced disk, restarts
+            // there too: it could never fetch offset 0.)
+            let has_data = local_end > 0 || part.reader().start_offset() > 0;
+            if (has_data && local_end != leader_start) || local_end < leader_start {
                 tracing::warn!(topic = %part.topic, partition = part.index, local_end, leader_start, "no epoch history: restarting the replica from the leader's log start");
                 part.truncate_fully(leader_start).await?;
             }
             return Ok(());
         }
         match find_divergence(&entries, local_end, ask).await? {
+            Divergence::CutAt(c) if c < part.reader().start_offset() => {
+                // The divergence is below what retention left here: nothing local is shared.
+                let start = c.max(leader_start);
+                tracing::warn!(topic = %part.topic, partition = part.index, cut = c, start, "divergence below this replica's log start: restarting it");
+                part.truncate_fully(start).await?;
+                return Ok(());
+            }
             Divergence::CutAt(c) if c < local_end => {
                 let end = part.truncate(c).await?;
                 tracing::info!(topic = %part.topic, partition = part.index, from = local_end, to = end, "truncated a divergent suffix");
@@ -573,6 +583,56 @@ impl Broker {
         part.clear_damage();
         metrics::counter!("cascade_replica_repairs_total").increment(1);
         Ok(())
+    }
+
+    /// A local replica whose storage failed (a failed fsync poisons its log for good): it stops
+    /// leading at once, leaves the in-sync set (handing leadership to another live in-sync
+    /// replica, so producers move on instead of getting `STORAGE_ERROR` forever), and is
+    /// closed and dropped from this node's replicas, offline with the reason, until a
+    /// reconciliation reopens it (re-running recovery; on a disk that still fails the open
+    /// fails and it stays offline). The last live in-sync copy keeps its place (leaving would
+    /// lose acknowledged events) but is still reopened.
+    pub(crate) async fn retire_failed_replica(
+        self: &Arc<Self>,
+        part: Arc<Partition>,
+        reason: String,
+    ) {
+        if !part.begin_retiring() {
+            return;
+        }
+        tracing::error!(topic = %part.topic, partition = part.index, %reason, "replica storage failed: handing over its leadership and reopening it");
+        let _ = part.stop_leading_appends().await;
+        self.stop_fetcher(&part.topic, part.index);
+        match self.leave_isr(&part).await {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(topic = %part.topic, partition = part.index, error = %e, "a failed replica could not leave the in-sync set")
+            }
+        }
+        {
+            let mut topics = self.topics_write();
+            if let Some(h) = topics.get(&*part.topic)
+                && h.partitions
+                    .get(&part.index)
+                    .is_some_and(|p| Arc::ptr_eq(p, &part))
+            {
+                let mut partitions = h.partitions.clone();
+                partitions.remove(&part.index);
+                let handle = crate::broker::TopicHandle {
+                    id: h.id.clone(),
+                    partitions,
+                    config: h.config.clone(),
+                };
+                topics.insert(part.topic.to_string(), Arc::new(handle));
+            }
+        }
+        self.set_offline(&part.topic, part.index, Some(reason));
+        if let Err(e) = part.close().await {
+            tracing::warn!(topic = %part.topic, partition = part.index, error = %e, "closing a failed replica");
+        }
+        if let Err(e) = self.reconcile().await {
+            tracing::warn!(error = %e, "reconciling after a replica's storage failed");
+        }
     }
 
     /// Takes this replica out of the partition's in-sync set, handing leadership to another

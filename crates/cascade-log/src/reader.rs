@@ -47,6 +47,12 @@ impl LogReader {
         Self { shared }
     }
 
+    /// Why the log refuses writes, if a failed fsync poisoned it (see [`crate::Log`]): the
+    /// owner must stop using it and reopen it, which re-runs recovery.
+    pub fn poisoned(&self) -> Option<String> {
+        self.shared.poisoned()
+    }
+
     /// First offset in the log.
     pub fn start_offset(&self) -> u64 {
         self.shared.start_offset.load(Ordering::SeqCst)

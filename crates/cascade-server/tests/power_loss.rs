@@ -361,3 +361,137 @@ async fn a_follower_with_a_full_disk_recovers_when_space_returns() {
         let _ = n.server.await;
     }
 }
+
+/// The leader's disk starts failing every fsync (EIO). Its log is poisoned, so it can never
+/// acknowledge again: it hands leadership to another in-sync replica and takes itself offline,
+/// and producers carry on through the new leader (they got STORAGE_ERROR from the old leader
+/// forever before). Once the disk works again the replica is reopened, catches up and rejoins
+/// the in-sync set, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_whose_fsync_fails_hands_over_and_comes_back_when_the_disk_does() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs: Vec<PathBuf> = (1..=3).map(|i| root.path().join(format!("n{i}"))).collect();
+    let mut addrs = Vec::new();
+    for _ in 0..3 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        addrs.push(l.local_addr().unwrap());
+    }
+    let fss: Vec<MemFs> = (0..3).map(|_| MemFs::new()).collect();
+    let nodes = start_each(&dirs, &addrs, &fss).await;
+    let seeds: String = addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let client = Client::connect(&seeds).await.expect("connect");
+    let configs: BTreeMap<String, String> =
+        [("min.insync.replicas".to_string(), "2".to_string())].into();
+    client
+        .create_topic("eio", 1, 3, configs)
+        .await
+        .expect("create");
+    let describe = async || {
+        client
+            .describe_topic("eio")
+            .await
+            .expect("describe")
+            .partitions[0]
+            .clone()
+    };
+    let mut acked: BTreeMap<u64, String> = BTreeMap::new();
+    let mut produce = async |i: u64, patience: Duration| {
+        let v = format!("e{i}");
+        let rec = cascade_client::proto::Record {
+            value: Some(bytes::Bytes::from(v.clone())),
+            ..Default::default()
+        };
+        let deadline = Instant::now() + patience;
+        loop {
+            match client
+                .produce_records("eio", Some(0), vec![rec.clone()], Acks::All)
+                .await
+            {
+                Ok(r) => {
+                    acked.insert(r[0].base_offset, v);
+                    return;
+                }
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "produce e{i}: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    };
+    for i in 0..20 {
+        produce(i, Duration::from_secs(20)).await;
+    }
+    let old = describe().await.leader;
+    fss[old as usize - 1].set_faults(MemFsFaults {
+        write_budget: None,
+        fail_sync: true,
+    });
+    // Producers carry on: leadership moves off the failing disk.
+    for i in 20..60 {
+        produce(i, Duration::from_secs(30)).await;
+    }
+    let p = describe().await;
+    assert_ne!(p.leader, old, "the failing node still leads");
+    assert!(
+        !p.isr.contains(&old),
+        "the failing node is still in sync: {:?}",
+        p.isr
+    );
+
+    // The disk works again: the replica is reopened, catches up and is back in sync.
+    fss[old as usize - 1].set_faults(MemFsFaults::default());
+    for i in 60..80 {
+        produce(i, Duration::from_secs(20)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = describe().await;
+        if p.isr.contains(&old) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {old} never came back after its disk recovered: isr {:?}",
+            p.isr
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Everything acknowledged is there, once, at its offset.
+    let got = read_partition_of(&client, "eio", 80).await;
+    for (off, v) in &acked {
+        assert_eq!(got.get(off), Some(v), "offset {off}");
+    }
+    assert_eq!(acked.len(), 80);
+    for n in nodes {
+        n.stop.cancel();
+        n.broker.shutdown().await;
+        let _ = n.server.await;
+    }
+}
+
+/// Reads `topic`/0 from offset 0 until `end`.
+async fn read_partition_of(client: &Client, topic: &str, end: u64) -> BTreeMap<u64, String> {
+    let mut c = cascade_client::PartitionConsumer::new(client.clone(), topic, 0, 0);
+    let mut out = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.position() < end {
+        assert!(
+            Instant::now() < deadline,
+            "{topic}/0 reached only {}",
+            c.position()
+        );
+        if let Ok(recs) = c.poll(Duration::from_millis(200)).await {
+            for r in recs {
+                out.insert(
+                    r.offset,
+                    String::from_utf8(r.value.unwrap().to_vec()).unwrap(),
+                );
+            }
+        }
+    }
+    out
+}

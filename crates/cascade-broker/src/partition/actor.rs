@@ -50,6 +50,12 @@ pub(crate) enum Command {
         epoch: i32,
         reply: oneshot::Sender<Result<u64>>,
     },
+    /// Refuse appends as the leader of `epoch` from now on, touching nothing else (the
+    /// follower state is the reconciler's): a no-op if this replica no longer leads `epoch`.
+    StopLeading {
+        epoch: i32,
+        reply: oneshot::Sender<Result<()>>,
+    },
     /// Stop leading (appends are refused from now on).
     BecomeFollower {
         /// The leader epoch followed (None: no leader, nothing to follow).
@@ -250,6 +256,12 @@ impl Actor {
                             self.follower_epoch = None;
                         }
                         let _ = reply.send(r);
+                    }
+                    Command::StopLeading { epoch, reply } => {
+                        if self.leader_epoch == Some(epoch) {
+                            self.leader_epoch = None;
+                        }
+                        let _ = reply.send(Ok(()));
                     }
                     Command::BecomeFollower { epoch, reply } => {
                         self.leader_epoch = None;
