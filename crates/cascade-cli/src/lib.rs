@@ -44,13 +44,16 @@ impl Common {
 /// request exits at once with status 130, for when finishing takes too long.
 pub fn stop_requested() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
+    // Registered here, before this returns, not when the task below first runs: a signal
+    // arriving in between would otherwise still kill the process the default way.
+    let mut signals = StopSignals::register();
     tokio::spawn(async move {
-        if !stop_signal().await {
+        if !signals.next().await {
             // Keep the sender: a closed channel would wake every waiter at once, for ever.
             std::future::pending::<()>().await;
         }
         let _ = tx.send(true);
-        if stop_signal().await {
+        if signals.next().await {
             eprintln!("stopping at once");
             std::process::exit(130);
         }
@@ -58,21 +61,47 @@ pub fn stop_requested() -> watch::Receiver<bool> {
     rx
 }
 
-/// Waits for Ctrl-C or SIGTERM; false if signals cannot be received here.
-async fn stop_signal() -> bool {
+/// Ctrl-C (SIGINT) and, on Unix, SIGTERM, registered with the runtime.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut term) = signal(SignalKind::terminate()) else {
-            return false;
-        };
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.is_ok(),
-            r = term.recv() => r.is_some(),
+    int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn register() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                int: signal(SignalKind::interrupt()).ok(),
+                term: signal(SignalKind::terminate()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            Self {}
         }
     }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await.is_ok()
+
+    /// Waits for the next stop signal; false if signals cannot be received here.
+    async fn next(&mut self) -> bool {
+        #[cfg(unix)]
+        {
+            match (&mut self.int, &mut self.term) {
+                (Some(int), Some(term)) => tokio::select! {
+                    r = int.recv() => r.is_some(),
+                    r = term.recv() => r.is_some(),
+                },
+                (Some(int), None) => int.recv().await.is_some(),
+                (None, Some(term)) => term.recv().await.is_some(),
+                (None, None) => false,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            tokio::signal::ctrl_c().await.is_ok()
+        }
     }
 }

@@ -533,6 +533,13 @@ fn ctrl_c_stops_a_following_consumer_cleanly() {
     ok(&node, &["topic", "create", "live", "-p", "2"], None);
     let input: String = (0..10).map(|i| format!("event {i}\n")).collect();
     ok(&node, &["produce", "live"], Some(&input));
+    // Partition 0 must hold something to print: the printed lines show the consumer is up
+    // (an idempotent producer may have sent every unkeyed event to partition 1).
+    ok(
+        &node,
+        &["produce", "live", "--partition", "0"],
+        Some("on zero\n"),
+    );
 
     // One partition, followed: Ctrl-C ends it with status 0 after what it printed.
     let mut follow = spawn_cli(
