@@ -723,12 +723,19 @@ impl Metadata {
     /// answered (the version after it, and what it produced).
     pub async fn propose_local(&self, cmd: MetadataCommand) -> Result<ApplyResponse> {
         let _guard = self.propose.lock().await;
+        // Once shutdown began, Raft may already be stopped: a write sent to a stopped core is
+        // refused and openraft logs it as an error. Check first, and prefer the stop branch
+        // (an unbiased select could poll the write first even when stopping is set).
+        if self.stopping.is_cancelled() {
+            return Err(BrokerError::ShuttingDown);
+        }
         let mut dry = (*self.snapshot()).clone();
         dry.apply(&cmd)?;
         let write = tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(cmd));
         let r = tokio::select! {
-            r = write => r.map_err(|_| BrokerError::Timeout(PROPOSE_TIMEOUT.as_millis() as u64))?,
+            biased;
             _ = self.stopping.cancelled() => return Err(BrokerError::ShuttingDown),
+            r = write => r.map_err(|_| BrokerError::Timeout(PROPOSE_TIMEOUT.as_millis() as u64))?,
         };
         match r {
             Ok(resp) => match resp.data.error {
