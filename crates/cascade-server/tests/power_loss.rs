@@ -270,27 +270,7 @@ async fn read_until(
 /// a restart (its fetcher used to end at the first storage error, for good).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_with_a_full_disk_recovers_when_space_returns() {
-    let root = tempfile::tempdir().unwrap();
-    let dirs: Vec<PathBuf> = (1..=3).map(|i| root.path().join(format!("n{i}"))).collect();
-    let mut addrs = Vec::new();
-    for _ in 0..3 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        addrs.push(l.local_addr().unwrap());
-    }
-    let fss: Vec<MemFs> = (0..3).map(|_| MemFs::new()).collect();
-    let nodes = start_each(&dirs, &addrs, &fss).await;
-    let seeds: String = addrs
-        .iter()
-        .map(|a| a.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    let client = Client::connect(&seeds).await.expect("connect");
-    let configs: BTreeMap<String, String> =
-        [("min.insync.replicas".to_string(), "2".to_string())].into();
-    client
-        .create_topic("full", 1, 3, configs)
-        .await
-        .expect("create");
+    let (_root, nodes, fss, client) = three_nodes_each_on_its_own_fs("full").await;
     let produce = async |from: u64, to: u64| {
         for i in from..to {
             let rec = cascade_client::proto::Record {
@@ -369,27 +349,7 @@ async fn a_follower_with_a_full_disk_recovers_when_space_returns() {
 /// the in-sync set, without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_whose_fsync_fails_hands_over_and_comes_back_when_the_disk_does() {
-    let root = tempfile::tempdir().unwrap();
-    let dirs: Vec<PathBuf> = (1..=3).map(|i| root.path().join(format!("n{i}"))).collect();
-    let mut addrs = Vec::new();
-    for _ in 0..3 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        addrs.push(l.local_addr().unwrap());
-    }
-    let fss: Vec<MemFs> = (0..3).map(|_| MemFs::new()).collect();
-    let nodes = start_each(&dirs, &addrs, &fss).await;
-    let seeds: String = addrs
-        .iter()
-        .map(|a| a.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    let client = Client::connect(&seeds).await.expect("connect");
-    let configs: BTreeMap<String, String> =
-        [("min.insync.replicas".to_string(), "2".to_string())].into();
-    client
-        .create_topic("eio", 1, 3, configs)
-        .await
-        .expect("create");
+    let (_root, nodes, fss, client) = three_nodes_each_on_its_own_fs("eio").await;
     let describe = async || {
         client
             .describe_topic("eio")
@@ -494,4 +454,33 @@ async fn read_partition_of(client: &Client, topic: &str, end: u64) -> BTreeMap<u
         }
     }
     out
+}
+
+/// Three in-process brokers, each on its own in-memory file system (so a fault hits one
+/// node), and topic `topic` with one partition, three replicas and `min.insync.replicas=2`.
+async fn three_nodes_each_on_its_own_fs(
+    topic: &str,
+) -> (tempfile::TempDir, Vec<InProc>, Vec<MemFs>, Client) {
+    let root = tempfile::tempdir().unwrap();
+    let dirs: Vec<PathBuf> = (1..=3).map(|i| root.path().join(format!("n{i}"))).collect();
+    let mut addrs = Vec::new();
+    for _ in 0..3 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        addrs.push(l.local_addr().unwrap());
+    }
+    let fss: Vec<MemFs> = (0..3).map(|_| MemFs::new()).collect();
+    let nodes = start_each(&dirs, &addrs, &fss).await;
+    let seeds: String = addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let client = Client::connect(&seeds).await.expect("connect");
+    let configs: BTreeMap<String, String> =
+        [("min.insync.replicas".to_string(), "2".to_string())].into();
+    client
+        .create_topic(topic, 1, 3, configs)
+        .await
+        .expect("create");
+    (root, nodes, fss, client)
 }
