@@ -106,16 +106,53 @@ pub struct Broker {
     /// failing disk), with why: they are offline, the rest of the node serves on. Retried on
     /// every reconciliation.
     pub(crate) offline: std::sync::Mutex<HashMap<(String, u32), String>>,
+    /// The last reconciliation left a replica without its role (see `reconcile`): housekeeping
+    /// runs another.
+    pub(crate) reconcile_incomplete: AtomicBool,
     ready: tokio::sync::watch::Sender<bool>,
     /// Set during a graceful shutdown: the controller moves leadership away.
     pub(crate) leaving: AtomicBool,
+    /// This process's incarnation (random, never 0), registered with the cluster: a new one
+    /// is a restart (see [`MetadataCommand::RegisterBroker`]).
+    incarnation: u64,
+    /// The previous run of this data directory ended with a clean shutdown (every log closed).
+    clean_start: bool,
 }
+
+/// Name of the broker's clean-shutdown marker in the data directory: written once every log
+/// was closed, taken (removed durably) when the node opens.
+pub const CLEAN_SHUTDOWN_MARKER: &str = "clean-shutdown";
 
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// Reads and removes the broker's clean-shutdown marker, durably, before anything else runs:
+/// a crash later in this run must not find it again.
+fn take_clean_marker(fs: &dyn FileSystem, data: &Path) -> Result<bool> {
+    let io = |what: &str, e: std::io::Error| {
+        BrokerError::Metadata(format!("{what} {}: {e}", data.display()))
+    };
+    fs.create_dir_all_durable(data)
+        .map_err(|e| io("creating", e))?;
+    let path = data.join(CLEAN_SHUTDOWN_MARKER);
+    if !fs.exists(&path) {
+        return Ok(false);
+    }
+    fs.remove_file(&path)
+        .map_err(|e| io("removing the clean-shutdown marker in", e))?;
+    fs.sync_dir(data).map_err(|e| io("fsync", e))?;
+    Ok(true)
+}
+
+/// Writes the broker's clean-shutdown marker durably (every log is closed by then).
+fn write_clean_marker(fs: &dyn FileSystem, data: &Path) -> std::io::Result<()> {
+    let f = fs.open(&data.join(CLEAN_SHUTDOWN_MARKER), true)?;
+    f.sync_data()?;
+    fs.sync_dir(data)
 }
 
 fn topic_dir(data: &Path, topic: &str) -> PathBuf {
@@ -127,6 +164,7 @@ impl Broker {
     /// partitions in [`Broker::start`], which needs the internal gRPC services to be serving
     /// already (peers call them while this node joins).
     pub async fn open(config: BrokerConfig) -> Result<Arc<Self>> {
+        let clean_start = take_clean_marker(&*config.log_fs, &config.data_dir)?;
         let meta = Arc::new(Metadata::open(&config.data_dir.join("meta"), config.node_id).await?);
         let (ready, _) = tokio::sync::watch::channel(false);
         Ok(Arc::new(Self {
@@ -139,8 +177,11 @@ impl Broker {
             fetchers: Default::default(),
             reconcile_lock: tokio::sync::Mutex::new(()),
             offline: Default::default(),
+            reconcile_incomplete: AtomicBool::new(false),
             ready,
             leaving: AtomicBool::new(false),
+            incarnation: rand::random::<u64>().max(1),
+            clean_start,
             meta,
             config,
         }))
@@ -195,6 +236,9 @@ impl Broker {
             grpc_addr: self.config.advertised_grpc_addr.clone(),
             http_addr: self.config.advertised_http_addr.clone(),
             fenced: false,
+            incarnation: self.incarnation,
+            epoch: 0,
+            clean_start: self.clean_start,
         };
         // A node restarting while most of its cluster is down waits here until a majority is
         // back (in a full restart every node waits for the others), so nodes must be started
@@ -206,7 +250,17 @@ impl Broker {
                 .apply(MetadataCommand::RegisterBroker(node.clone()))
                 .await;
             match r {
-                Ok(_) => break,
+                Ok(snap) => {
+                    let epoch = snap.brokers.get(&me).map_or(0, |b| b.epoch);
+                    tracing::info!(
+                        node = me,
+                        broker_epoch = epoch,
+                        incarnation = format_args!("{:016x}", self.incarnation),
+                        previous_shutdown = if self.clean_start { "clean" } else { "unclean" },
+                        "registered with the cluster"
+                    );
+                    break;
+                }
                 Err(e) => {
                     attempts += 1;
                     if attempts % 10 == 1 {
@@ -734,16 +788,44 @@ impl Broker {
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
         let handles: Vec<Arc<TopicHandle>> = self.topics_read().values().cloned().collect();
+        let mut clean = true;
         for h in handles {
             for p in h.partitions.values() {
                 if let Err(e) = p.close().await {
+                    clean = false;
                     tracing::error!(topic = %p.topic, partition = p.index, error = %e, "closing partition");
                 }
             }
         }
         tracing::info!("all partitions closed");
+        if clean && let Err(e) = write_clean_marker(&*self.config.log_fs, &self.config.data_dir) {
+            tracing::warn!(error = %e, "writing the clean-shutdown marker (the next start counts as unclean)");
+        }
         if let Err(e) = self.meta.shutdown().await {
             tracing::warn!(error = %e, "stopping the metadata Raft node");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cascade_log::fs::MemFs;
+
+    /// The marker says "clean" once, and only when it reached the disk: taking it is durable,
+    /// so a crash after a start that saw it does not see it again.
+    #[test]
+    fn the_clean_shutdown_marker_is_durable_and_taken_once() {
+        let fs = MemFs::new();
+        let data = Path::new("/data");
+        assert!(!take_clean_marker(&fs, data).unwrap(), "a fresh directory");
+        write_clean_marker(&fs, data).unwrap();
+        fs.crash();
+        assert!(take_clean_marker(&fs, data).unwrap(), "written durably");
+        fs.crash();
+        assert!(
+            !take_clean_marker(&fs, data).unwrap(),
+            "taken durably: the crash after the start must not find it again"
+        );
     }
 }

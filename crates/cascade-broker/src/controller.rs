@@ -460,6 +460,7 @@ impl Controller for ControllerService {
                 grpc_addr: r.grpc_addr,
                 http_addr: r.http_addr,
                 fenced: false,
+                ..Default::default()
             }))
             .await
             .map_err(Status::from)?;
@@ -517,6 +518,7 @@ mod tests {
                     grpc_addr: format!("n{id}"),
                     http_addr: String::new(),
                     fenced: fenced.contains(&id),
+                    ..Default::default()
                 },
             );
         }

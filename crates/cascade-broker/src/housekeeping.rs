@@ -4,7 +4,8 @@
 //! and on the controller offline partitions and fenced brokers). Work on partitions is sent to
 //! their actors, never done here. It also watches storage health: a replica whose log a failed
 //! fsync poisoned is handed to `Broker::retire_failed_replica` (leadership moves, the replica is
-//! reopened), and offline replicas are retried every second.
+//! reopened), and offline replicas (and replicas a reconciliation could not give their role)
+//! are retried every second.
 
 use crate::broker::Broker;
 use cascade_types::FlushMode;
@@ -93,7 +94,10 @@ pub(crate) fn spawn(broker: Arc<Broker>) {
                     .offline
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .is_empty();
+                    .is_empty()
+                    || broker
+                        .reconcile_incomplete
+                        .load(std::sync::atomic::Ordering::SeqCst);
                 if offline && let Err(e) = broker.reconcile().await {
                     tracing::debug!(error = %e, "retrying offline replicas");
                 }

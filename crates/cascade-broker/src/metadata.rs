@@ -25,7 +25,7 @@ use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
 
 /// One broker of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct BrokerInfo {
     /// Its node id.
     pub node_id: u32,
@@ -37,6 +37,19 @@ pub struct BrokerInfo {
     /// in-sync set until it is back.
     #[serde(default)]
     pub fenced: bool,
+    /// The running process: a random id chosen at every start (0 when not known, as in the
+    /// registration a join makes before the node registers itself). A registration with an
+    /// incarnation other than the recorded one is a restart (see
+    /// [`MetadataCommand::RegisterBroker`]).
+    #[serde(default)]
+    pub incarnation: u64,
+    /// The broker epoch (Kafka's): bumped by every registration of a new incarnation.
+    #[serde(default)]
+    pub epoch: u64,
+    /// Whether this incarnation's previous shutdown was clean: every log closed, so every
+    /// event it had was on disk. Only read when the incarnation registers.
+    #[serde(default)]
+    pub clean_start: bool,
 }
 
 /// Where a partition lives.
@@ -146,7 +159,16 @@ pub enum MetadataCommand {
         /// The id.
         cluster_id: String,
     },
-    /// Adds or updates a broker (a registering broker is unfenced).
+    /// Adds or updates a broker (a registering broker is unfenced). A registration with a new
+    /// incarnation is a restart, and the broker comes back with a new broker epoch:
+    /// - every partition it leads gets a new leader epoch, so nothing its old incarnation
+    ///   wrote or was told can be taken for the new one's, and its followers check their
+    ///   logs against it (truncation by epoch) before copying anything;
+    /// - a replica that may have lost acknowledged events is not eligible to lead until it has
+    ///   caught up: after an unclean shutdown of a topic that does not fsync every
+    ///   acknowledgement (`flush` `interval` or `never`), it leaves the in-sync set and its
+    ///   leaderships move to a live in-sync replica (KIP-966's idea). When it is the only live
+    ///   in-sync replica it stays: no other copy can hold more.
     RegisterBroker(BrokerInfo),
     /// Fences or unfences a broker (the controller's liveness verdict).
     SetFenced {
@@ -264,6 +286,54 @@ impl ClusterMetadata {
             .collect()
     }
 
+    /// The replicas of a broker that registered a new incarnation (see
+    /// [`MetadataCommand::RegisterBroker`]).
+    fn restart_replicas(&mut self, node: u32, clean: bool) {
+        let live = |id: &u32| *id != node && self.brokers.get(id).is_some_and(|b| !b.fenced);
+        let mut moves = Vec::new();
+        for (name, t) in &self.topics {
+            // Every event acknowledged while it was in sync is on its disk when it fsyncs every
+            // acknowledgement or closed its logs cleanly.
+            let trusted = clean || t.config.flush == cascade_types::FlushMode::Always;
+            for (i, a) in t.partitions.iter().enumerate() {
+                if !a.isr.contains(&node) {
+                    continue;
+                }
+                let others: Vec<u32> = a
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|r| a.isr.contains(r) && live(r))
+                    .collect();
+                if !trusted && !others.is_empty() {
+                    let leader = if a.leader == node || a.leader == 0 {
+                        others[0]
+                    } else {
+                        a.leader
+                    };
+                    moves.push((name.clone(), i, Some(leader)));
+                } else if a.leader == node {
+                    moves.push((name.clone(), i, None));
+                }
+            }
+        }
+        for (name, i, new_leader) in moves {
+            let a = &mut self.topics.get_mut(&name).expect("listed above").partitions[i];
+            match new_leader {
+                Some(leader) => {
+                    a.isr.retain(|r| *r != node);
+                    if a.leader != leader {
+                        a.leader = leader;
+                        a.leader_epoch += 1;
+                    }
+                }
+                // It keeps leading, under a new epoch.
+                None => a.leader_epoch += 1,
+            }
+            a.partition_epoch += 1;
+        }
+    }
+
     /// Validates `cmd` against the current state and applies it; on error nothing changes.
     pub fn apply(&mut self, cmd: &MetadataCommand) -> Result<Applied> {
         let mut applied = Applied::default();
@@ -274,9 +344,36 @@ impl ClusterMetadata {
                 }
             }
             MetadataCommand::RegisterBroker(b) => {
+                let prev = self.brokers.get(&b.node_id);
                 let mut b = b.clone();
                 b.fenced = false;
-                self.brokers.insert(b.node_id, b);
+                let restarted = match prev {
+                    // A registration that does not know the incarnation (a join) keeps the
+                    // recorded one.
+                    Some(p) if b.incarnation == 0 => {
+                        b.incarnation = p.incarnation;
+                        b.epoch = p.epoch;
+                        b.clean_start = p.clean_start;
+                        false
+                    }
+                    Some(p) if p.incarnation == b.incarnation => {
+                        b.epoch = p.epoch;
+                        false
+                    }
+                    Some(p) => {
+                        b.epoch = p.epoch + 1;
+                        true
+                    }
+                    None => {
+                        b.epoch = u64::from(b.incarnation != 0);
+                        false
+                    }
+                };
+                let (id, clean) = (b.node_id, b.clean_start);
+                self.brokers.insert(id, b);
+                if restarted {
+                    self.restart_replicas(id, clean);
+                }
             }
             MetadataCommand::SetFenced { node_id, fenced } => {
                 let b = self.brokers.get_mut(node_id).ok_or_else(|| {
@@ -824,6 +921,156 @@ mod tests {
         assert_eq!(replay.producers.current_epoch(0), Some(2));
     }
 
+    fn register(m: &mut ClusterMetadata, id: u32, incarnation: u64, clean: bool) {
+        m.apply(&MetadataCommand::RegisterBroker(BrokerInfo {
+            node_id: id,
+            grpc_addr: format!("n{id}:50051"),
+            incarnation,
+            clean_start: clean,
+            ..Default::default()
+        }))
+        .unwrap();
+    }
+
+    /// Three brokers; topic `a` fsyncs every acknowledgement, `n` never does; both have three
+    /// partitions over three replicas, led by 1, 2 and 3.
+    fn restart_cluster() -> ClusterMetadata {
+        let mut m = ClusterMetadata::default();
+        for id in 1..=3 {
+            register(&mut m, id, 10 + u64::from(id), false);
+        }
+        for (name, flush) in [
+            ("a", cascade_types::FlushMode::Always),
+            ("n", cascade_types::FlushMode::Never),
+        ] {
+            m.apply(&MetadataCommand::CreateTopic {
+                name: name.into(),
+                id: format!("{name}-id"),
+                partitions: 3,
+                replication_factor: 3,
+                config: TopicConfig {
+                    flush,
+                    ..TopicConfig::default()
+                },
+                internal: false,
+                created_ms: 0,
+            })
+            .unwrap();
+        }
+        m
+    }
+
+    /// A broker that restarts inside its session (never fenced) comes back as a new
+    /// incarnation: a new broker epoch, a new leader epoch for everything it leads, and, where
+    /// its unclean shutdown may have lost acknowledged events (`flush=never`), out of the
+    /// in-sync sets with its leaderships moved. Before, it kept everything at the same epochs.
+    #[test]
+    fn a_restarted_broker_is_a_new_incarnation() {
+        let mut m = restart_cluster();
+        let before = m.clone();
+        assert_eq!(m.brokers[&1].epoch, 1);
+        let led_by_1 = |m: &ClusterMetadata, t: &str| {
+            m.topics[t]
+                .partitions
+                .iter()
+                .position(|p| p.replicas[0] == 1)
+                .unwrap()
+        };
+        let (pa, pn) = (led_by_1(&m, "a"), led_by_1(&m, "n"));
+        assert_eq!(m.topics["a"].partitions[pa].leader, 1);
+        register(&mut m, 1, 99, false);
+        assert_eq!(m.brokers[&1].epoch, 2, "a new broker epoch");
+        // flush=always: its log holds every acknowledged event; it leads under a new epoch.
+        let (a, a0) = (
+            &m.topics["a"].partitions[pa],
+            &before.topics["a"].partitions[pa],
+        );
+        assert_eq!((a.leader, &a.isr), (1, &a0.isr));
+        assert_eq!(a.leader_epoch, a0.leader_epoch + 1);
+        assert_eq!(a.partition_epoch, a0.partition_epoch + 1);
+        // flush=never: not eligible until caught up; leadership moves to the next replica.
+        let (n, n0) = (
+            &m.topics["n"].partitions[pn],
+            &before.topics["n"].partitions[pn],
+        );
+        assert_eq!(n.leader, n0.replicas[1]);
+        assert!(!n.isr.contains(&1), "{n:?}");
+        assert_eq!(n.leader_epoch, n0.leader_epoch + 1);
+        for (i, (p, p0)) in m.topics["n"]
+            .partitions
+            .iter()
+            .zip(&before.topics["n"].partitions)
+            .enumerate()
+        {
+            if i != pn {
+                assert_eq!(p.leader, p0.leader, "followers only leave the in-sync set");
+                assert_eq!(p.leader_epoch, p0.leader_epoch);
+                assert!(!p.isr.contains(&1));
+            }
+        }
+        for (i, (p, p0)) in m.topics["a"]
+            .partitions
+            .iter()
+            .zip(&before.topics["a"].partitions)
+            .enumerate()
+        {
+            if i != pa {
+                assert_eq!(p, p0, "trusted followers are untouched");
+            }
+        }
+        // A retried registration of the same incarnation, and a join's registration (which
+        // does not know the incarnation), change nothing.
+        let after = m.clone();
+        register(&mut m, 1, 99, false);
+        register(&mut m, 1, 0, false);
+        assert_eq!(m.brokers, after.brokers);
+        assert_eq!(m.topics, after.topics);
+    }
+
+    /// After a clean shutdown every log was closed (fsynced): the replica stays in sync
+    /// whatever the flush policy, and only gets new leader epochs.
+    #[test]
+    fn a_cleanly_restarted_broker_stays_in_sync() {
+        let mut m = restart_cluster();
+        let before = m.clone();
+        register(&mut m, 2, 77, true);
+        for t in ["a", "n"] {
+            for (p, p0) in m.topics[t]
+                .partitions
+                .iter()
+                .zip(&before.topics[t].partitions)
+            {
+                assert_eq!((p.leader, &p.isr), (p0.leader, &p0.isr));
+                let bump = i32::from(p.leader == 2);
+                assert_eq!(p.leader_epoch, p0.leader_epoch + bump);
+            }
+        }
+    }
+
+    /// The only live in-sync replica keeps its data and leads, even after an unclean
+    /// shutdown: no other copy can hold more.
+    #[test]
+    fn the_last_live_in_sync_replica_keeps_leading_after_an_unclean_restart() {
+        let mut m = restart_cluster();
+        for id in [2, 3] {
+            m.apply(&MetadataCommand::SetFenced {
+                node_id: id,
+                fenced: true,
+            })
+            .unwrap();
+        }
+        let before = m.clone();
+        register(&mut m, 1, 5, false);
+        for (p, p0) in m.topics["n"]
+            .partitions
+            .iter()
+            .zip(&before.topics["n"].partitions)
+        {
+            assert!(p.isr.contains(&1), "{p:?}");
+            assert_eq!(p.isr, p0.isr);
+        }
+    }
+
     fn two_brokers() -> ClusterMetadata {
         let mut m = ClusterMetadata::default();
         for id in [1, 2] {
@@ -832,6 +1079,7 @@ mod tests {
                 grpc_addr: format!("n{id}:50051"),
                 http_addr: String::new(),
                 fenced: false,
+                ..Default::default()
             }))
             .unwrap();
         }
@@ -862,6 +1110,7 @@ mod tests {
             grpc_addr: "n1:50051".into(),
             http_addr: String::new(),
             fenced: false,
+            ..Default::default()
         }))
         .unwrap();
         let MetadataCommand::CreateTopic { config, .. } = create("o", 6, 1) else {
@@ -892,6 +1141,7 @@ mod tests {
                 grpc_addr: format!("n{id}:50051"),
                 http_addr: String::new(),
                 fenced: false,
+                ..Default::default()
             }))
             .unwrap();
         }
@@ -974,6 +1224,7 @@ mod tests {
             grpc_addr: "127.0.0.1:1".into(),
             http_addr: "b".into(),
             fenced: false,
+            ..Default::default()
         };
         let m = Metadata::open(dir.path(), 1).await.unwrap();
         assert!(!m.is_member().await.unwrap());

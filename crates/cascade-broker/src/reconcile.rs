@@ -8,14 +8,18 @@
 //! this node becomes its leader and drops it when it stops leading it.
 //!
 //! Invariant: a replica's role only changes here, so a change is always the metadata's; one
-//! reconciliation runs at a time (a lock), and each works from one metadata snapshot.
+//! reconciliation runs at a time (a lock), and each works from one metadata snapshot. A
+//! replica that cannot be opened or given its role costs only itself: the pass goes on with
+//! the others and notes it (`Broker::offline`, `reconcile_incomplete`), and housekeeping runs
+//! another pass every second until every replica has its role.
 
 use crate::broker::{Broker, TopicHandle};
 use crate::error::Result;
 use crate::group::OFFSETS_TOPIC;
-use crate::partition::Role;
+use crate::partition::{Partition, Role};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// Reconciles after every metadata change `rx` has not seen yet (so a receiver subscribed
 /// before the first reconciliation also covers the changes made during it).
@@ -46,6 +50,7 @@ impl Broker {
         }
         let snap = self.meta.snapshot();
         let me = self.config.node_id;
+        self.reconcile_incomplete.store(false, Ordering::SeqCst);
 
         // Topics gone (or re-created under a new id): close and remove their replicas.
         let stale: Vec<(String, Arc<TopicHandle>)> = self
@@ -113,66 +118,80 @@ impl Broker {
                 );
             }
             for (&i, part) in &parts {
-                if config_changed {
-                    part.reconfigure(&t.config).await?;
-                }
                 let Some(a) = t.partitions.get(i as usize) else {
                     continue;
                 };
-                if part.damaged_at_open().is_some() {
-                    if a.isr.contains(&me) {
-                        // Never lead (or count as in sync) with a log cut for damage: leave
-                        // the in-sync set first; the next reconciliation gives the role.
-                        self.repair_damaged(part, None).await?;
-                        continue;
-                    }
-                    part.clear_damage();
+                // One replica whose role change fails (its disk failed as it was reopened,
+                // its group state could not load) must not keep the others from following
+                // the metadata: log it, go on, and let the next pass retry it.
+                if let Err(e) = self.reconcile_replica(t, i, a, part, config_changed).await {
+                    self.reconcile_incomplete.store(true, Ordering::SeqCst);
+                    tracing::error!(topic = %t.name, partition = i, error = %e, "could not give this replica its role; retrying");
                 }
-                let role = part.role();
-                if a.leader == me {
-                    if role
-                        != (Role::Leader {
-                            epoch: a.leader_epoch,
-                        })
-                    {
-                        self.stop_fetcher(&t.name, i);
-                        part.become_leader(a.leader_epoch, a.replicas.clone(), a.isr.clone())
-                            .await?;
-                        tracing::info!(topic = %t.name, partition = i, epoch = a.leader_epoch, "leading");
-                        if t.name == OFFSETS_TOPIC {
-                            self.groups().load_partition(i, part.clone()).await?;
-                        }
-                    } else {
-                        part.set_isr(a.replicas.clone(), a.isr.clone());
-                    }
-                } else {
-                    let want = if a.leader == 0 {
-                        Role::Idle
-                    } else {
-                        Role::Follower {
-                            leader: a.leader,
-                            epoch: a.leader_epoch,
-                        }
-                    };
-                    if role != want {
-                        if matches!(role, Role::Leader { .. }) && t.name == OFFSETS_TOPIC {
-                            self.groups().unload_partition(i);
-                        }
-                        self.stop_fetcher(&t.name, i);
-                        part.become_follower(
-                            a.leader,
-                            a.leader_epoch,
-                            a.replicas.clone(),
-                            a.isr.clone(),
-                        )
-                        .await?;
-                        if a.leader != 0 {
-                            self.start_fetcher(part.clone(), a.leader, a.leader_epoch);
-                        }
-                    } else {
-                        part.set_isr(a.replicas.clone(), a.isr.clone());
-                    }
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives one replica the role, in-sync set and settings `a` names.
+    async fn reconcile_replica(
+        self: &Arc<Self>,
+        t: &crate::metadata::TopicMeta,
+        i: u32,
+        a: &crate::metadata::PartitionAssignment,
+        part: &Arc<Partition>,
+        config_changed: bool,
+    ) -> Result<()> {
+        let me = self.config.node_id;
+        if config_changed {
+            part.reconfigure(&t.config).await?;
+        }
+        if part.damaged_at_open().is_some() {
+            if a.isr.contains(&me) {
+                // Never lead (or count as in sync) with a log cut for damage: leave the
+                // in-sync set first; the next reconciliation gives the role.
+                return self.repair_damaged(part, None).await;
+            }
+            part.clear_damage();
+        }
+        let role = part.role();
+        if a.leader == me {
+            if role
+                != (Role::Leader {
+                    epoch: a.leader_epoch,
+                })
+            {
+                self.stop_fetcher(&t.name, i);
+                part.become_leader(a.leader_epoch, a.replicas.clone(), a.isr.clone())
+                    .await?;
+                tracing::info!(topic = %t.name, partition = i, epoch = a.leader_epoch, "leading");
+                if t.name == OFFSETS_TOPIC {
+                    self.groups().load_partition(i, part.clone()).await?;
                 }
+            } else {
+                part.set_isr(a.replicas.clone(), a.isr.clone());
+            }
+        } else {
+            let want = if a.leader == 0 {
+                Role::Idle
+            } else {
+                Role::Follower {
+                    leader: a.leader,
+                    epoch: a.leader_epoch,
+                }
+            };
+            if role != want {
+                if matches!(role, Role::Leader { .. }) && t.name == OFFSETS_TOPIC {
+                    self.groups().unload_partition(i);
+                }
+                self.stop_fetcher(&t.name, i);
+                part.become_follower(a.leader, a.leader_epoch, a.replicas.clone(), a.isr.clone())
+                    .await?;
+                if a.leader != 0 {
+                    self.start_fetcher(part.clone(), a.leader, a.leader_epoch);
+                }
+            } else {
+                part.set_isr(a.replicas.clone(), a.isr.clone());
             }
         }
         Ok(())

@@ -382,3 +382,62 @@ async fn every_directory_created_is_fsynced_in_its_parent() {
         );
     }
 }
+
+/// A replica whose role change fails (here its leader-epoch file cannot be written at start-up)
+/// costs only itself: the node starts, serves its other partitions, and gives the failed one
+/// its role by itself once the file can be written. Before, the failure aborted the whole
+/// reconciliation, and at start-up the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_cannot_take_its_role_costs_only_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start(dir.path());
+    let client = node.client().await;
+    // "a" sorts first: the failing replica is reconciled before the healthy one.
+    for t in ["a", "b"] {
+        client.create_topic(t, 1, 1, BTreeMap::new()).await.unwrap();
+        client
+            .produce_batches(t, 0, batch(&["before".to_string()]), Acks::All)
+            .await
+            .unwrap();
+    }
+    tokio::task::block_in_place(|| node.stop());
+    // The restart leads under a new epoch, which is written to `0.leader-epochs` through a
+    // temporary `0.tmp`: a directory in its place makes that write fail.
+    let obstacle = dir.path().join("topics/a/0.tmp");
+    std::fs::create_dir(&obstacle).unwrap();
+    tokio::task::block_in_place(|| node.restart_same_port());
+    let client = node.client().await.with_retry_budget(Duration::ZERO);
+    client
+        .produce_batches("b", 0, batch(&["after".to_string()]), Acks::All)
+        .await
+        .expect("the healthy partition serves");
+    assert!(
+        client
+            .produce_batches("a", 0, batch(&["lost".to_string()]), Acks::All)
+            .await
+            .is_err(),
+        "the replica without its role accepted a write"
+    );
+    std::fs::remove_dir(&obstacle).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client
+            .produce_batches("a", 0, batch(&["after".to_string()]), Acks::All)
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "never took its role: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    for t in ["a", "b"] {
+        let got: Vec<Vec<u8>> = read_partition(&client, t, 0)
+            .await
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(got, [b"before".to_vec(), b"after".to_vec()], "{t}");
+    }
+}

@@ -28,13 +28,23 @@ struct InProc {
     server: tokio::task::JoinHandle<()>,
 }
 
-fn config(id: u32, dir: &Path, addr: SocketAddr, seeds: Vec<String>, fs: &MemFs) -> BrokerConfig {
+/// The session timeout of most tests: short, so failovers are quick.
+const SESSION: Duration = Duration::from_millis(1200);
+
+fn config(
+    id: u32,
+    dir: &Path,
+    addr: SocketAddr,
+    seeds: Vec<String>,
+    fs: &MemFs,
+    session: Duration,
+) -> BrokerConfig {
     let mut c = BrokerConfig::new(dir);
     c.node_id = id;
     c.advertised_grpc_addr = addr.to_string();
     c.seeds = seeds;
     c.heartbeat_interval = Duration::from_millis(200);
-    c.session_timeout = Duration::from_millis(1200);
+    c.session_timeout = session;
     c.log_fs = Arc::new(fs.clone());
     c
 }
@@ -66,11 +76,16 @@ async fn serve(cfg: BrokerConfig, addr: SocketAddr) -> (InProc, Arc<AtomicBool>)
 
 async fn start_all(dirs: &[PathBuf], addrs: &[SocketAddr], fs: &MemFs) -> Vec<InProc> {
     let same: Vec<MemFs> = dirs.iter().map(|_| fs.clone()).collect();
-    start_each(dirs, addrs, &same).await
+    start_each(dirs, addrs, &same, SESSION).await
 }
 
 /// Like [`start_all`], each node on its own file system (faults hit one node only).
-async fn start_each(dirs: &[PathBuf], addrs: &[SocketAddr], fss: &[MemFs]) -> Vec<InProc> {
+async fn start_each(
+    dirs: &[PathBuf],
+    addrs: &[SocketAddr],
+    fss: &[MemFs],
+    session: Duration,
+) -> Vec<InProc> {
     let mut nodes = Vec::new();
     let mut readies = Vec::new();
     for (i, (dir, addr)) in dirs.iter().zip(addrs).enumerate() {
@@ -79,7 +94,8 @@ async fn start_each(dirs: &[PathBuf], addrs: &[SocketAddr], fss: &[MemFs]) -> Ve
         } else {
             vec![addrs[0].to_string()]
         };
-        let (n, ready) = serve(config(i as u32 + 1, dir, *addr, seeds, &fss[i]), *addr).await;
+        let cfg = config(i as u32 + 1, dir, *addr, seeds, &fss[i], session);
+        let (n, ready) = serve(cfg, *addr).await;
         nodes.push(n);
         readies.push(ready);
     }
@@ -270,7 +286,13 @@ async fn read_until(
 /// a restart (its fetcher used to end at the first storage error, for good).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_with_a_full_disk_recovers_when_space_returns() {
-    let (_root, nodes, fss, client) = three_nodes_each_on_its_own_fs("full").await;
+    let Three {
+        _root: _dir,
+        nodes,
+        fss,
+        client,
+        ..
+    } = three_nodes_each_on_its_own_fs("full", &[], SESSION).await;
     let produce = async |from: u64, to: u64| {
         for i in from..to {
             let rec = cascade_client::proto::Record {
@@ -349,7 +371,13 @@ async fn a_follower_with_a_full_disk_recovers_when_space_returns() {
 /// the in-sync set, without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_whose_fsync_fails_hands_over_and_comes_back_when_the_disk_does() {
-    let (_root, nodes, fss, client) = three_nodes_each_on_its_own_fs("eio").await;
+    let Three {
+        _root: _dir,
+        nodes,
+        fss,
+        client,
+        ..
+    } = three_nodes_each_on_its_own_fs("eio", &[], SESSION).await;
     let describe = async || {
         client
             .describe_topic("eio")
@@ -456,11 +484,25 @@ async fn read_partition_of(client: &Client, topic: &str, end: u64) -> BTreeMap<u
     out
 }
 
+/// Three in-process brokers on their own file systems, and a client. Bind `_root` when
+/// destructuring: a pattern's `..` drops it, and with it the nodes' directories.
+struct Three {
+    _root: tempfile::TempDir,
+    dirs: Vec<PathBuf>,
+    addrs: Vec<SocketAddr>,
+    fss: Vec<MemFs>,
+    nodes: Vec<InProc>,
+    client: Client,
+}
+
 /// Three in-process brokers, each on its own in-memory file system (so a fault hits one
-/// node), and topic `topic` with one partition, three replicas and `min.insync.replicas=2`.
+/// node), and topic `topic` with one partition, three replicas, `min.insync.replicas=2` and
+/// `configs`.
 async fn three_nodes_each_on_its_own_fs(
     topic: &str,
-) -> (tempfile::TempDir, Vec<InProc>, Vec<MemFs>, Client) {
+    configs: &[(&str, &str)],
+    session: Duration,
+) -> Three {
     let root = tempfile::tempdir().unwrap();
     let dirs: Vec<PathBuf> = (1..=3).map(|i| root.path().join(format!("n{i}"))).collect();
     let mut addrs = Vec::new();
@@ -469,18 +511,161 @@ async fn three_nodes_each_on_its_own_fs(
         addrs.push(l.local_addr().unwrap());
     }
     let fss: Vec<MemFs> = (0..3).map(|_| MemFs::new()).collect();
-    let nodes = start_each(&dirs, &addrs, &fss).await;
+    let nodes = start_each(&dirs, &addrs, &fss, session).await;
     let seeds: String = addrs
         .iter()
         .map(|a| a.to_string())
         .collect::<Vec<_>>()
         .join(",");
     let client = Client::connect(&seeds).await.expect("connect");
-    let configs: BTreeMap<String, String> =
+    let mut all: BTreeMap<String, String> =
         [("min.insync.replicas".to_string(), "2".to_string())].into();
-    client
-        .create_topic(topic, 1, 3, configs)
+    for (k, v) in configs {
+        all.insert(k.to_string(), v.to_string());
+    }
+    client.create_topic(topic, 1, 3, all).await.expect("create");
+    Three {
+        _root: root,
+        dirs,
+        addrs,
+        fss,
+        nodes,
+        client,
+    }
+}
+
+/// Produces `e{i}` to `topic`/0 with `acks=all`, retrying for `patience`; its offset.
+async fn produce_one(client: &Client, topic: &str, i: u64, patience: Duration) -> (u64, String) {
+    let v = format!("e{i}");
+    let rec = cascade_client::proto::Record {
+        value: Some(bytes::Bytes::from(v.clone())),
+        ..Default::default()
+    };
+    let deadline = Instant::now() + patience;
+    loop {
+        match client
+            .produce_records(topic, Some(0), vec![rec.clone()], Acks::All)
+            .await
+        {
+            Ok(r) => return (r[0].base_offset, v),
+            Err(e) => {
+                assert!(Instant::now() < deadline, "produce e{i}: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// A leader of a `flush=never` topic loses power alone (its unflushed events are gone from
+/// its disk, not from its followers') and is back before its session expires. It must come
+/// back as a new incarnation that is not eligible to lead with its short log: leadership moves
+/// to a follower that has every acknowledged event, and it rejoins the in-sync set once it has
+/// caught up. Before, it re-registered at the same epochs and kept leading with the short log:
+/// acknowledged events were lost and their offsets reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_back_from_a_power_loss_inside_its_session_does_not_lead_with_less() {
+    // A long session: the restart is certainly inside it, so the controller never fences the
+    // node (fencing would move leadership the old way and hide the fault).
+    let session = Duration::from_secs(15);
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let Three {
+        _root: _dir,
+        dirs,
+        addrs,
+        fss,
+        nodes,
+        client,
+        ..
+    } = three_nodes_each_on_its_own_fs("lost", &[("flush", "never")], session).await;
+    let mut acked: BTreeMap<u64, String> = BTreeMap::new();
+    for i in 0..100 {
+        let (off, v) = produce_one(&client, "lost", i, Duration::from_secs(20)).await;
+        assert!(
+            acked.insert(off, v).is_none(),
+            "offset {off} acknowledged twice"
+        );
+    }
+    let before = client
+        .describe_topic("lost")
         .await
-        .expect("create");
-    (root, nodes, fss, client)
+        .expect("describe")
+        .partitions[0]
+        .clone();
+    let old = before.leader;
+    let mut nodes: Vec<Option<InProc>> = nodes.into_iter().map(Some).collect();
+
+    // Power loss on the leader alone.
+    let i = old as usize - 1;
+    let lost = Instant::now();
+    fss[i].set_faults(MemFsFaults {
+        write_budget: Some(0),
+        fail_sync: true,
+    });
+    fss[i].crash();
+    let ghost = nodes[i].take().expect("running");
+    ghost.stop.cancel();
+    ghost.broker.shutdown().await;
+    let _ = ghost.server.await;
+    fss[i].set_faults(MemFsFaults::default());
+    fss[i].crash();
+
+    // Back at once.
+    let seeds: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != i)
+        .map(|(_, a)| a.to_string())
+        .collect();
+    let cfg = config(old, &dirs[i], addrs[i], seeds, &fss[i], session);
+    let (n, ready) = serve(cfg, addrs[i]).await;
+    n.broker.start().await.expect("restart");
+    ready.store(true, Ordering::SeqCst);
+    eprintln!("node {old} back {:?} after its power loss", lost.elapsed());
+    nodes[i] = Some(n);
+
+    let after = client
+        .describe_topic("lost")
+        .await
+        .expect("describe")
+        .partitions[0]
+        .clone();
+    assert_ne!(
+        after.leader, old,
+        "the node back from a power loss leads with a short log"
+    );
+    assert!(after.leader_epoch > before.leader_epoch);
+    for j in 100..150 {
+        let (off, v) = produce_one(&client, "lost", j, Duration::from_secs(30)).await;
+        assert!(acked.insert(off, v).is_none(), "offset {off} reused");
+    }
+    // It catches up and is eligible again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = client
+            .describe_topic("lost")
+            .await
+            .expect("describe")
+            .partitions[0]
+            .clone();
+        if p.isr.contains(&old) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {old} never caught up: {p:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let got = read_partition_of(&client, "lost", 150).await;
+    for (off, v) in &acked {
+        assert_eq!(got.get(off), Some(v), "acknowledged offset {off}");
+    }
+    for n in nodes.into_iter().flatten() {
+        n.stop.cancel();
+        n.broker.shutdown().await;
+        let _ = n.server.await;
+    }
 }
