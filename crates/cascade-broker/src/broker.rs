@@ -109,6 +109,9 @@ pub struct Broker {
     /// The last reconciliation left a replica without its role (see `reconcile`): housekeeping
     /// runs another.
     pub(crate) reconcile_incomplete: AtomicBool,
+    /// Replicas whose storage failed, with the durable offset they are cut back to when
+    /// reopened (see `Broker::cut_unsynced`).
+    unsynced: std::sync::Mutex<HashMap<(String, u32), u64>>,
     ready: tokio::sync::watch::Sender<bool>,
     /// Set during a graceful shutdown: the controller moves leadership away.
     pub(crate) leaving: AtomicBool,
@@ -178,6 +181,7 @@ impl Broker {
             reconcile_lock: tokio::sync::Mutex::new(()),
             offline: Default::default(),
             reconcile_incomplete: AtomicBool::new(false),
+            unsynced: Default::default(),
             ready,
             leaving: AtomicBool::new(false),
             incarnation: rand::random::<u64>().max(1),
@@ -349,6 +353,13 @@ impl Broker {
 
     /// Opens one partition replica (blocking work on the blocking pool).
     pub(crate) async fn open_partition(&self, t: &TopicMeta, p: u32) -> Result<Arc<Partition>> {
+        let part = self.open_partition_files(t, p).await?;
+        self.cut_unsynced(&part, t, p).await?;
+        Ok(part)
+    }
+
+    /// Opens the replica's files (on the blocking pool).
+    async fn open_partition_files(&self, t: &TopicMeta, p: u32) -> Result<Arc<Partition>> {
         let dir = topic_dir(&self.config.data_dir, &t.name).join(p.to_string());
         let name: Arc<str> = Arc::from(t.name.as_str());
         let id: Arc<str> = Arc::from(t.id.as_str());
@@ -376,12 +387,80 @@ impl Broker {
                     crate::metadata::write_atomically(&idfile, want.as_bytes())?;
                 }
             }
-            Ok(Arc::new(Partition::open(
+            Ok::<_, BrokerError>(Arc::new(Partition::open(
                 fs, name, id, p, node, &dir, &config, repairable,
             )?))
         })
         .await
         .map_err(|e| BrokerError::Metadata(format!("opening a partition panicked: {e}")))?
+    }
+
+    /// Notes that `part`'s storage failed: everything above its durable offset (the end of
+    /// its last successful fsync) is suspect. In memory and in `<partition>.unsynced` beside
+    /// its directory (for a restart before the replica is reopened).
+    pub(crate) fn note_unsynced(&self, part: &Partition) {
+        let durable = part.reader().durable_offset();
+        let key = (part.topic.to_string(), part.index);
+        self.unsynced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, durable);
+        let dir = topic_dir(&self.config.data_dir, &part.topic).join(part.index.to_string());
+        let marker = crate::epochs::sibling(&dir, "unsynced");
+        if let Err(e) = crate::metadata::write_atomically(&marker, durable.to_string().as_bytes()) {
+            tracing::warn!(topic = %part.topic, partition = part.index, error = %e, "could not record the replica's durable offset (kept in memory)");
+        }
+    }
+
+    /// After a failed fsync the page cache may hold events the disk never got, and a reopen
+    /// reads them as if they were durable (Linux keeps serving pages whose writeback failed).
+    /// Cuts a replica noted by [`Broker::note_unsynced`] back to its last durable offset
+    /// before it takes any role: the events above were never acknowledged by it under
+    /// `flush=always`, and it fetches them again from the leader (it left the in-sync set
+    /// when its storage failed).
+    async fn cut_unsynced(&self, part: &Partition, t: &TopicMeta, p: u32) -> Result<()> {
+        let key = (t.name.clone(), p);
+        let dir = topic_dir(&self.config.data_dir, &t.name).join(p.to_string());
+        let marker = crate::epochs::sibling(&dir, "unsynced");
+        let remembered = self
+            .unsynced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .copied();
+        let durable = remembered.or_else(|| {
+            std::fs::read_to_string(&marker)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+        });
+        let Some(durable) = durable else {
+            return Ok(());
+        };
+        let end = part.reader().end_offset();
+        if end > durable {
+            tracing::warn!(topic = %t.name, partition = p, durable, end, "cutting what a failed fsync may never have written to disk; it is fetched again from the leader");
+            part.truncate(durable).await?;
+        }
+        match std::fs::remove_file(&marker) {
+            Ok(()) => {
+                let parent = marker.parent().unwrap_or(Path::new("."));
+                StdFs.sync_dir(parent).map_err(|e| {
+                    BrokerError::Metadata(format!("fsync {}: {e}", parent.display()))
+                })?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(BrokerError::Metadata(format!(
+                    "remove {}: {e}",
+                    marker.display()
+                )));
+            }
+        }
+        self.unsynced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        Ok(())
     }
 
     pub(crate) fn topics_read(
@@ -437,6 +516,38 @@ impl Broker {
                 },
                 None => self.not_leader_error(&snap, topic, partition),
             })
+    }
+
+    /// This node's replicas that cannot serve (offline, or damaged and not yet cut), as its
+    /// heartbeats report them.
+    pub(crate) fn replica_problems(&self) -> Vec<cascade_proto::internal::ReplicaProblem> {
+        let mut out: Vec<cascade_proto::internal::ReplicaProblem> = self
+            .offline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(
+                |((topic, partition), reason)| cascade_proto::internal::ReplicaProblem {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    state: "offline".into(),
+                    reason: reason.clone(),
+                },
+            )
+            .collect();
+        for (name, h) in self.topics_read().iter() {
+            for (&i, p) in &h.partitions {
+                if let Some(at) = p.damaged_at_open() {
+                    out.push(cascade_proto::internal::ReplicaProblem {
+                        topic: name.clone(),
+                        partition: i,
+                        state: "repairing".into(),
+                        reason: format!("damaged log: valid up to offset {at}"),
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// Why this node's replica of `topic`/`partition` is offline, if it is.

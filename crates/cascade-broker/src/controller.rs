@@ -4,8 +4,9 @@
 //! every other member every `heartbeat_interval`; each node keeps the last heartbeat per
 //! broker in memory ([`Liveness`]), and the controller, every tick:
 //! - fences a broker silent for `session_timeout` and unfences one that heartbeats again;
-//! - for every partition, removes fenced (or shutting-down) brokers from the in-sync set and,
-//!   if the leader is one of them or there is none, elects the first live in-sync replica in
+//! - for every partition, removes fenced (or shutting-down) brokers, and replicas their broker
+//!   reports it cannot serve (offline: not opened; repairing: damaged), from the in-sync set
+//!   and, if the leader is one of them or there is none, elects the first live in-sync replica in
 //!   replica order (the preferred replica first). Only in-sync replicas are ever elected; with
 //!   none alive the partition stays offline, keeping its last in-sync set, until one returns;
 //! - moves leadership back to the preferred replica once it is in sync again, so leadership
@@ -30,7 +31,7 @@ use cascade_proto::internal::controller_client::ControllerClient;
 use cascade_proto::internal::controller_server::Controller;
 use cascade_proto::internal::{
     BrokerHeartbeatRequest, BrokerHeartbeatResponse, JoinRequest, JoinResponse, ProposeRequest,
-    ProposeResponse,
+    ProposeResponse, ReplicaProblem,
 };
 use openraft::BasicNode;
 use std::collections::{BTreeSet, HashMap};
@@ -50,19 +51,50 @@ struct LivenessInner {
     since_term: Option<u64>,
     last: HashMap<u32, Instant>,
     leaving: BTreeSet<u32>,
+    /// The replicas each broker reported it cannot serve, from its last heartbeat.
+    problems: HashMap<u32, Vec<ReplicaProblem>>,
     /// Brokers fenced in the metadata at the previous tick: one that is unfenced now without
     /// this controller doing it registered again after a restart, which is logged here.
     fenced_seen: BTreeSet<u32>,
 }
 
 impl Liveness {
+    /// What `node` last reported about its replica of `topic`/`partition`, if anything is
+    /// wrong with it: (state, reason).
+    pub(crate) fn problem(
+        &self,
+        node: u32,
+        topic: &str,
+        partition: u32,
+    ) -> Option<(String, String)> {
+        self.lock().problems.get(&node).and_then(|v| {
+            v.iter()
+                .find(|p| p.topic == topic && p.partition == partition)
+                .map(|p| (p.state.clone(), p.reason.clone()))
+        })
+    }
+
+    /// Every reported replica problem as (topic, partition, node).
+    fn unusable(&self) -> BTreeSet<(String, u32, u32)> {
+        self.lock()
+            .problems
+            .iter()
+            .flat_map(|(&node, v)| v.iter().map(move |p| (p.topic.clone(), p.partition, node)))
+            .collect()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, LivenessInner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn heard(&self, node: u32, leaving: bool) {
+    fn heard(&self, node: u32, leaving: bool, problems: Vec<ReplicaProblem>) {
         let mut l = self.lock();
         l.last.insert(node, Instant::now());
+        if problems.is_empty() {
+            l.problems.remove(&node);
+        } else {
+            l.problems.insert(node, problems);
+        }
         if leaving {
             l.leaving.insert(node);
         } else {
@@ -112,7 +144,8 @@ pub(crate) fn spawn(broker: Arc<Broker>) {
 pub(crate) async fn send_heartbeat(b: &Arc<Broker>) -> Result<()> {
     let leaving = b.leaving.load(std::sync::atomic::Ordering::SeqCst);
     let me = b.config.node_id;
-    b.liveness.heard(me, leaving);
+    let problems = b.replica_problems();
+    b.liveness.heard(me, leaving, problems.clone());
     let version = b.meta.snapshot().version;
     let sends = b
         .meta
@@ -126,6 +159,7 @@ pub(crate) async fn send_heartbeat(b: &Arc<Broker>) -> Result<()> {
                 node_id: me,
                 metadata_version: version,
                 shutting_down: leaving,
+                problems: problems.clone(),
             });
             req.set_timeout(Duration::from_secs(1));
             Some(async move { ControllerClient::new(channel).heartbeat(req).await })
@@ -251,7 +285,8 @@ impl Broker {
             }
         }
         let snap = self.meta.snapshot();
-        let updates = plan_partition_updates(&snap, &leaving);
+        let unusable = self.liveness.unusable();
+        let updates = plan_partition_updates(&snap, &leaving, &unusable);
         if !updates.is_empty() {
             let elections = updates
                 .iter()
@@ -331,17 +366,22 @@ impl Broker {
     }
 }
 
-/// The controller's decision for every partition, given who is fenced (in `snap`) and who is
-/// shutting down. Pure, so it is tested without a cluster.
+/// The controller's decision for every partition, given who is fenced (in `snap`), who is
+/// shutting down, and which replicas their brokers reported they cannot serve (`unusable`:
+/// topic, partition, node; offline or under repair). Pure, so it is tested without a cluster.
 pub fn plan_partition_updates(
     snap: &ClusterMetadata,
     leaving: &BTreeSet<u32>,
+    unusable: &BTreeSet<(String, u32, u32)>,
 ) -> Vec<PartitionUpdate> {
-    let usable =
-        |id: &u32| snap.brokers.get(id).is_some_and(|b| !b.fenced) && !leaving.contains(id);
     let mut out = Vec::new();
     for t in snap.topics.values() {
         for (i, a) in t.partitions.iter().enumerate() {
+            let usable = |id: &u32| {
+                snap.brokers.get(id).is_some_and(|b| !b.fenced)
+                    && !leaving.contains(id)
+                    && !unusable.contains(&(t.name.clone(), i as u32, *id))
+            };
             let live_isr: Vec<u32> = a.isr.iter().copied().filter(|id| usable(id)).collect();
             // Never empty the in-sync set: with no live member it keeps its last members, who
             // alone hold every acknowledged event.
@@ -453,7 +493,7 @@ impl Controller for ControllerService {
         // Heard before it is registered unfenced: the liveness check runs beside this call and,
         // between the two, would see an unfenced broker last heard before its restart and fence
         // it again (a spurious fence/unfence pair on every rejoin).
-        b.liveness.heard(r.node_id, false);
+        b.liveness.heard(r.node_id, false, Vec::new());
         b.meta
             .propose_local(MetadataCommand::RegisterBroker(BrokerInfo {
                 node_id: r.node_id,
@@ -476,7 +516,7 @@ impl Controller for ControllerService {
         let r = req.into_inner();
         let b = &self.broker;
         // Every node keeps the table (see `send_heartbeat`); only the controller acts on it.
-        b.liveness.heard(r.node_id, r.shutting_down);
+        b.liveness.heard(r.node_id, r.shutting_down, r.problems);
         Ok(Response::new(BrokerHeartbeatResponse {
             controller_id: b.meta.controller_id().unwrap_or(0),
             leaderships: b.leaderships_of(r.node_id),
@@ -550,7 +590,7 @@ mod tests {
     #[test]
     fn dead_leader_is_replaced_by_a_live_in_sync_replica() {
         let m = cluster(&[1], vec![part(1, &[1, 2, 3])]);
-        let u = plan_partition_updates(&m, &BTreeSet::new());
+        let u = plan_partition_updates(&m, &BTreeSet::new(), &BTreeSet::new());
         assert_eq!(u.len(), 1);
         assert_eq!(u[0].leader, 2);
         assert_eq!(u[0].isr, vec![2, 3]);
@@ -561,33 +601,58 @@ mod tests {
     fn only_in_sync_replicas_are_elected() {
         // 3 is alive but out of sync: the partition goes offline rather than lose data.
         let m = cluster(&[1, 2], vec![part(1, &[1, 2])]);
-        let u = plan_partition_updates(&m, &BTreeSet::new());
+        let u = plan_partition_updates(&m, &BTreeSet::new(), &BTreeSet::new());
         assert_eq!(u[0].leader, 0);
         assert_eq!(u[0].isr, vec![1, 2], "the last in-sync set is kept");
         // When 2 comes back it leads.
         let mut m2 = cluster(&[1], vec![part(0, &[1, 2])]);
         m2.topics.get_mut("t").unwrap().partitions[0].leader = 0;
-        let u = plan_partition_updates(&m2, &BTreeSet::new());
+        let u = plan_partition_updates(&m2, &BTreeSet::new(), &BTreeSet::new());
         assert_eq!((u[0].leader, u[0].isr.clone()), (2, vec![2]));
     }
 
     #[test]
     fn dead_follower_leaves_the_isr_and_healthy_partitions_are_untouched() {
         let m = cluster(&[3], vec![part(1, &[1, 2, 3]), part(2, &[1, 2])]);
-        let u = plan_partition_updates(&m, &BTreeSet::new());
+        let u = plan_partition_updates(&m, &BTreeSet::new(), &BTreeSet::new());
         assert_eq!(u.len(), 2);
         assert_eq!((u[0].leader, u[0].isr.clone()), (1, vec![1, 2]));
         // The second moves back to its preferred replica 1, which is in sync.
         assert_eq!((u[1].leader, u[1].isr.clone()), (1, vec![1, 2]));
         let healthy = cluster(&[], vec![part(1, &[1, 2, 3])]);
-        assert!(plan_partition_updates(&healthy, &BTreeSet::new()).is_empty());
+        assert!(plan_partition_updates(&healthy, &BTreeSet::new(), &BTreeSet::new()).is_empty());
     }
 
     #[test]
     fn a_leaving_broker_hands_over_leadership() {
         let m = cluster(&[], vec![part(1, &[1, 2, 3])]);
         let leaving: BTreeSet<u32> = [1].into();
-        let u = plan_partition_updates(&m, &leaving);
+        let u = plan_partition_updates(&m, &leaving, &BTreeSet::new());
         assert_eq!((u[0].leader, u[0].isr.clone()), (2, vec![2, 3]));
+    }
+
+    /// A replica its broker reports offline (or under repair) hands over leadership and
+    /// leaves the in-sync set, unless it is the last live in-sync copy; the same partition on
+    /// other nodes, and other partitions on that node, are untouched.
+    #[test]
+    fn a_replica_reported_unusable_hands_over_and_leaves_the_isr() {
+        let m = cluster(
+            &[],
+            vec![part(1, &[1, 2, 3]), part(1, &[1, 2, 3]), part(1, &[1])],
+        );
+        let unusable: BTreeSet<(String, u32, u32)> =
+            [("t".to_string(), 0, 1), ("t".to_string(), 2, 1)].into();
+        let u = plan_partition_updates(&m, &BTreeSet::new(), &unusable);
+        assert_eq!(u.len(), 2, "{u:?}");
+        assert_eq!(
+            (u[0].partition, u[0].leader, u[0].isr.clone()),
+            (0, 2, vec![2, 3])
+        );
+        // Partition 2: node 1 is its only in-sync replica; the set is never emptied, and the
+        // partition is offline (no leader) until the replica can serve again.
+        assert_eq!(
+            (u[1].partition, u[1].leader, u[1].isr.clone()),
+            (2, 0, vec![1])
+        );
     }
 }

@@ -627,6 +627,10 @@ impl Broker {
             }
         }
         self.set_offline(&part.topic, part.index, Some(reason));
+        // What a failed fsync covered may never have reached the disk, though the page cache
+        // still serves it: the reopened replica must not count it as its own (see
+        // `Broker::open_partition`). Noted before the close, which may fsync again.
+        self.note_unsynced(&part);
         if let Err(e) = part.close().await {
             tracing::warn!(topic = %part.topic, partition = part.index, error = %e, "closing a failed replica");
         }

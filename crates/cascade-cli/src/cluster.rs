@@ -1,6 +1,8 @@
 //! `cascade cluster status`: nodes (with the controller marked), every partition's leader,
 //! leader epoch, replicas and in-sync replicas, flagged when under-replicated (ISR smaller
-//! than the replica set) or offline (no leader), and a summary line. `--output json` prints
+//! than the replica set) or offline (no leader), then every replica that is not in sync and
+//! why (catching up, repairing damage, offline on its node, its broker fenced), and a summary
+//! line. `--output json` prints
 //! the same facts as one JSON document. The rendering is pure (tested below); `run` only
 //! fetches and prints.
 
@@ -17,8 +19,9 @@ use std::time::{Duration, Instant};
 pub enum ClusterCmd {
     /// Show the nodes (address, alive, which one is the controller), then every partition's
     /// leader, leader epoch, replicas and in-sync replicas (ISR), flagging under-replicated
-    /// partitions (ISR smaller than the replicas) and offline ones (no leader), and a summary
-    /// line with their counts. Any broker answers.
+    /// partitions (ISR smaller than the replicas) and offline ones (no leader), then each
+    /// replica that is not in sync and why (catching up, repairing damage, offline on its
+    /// node, broker down), and a summary line with the counts. Any broker answers.
     Status {
         /// Include internal topics (names starting with "__", e.g. committed offsets).
         #[arg(long)]
@@ -202,6 +205,34 @@ pub fn status_text(c: &pb::ClusterDescription, internal: bool) -> String {
             &rows,
         ));
     }
+    // Every replica that is not in sync, and why: the ones that cannot lead.
+    let notes: Vec<Vec<String>> = partitions(c, internal)
+        .flat_map(|(t, p)| {
+            p.replica_status
+                .iter()
+                .filter(|r| r.state != "in-sync")
+                .map(move |r| {
+                    vec![
+                        t.name.clone(),
+                        p.partition.to_string(),
+                        r.node_id.to_string(),
+                        r.state.clone(),
+                        r.reason.clone(),
+                    ]
+                })
+        })
+        .collect();
+    if !notes.is_empty() {
+        out.push_str(
+            "
+Replicas not in sync (not eligible to lead):
+",
+        );
+        out.push_str(&format_table(
+            &["TOPIC", "PARTITION", "NODE", "STATE", "WHY"],
+            &notes,
+        ));
+    }
     let (total, under, offline) = counts(c, internal);
     let alive = c.brokers.iter().filter(|b| b.alive).count();
     out.push_str(&format!(
@@ -240,6 +271,11 @@ pub fn status_json(c: &pb::ClusterDescription, internal: bool) -> Value {
             "under_replicated": p.isr.len() < p.replicas.len(),
             "offline": p.leader == 0,
             "high_watermark": p.high_watermark,
+            "replica_status": p.replica_status.iter().map(|r| json!({
+                "node_id": r.node_id,
+                "state": r.state,
+                "reason": r.reason,
+            })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "summary": {
             "brokers": c.brokers.len(),
@@ -268,6 +304,14 @@ mod tests {
         }
     }
 
+    fn status(node: u32, state: &str, reason: &str) -> pb::ReplicaStatus {
+        pb::ReplicaStatus {
+            node_id: node,
+            state: state.into(),
+            reason: reason.into(),
+        }
+    }
+
     fn sample() -> pb::ClusterDescription {
         pb::ClusterDescription {
             cluster_id: "abc".into(),
@@ -286,7 +330,14 @@ mod tests {
                     name: "orders".into(),
                     partitions: vec![
                         part(0, 1, &[1, 2, 3], &[1, 2, 3]),
-                        part(1, 2, &[2, 3, 1], &[2, 1]),
+                        pb::PartitionDescription {
+                            replica_status: vec![
+                                status(2, "in-sync", ""),
+                                status(3, "offline", "open: Input/output error"),
+                                status(1, "in-sync", ""),
+                            ],
+                            ..part(1, 2, &[2, 3, 1], &[2, 1])
+                        },
                         part(2, 0, &[3], &[]),
                     ],
                     ..Default::default()
@@ -329,6 +380,14 @@ mod tests {
         assert!(row("2").contains("none"), "{s}");
         assert!(row("2").ends_with("offline"), "{s}");
         assert!(!s.contains("__consumer_offsets"), "internal hidden: {s}");
+        // The replica that cannot lead, and why; in-sync ones are not listed.
+        let note = lines
+            .iter()
+            .skip_while(|l| !l.starts_with("Replicas not in sync"))
+            .find(|l| l.starts_with("orders"))
+            .unwrap_or_else(|| panic!("no replica notes: {s}"));
+        assert!(note.contains(" 3 ") && note.contains("offline"), "{s}");
+        assert!(note.ends_with("open: Input/output error"), "{s}");
         assert!(s.contains("\n2/3 nodes alive, controller: node 2\n"), "{s}");
         assert!(
             s.trim_end()
@@ -359,6 +418,8 @@ mod tests {
         assert_eq!(parts.len(), 3);
         assert_eq!(parts[1]["under_replicated"], true);
         assert_eq!(parts[1]["leader_epoch"], 3);
+        assert_eq!(parts[1]["replica_status"][1]["state"], "offline");
+        assert_eq!(parts[1]["replica_status"][1]["node_id"], 3);
         assert_eq!(parts[2]["offline"], true);
         assert_eq!(parts[2]["leader"], Value::Null);
         assert_eq!(v["summary"]["under_replicated"], 1);

@@ -1260,3 +1260,101 @@ async fn consumer_offsets_reach_their_replication_factor_once_brokers_join() {
     .await;
     assert_eq!(got.iter().map(|c| c.offset).collect::<Vec<_>>(), [42]);
 }
+
+/// A leader whose replica cannot be opened when it comes back (inside its session, so the
+/// controller never fenced it) reports that in its heartbeats: leadership moves to an in-sync
+/// replica, `cluster status` names the replica offline and why, and once the replica can be
+/// opened it catches up and is in sync again. Before, the node kept the leadership of a
+/// replica it could not open, and the partition refused every write until someone stepped in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_whose_replica_cannot_be_opened_hands_over_and_is_shown_offline() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    // A long session: the restart is certainly inside it (fencing would move leadership the
+    // old way and hide the fault).
+    let slow = ["--heartbeat-ms", "200", "--session-timeout-ms", "20000"];
+    let mut nodes = vec![Node::start_with(
+        dirs[0].path(),
+        &[&["--node-id", "1"][..], &slow].concat(),
+    )];
+    let seed = nodes[0].grpc.clone();
+    for i in 2..=3 {
+        let id = i.to_string();
+        let args = [
+            &["--node-id", id.as_str(), "--seeds", seed.as_str()][..],
+            &slow,
+        ]
+        .concat();
+        nodes.push(Node::start_with(dirs[i - 1].path(), &args));
+    }
+    let client = nodes[0].client().await;
+    let configs: BTreeMap<String, String> =
+        [("min.insync.replicas".to_string(), "2".to_string())].into();
+    client
+        .create_topic("sick", 1, 3, configs)
+        .await
+        .expect("create");
+    let mut acked = BTreeMap::new();
+    produce_all(&nodes, "sick", 1, "before", 20, &mut acked).await;
+    let old = partition(&describe(&nodes).await, "sick", 0).leader;
+    let i = old as usize - 1;
+    tokio::task::block_in_place(|| nodes[i].kill9());
+    // Its segment's index becomes a directory: the replica cannot be opened.
+    let index = dirs[i]
+        .path()
+        .join("topics/sick/0/00000000000000000000.index");
+    std::fs::remove_file(&index).unwrap();
+    std::fs::create_dir(&index).unwrap();
+    tokio::task::block_in_place(|| nodes[i].restart_same_port());
+
+    let p = wait_until(
+        "leadership to leave the offline replica",
+        Duration::from_secs(20),
+        async || {
+            let p = partition(&describe(&nodes).await, "sick", 0);
+            if p.leader != old && p.leader != 0 && !p.isr.contains(&old) {
+                Ok(p)
+            } else {
+                Err(format!("{p:?}"))
+            }
+        },
+    )
+    .await;
+    let s = p
+        .replica_status
+        .iter()
+        .find(|r| r.node_id == old)
+        .expect("a status per replica");
+    assert_eq!(s.state, "offline", "{p:?}");
+    assert!(
+        s.reason.contains("index"),
+        "the reason names the file: {s:?}"
+    );
+    let (code, out, err) = nodes[0].cli(&["cluster", "status"], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines().any(|l| l.starts_with("sick")
+            && l.contains(&format!(" {old} "))
+            && l.contains("offline")),
+        "cluster status does not show the offline replica:\n{out}"
+    );
+    produce_all(&nodes, "sick", 1, "meanwhile", 20, &mut acked).await;
+
+    // The file system is repaired: the replica opens by itself, catches up, is in sync.
+    std::fs::remove_dir(&index).unwrap();
+    wait_until(
+        "the replica to be back in sync",
+        Duration::from_secs(30),
+        async || {
+            let p = partition(&describe(&nodes).await, "sick", 0);
+            let in_sync = p.replica_status.iter().all(|r| r.state == "in-sync");
+            if p.isr.contains(&old) && in_sync {
+                Ok(())
+            } else {
+                Err(format!("{p:?}"))
+            }
+        },
+    )
+    .await;
+    produce_all(&nodes, "sick", 1, "after", 20, &mut acked).await;
+    check_acked(&nodes, "sick", &acked).await;
+}

@@ -669,3 +669,63 @@ async fn a_leader_back_from_a_power_loss_inside_its_session_does_not_lead_with_l
         let _ = n.server.await;
     }
 }
+
+/// After a failed fsync the page cache still holds what the disk may never have got. A lone
+/// replica (replication factor 1) whose fsync fails goes offline; when the disk works again it
+/// is reopened cut back to its last successful fsync: the event whose produce failed is never
+/// served, and its offset is given to the next event. Before, the reopen read the page cache
+/// as durable and served the failed event, which a power loss would then take away
+/// (read-then-lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reopen_after_a_failed_fsync_does_not_trust_the_page_cache() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = vec![root.path().join("n1")];
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addrs = vec![l.local_addr().unwrap()];
+    drop(l);
+    let fs = MemFs::new();
+    let nodes = start_each(&dirs, &addrs, std::slice::from_ref(&fs), SESSION).await;
+    let client = Client::connect(&addrs[0].to_string())
+        .await
+        .expect("connect");
+    client
+        .create_topic("pc", 1, 1, BTreeMap::new())
+        .await
+        .expect("create");
+    for i in 0..10 {
+        let (off, _) = produce_one(&client, "pc", i, Duration::from_secs(10)).await;
+        assert_eq!(off, i);
+    }
+    fs.set_faults(MemFsFaults {
+        write_budget: None,
+        fail_sync: true,
+    });
+    let failed = client
+        .produce_records(
+            "pc",
+            Some(0),
+            vec![cascade_client::proto::Record {
+                value: Some(bytes::Bytes::from_static(b"never-durable")),
+                ..Default::default()
+            }],
+            Acks::All,
+        )
+        .await;
+    assert!(failed.is_err(), "acknowledged without an fsync: {failed:?}");
+    // The replica is retired (offline) within a quarter second; then the disk recovers.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    fs.set_faults(MemFsFaults::default());
+    let (off, v) = produce_one(&client, "pc", 10, Duration::from_secs(20)).await;
+    assert_eq!(off, 10, "the failed event kept its offset");
+    let got = read_partition_of(&client, "pc", 11).await;
+    assert_eq!(got.get(&10), Some(&v));
+    assert!(
+        !got.values().any(|v| v == "never-durable"),
+        "an event whose fsync failed is served: {got:?}"
+    );
+    for n in nodes {
+        n.stop.cancel();
+        n.broker.shutdown().await;
+        let _ = n.server.await;
+    }
+}

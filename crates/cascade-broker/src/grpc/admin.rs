@@ -22,8 +22,41 @@ impl AdminService {
     }
 }
 
+/// The state of each replica of `t`'s partition `i` (see `ReplicaStatus` in the API).
+fn replica_status(
+    broker: &Broker,
+    snap: &ClusterMetadata,
+    t: &TopicMeta,
+    i: u32,
+) -> Vec<pb::ReplicaStatus> {
+    let a = &t.partitions[i as usize];
+    a.replicas
+        .iter()
+        .map(|&node| {
+            let (state, reason) = if snap.brokers.get(&node).is_none_or(|b| b.fenced) {
+                ("fenced".to_string(), "its broker is down".to_string())
+            } else if let Some(problem) = broker.liveness.problem(node, &t.name, i) {
+                problem
+            } else if a.isr.contains(&node) {
+                ("in-sync".to_string(), String::new())
+            } else {
+                (
+                    "catching-up".to_string(),
+                    "not eligible to lead until it has caught up".to_string(),
+                )
+            };
+            pb::ReplicaStatus {
+                node_id: node,
+                state,
+                reason,
+            }
+        })
+        .collect()
+}
+
 /// Describes a topic with live offsets from this node's partitions.
 pub fn describe_topic(broker: &Broker, t: &TopicMeta) -> pb::TopicDescription {
+    let snap = broker.metadata().snapshot();
     let handle = broker.topic_handle(&t.name).ok();
     let partitions = t
         .partitions
@@ -50,6 +83,7 @@ pub fn describe_topic(broker: &Broker, t: &TopicMeta) -> pb::TopicDescription {
                 high_watermark: hw,
                 log_end_offset: end,
                 size_bytes: size,
+                replica_status: replica_status(broker, &snap, t, i as u32),
             }
         })
         .collect();
