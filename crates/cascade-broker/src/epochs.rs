@@ -10,10 +10,42 @@
 //! - An entry is written (file replaced atomically, fsync'd) **before** the first batch of its
 //!   epoch is appended, so after a crash the cache may name an epoch with no batches (harmless;
 //!   trimmed on open against the log end) but never miss one that has batches.
+//! - The file has no checksum of its own, so it is checked against the log when a replica
+//!   opens ([`EpochCache::load_checked`]): every entry that has batches must name the epoch
+//!   stamped on the batch where it says the epoch starts, and the batch before must be older.
+//!   A file that does not parse or does not match (a flipped bit can turn one valid number
+//!   into another) is rebuilt from the batches' own epochs and rewritten. A wrong cache would
+//!   give followers wrong truncation points, keeping a suffix the leader never had.
 
 use crate::error::{BrokerError, Result};
 use crate::metadata::write_atomically;
+use cascade_log::LogReader;
 use std::path::{Path, PathBuf};
+
+/// The epoch entries a log's batches imply: one at each batch whose epoch differs from the
+/// batch before. Reads the whole log: only done when the cache file cannot be trusted.
+fn scan_epochs(log: &LogReader) -> Result<Vec<(i32, u64)>> {
+    let mut entries: Vec<(i32, u64)> = Vec::new();
+    let mut next = log.start_offset();
+    let end = log.end_offset();
+    while next < end {
+        let f = log.read(next, 1 << 20)?;
+        let mut rest: &[u8] = &f.data;
+        while rest.len() >= cascade_record::HEADER_LEN {
+            let h = cascade_record::BatchHeader::parse(rest)
+                .map_err(|e| BrokerError::Metadata(format!("scanning epochs: {e}")))?;
+            if entries.last().is_none_or(|&(e, _)| e != h.leader_epoch) {
+                entries.push((h.leader_epoch, h.base_offset.max(0) as u64));
+            }
+            rest = &rest[h.total_len().min(rest.len())..];
+        }
+        if f.next_offset <= next {
+            break;
+        }
+        next = f.next_offset;
+    }
+    Ok(entries)
+}
 
 /// The cache file of partition directory `dir`: beside it (`<topic>/<p>.leader-epochs`), as
 /// the storage engine owns everything inside it.
@@ -57,6 +89,68 @@ impl EpochCache {
         let mut c = Self { path, entries };
         c.truncate_from(log_end)?;
         Ok(c)
+    }
+
+    /// [`EpochCache::load`], checked against `log` (see the module docs) and rebuilt from the
+    /// log's batches when it is damaged or disagrees with them.
+    pub fn load_checked(dir: &Path, log: &LogReader) -> Result<Self> {
+        let end = log.end_offset();
+        match Self::load(dir, end) {
+            Ok(c) if c.agrees_with(log) => return Ok(c),
+            Ok(_) => {
+                tracing::error!(path = %file_of(dir).display(), "leader-epoch cache disagrees with the log: rebuilding it from the batches");
+            }
+            Err(e) => {
+                tracing::error!(path = %file_of(dir).display(), error = %e, "leader-epoch cache unreadable: rebuilding it from the batches");
+            }
+        }
+        metrics::counter!("cascade_log_damage_total", "found" => "open").increment(1);
+        let c = Self {
+            path: file_of(dir),
+            entries: scan_epochs(log)?,
+        };
+        c.save()?;
+        Ok(c)
+    }
+
+    /// True if the entries describe the log's batches exactly: each epoch's range (from its
+    /// start to the next entry's) begins with a batch of that epoch at that very offset and
+    /// ends with one of that epoch, which, epochs only growing along a log, means every batch
+    /// in between is of it too. Two header reads per entry.
+    fn agrees_with(&self, log: &LogReader) -> bool {
+        let (start, end) = (log.start_offset(), log.end_offset());
+        let epoch_at = |offset: u64| -> Option<(u64, i32)> {
+            let f = log.read(offset, 1).ok()?;
+            let h = cascade_record::BatchHeader::parse(&f.data).ok()?;
+            Some((u64::try_from(h.base_offset).ok()?, h.leader_epoch))
+        };
+        if self
+            .entries
+            .windows(2)
+            .any(|w| w[0].0 >= w[1].0 || w[0].1 > w[1].1)
+        {
+            return false;
+        }
+        if start < end && self.entries.first().is_none_or(|&(_, s)| s > start) {
+            return false; // batches no entry covers
+        }
+        for (i, &(epoch, at)) in self.entries.iter().enumerate() {
+            let next = self.entries.get(i + 1).map_or(end, |&(_, n)| n.min(end));
+            let (lo, hi) = (at.max(start), next);
+            if lo >= hi {
+                continue; // an epoch with no batches here (none written, or all retained away)
+            }
+            let first = epoch_at(lo);
+            let base_ok = if at >= start {
+                first == Some((at, epoch))
+            } else {
+                first.is_some_and(|(_, e)| e == epoch)
+            };
+            if !base_ok || epoch_at(hi - 1).is_none_or(|(_, e)| e != epoch) {
+                return false;
+            }
+        }
+        true
     }
 
     /// An empty cache that writes to `dir` (tests).
@@ -252,5 +346,81 @@ mod tests {
         // No local epochs: nothing to ask.
         let (d, asked) = diverge(&[(1, 0)], 0, 5, &[], 3);
         assert_eq!((d, asked), (Divergence::CutAt(3), vec![]));
+    }
+
+    /// A log of 3-record batches: offsets 0..6 in epoch 1, 6..12 in epoch 3, 12..15 in epoch 4.
+    fn log_with_epochs(dir: &Path) -> cascade_log::Log {
+        let mut log = cascade_log::Log::open(dir, cascade_log::LogConfig::default()).unwrap();
+        for (base, epoch) in [(0u64, 1i32), (3, 1), (6, 3), (9, 3), (12, 4)] {
+            let mut b = cascade_record::BatchBuilder::new();
+            for _ in 0..3 {
+                b.push(cascade_record::Record {
+                    timestamp: 1,
+                    key: None,
+                    value: Some(b"v"),
+                    headers: &[],
+                });
+            }
+            let mut bytes = b.finish();
+            bytes[0..8].copy_from_slice(&(base as i64).to_be_bytes());
+            bytes[12..16].copy_from_slice(&epoch.to_be_bytes());
+            log.append_replicated(&bytes).unwrap();
+        }
+        log
+    }
+
+    /// The cache file has no checksum: whatever a flipped bit turns it into (unparsable, or
+    /// other valid numbers), the replica opens with the epochs its batches carry. Before, a
+    /// changed digit was trusted (wrong truncation points for followers) and an unparsable
+    /// file left the replica offline for good.
+    #[test]
+    fn a_damaged_epoch_cache_is_rebuilt_from_the_log() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("0");
+        let log = log_with_epochs(&dir);
+        let truth = [(1, 0), (3, 6), (4, 12)];
+        let mut c = EpochCache::empty(&dir);
+        for (e, s) in truth {
+            c.assign(e, s).unwrap();
+        }
+        // An epoch whose leader wrote nothing (5 at 15, the end) is trimmed, not "damage".
+        c.assign(5, 15).unwrap();
+        let r = log.reader();
+        assert_eq!(EpochCache::load_checked(&dir, &r).unwrap().entries(), truth);
+        let path = file_of(&dir);
+        let good = std::fs::read(&path).unwrap();
+        for bad in [
+            b"[[1,0],[3,6],[4,12".to_vec(),   // cut
+            b"[[1,0],[3,7],[4,12]]".to_vec(), // a digit changed: mid-batch start
+            b"[[1,0],[2,6],[4,12]]".to_vec(), // another epoch
+            b"[[1,0],[4,12]]".to_vec(),       // an entry missing
+            b"[[1,0],[3,6],[4,9]]".to_vec(),  // starts early
+            b"[[3,0],[3,6],[4,12]]".to_vec(), // not increasing
+        ] {
+            std::fs::write(&path, &bad).unwrap();
+            let c = EpochCache::load_checked(&dir, &r).unwrap();
+            assert_eq!(
+                c.entries(),
+                truth,
+                "from {:?}",
+                String::from_utf8_lossy(&bad)
+            );
+            assert_eq!(
+                EpochCache::load(&dir, 15).unwrap().entries(),
+                truth,
+                "rewritten"
+            );
+        }
+        std::fs::write(&path, &good).unwrap();
+        // An empty epoch in the middle: 2 started at 6 and wrote nothing before 3 did.
+        let mut c = EpochCache::empty(&dir);
+        for (e, s) in [(1, 0), (2, 6), (3, 6), (4, 12)] {
+            c.assign(e, s).unwrap();
+        }
+        assert_eq!(
+            EpochCache::load_checked(&dir, &r).unwrap().entries(),
+            [(1, 0), (2, 6), (3, 6), (4, 12)],
+            "an epoch with no batches is not damage"
+        );
     }
 }

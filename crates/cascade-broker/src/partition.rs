@@ -250,8 +250,8 @@ impl Partition {
             tracing::error!(dir = %dir.display(), "replica still flagged damaged from before the restart: it leaves the in-sync set before it may lead");
             damaged_at_open = Some(log.end_offset());
         }
-        let epochs = Arc::new(Mutex::new(EpochCache::load(dir, log.end_offset())?));
         let reader = log.reader();
+        let epochs = Arc::new(Mutex::new(EpochCache::load_checked(dir, &reader)?));
         let local_end = acknowledged_end(&log);
         // The last high watermark this replica knew: everything below it was on every in-sync
         // replica, so it may be served again at once after a restart (capped by what is here).

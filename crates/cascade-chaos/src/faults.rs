@@ -64,6 +64,10 @@ pub enum FaultKind {
     IsolateMinority,
     /// SIGKILL every node, then start them all.
     FullRestart,
+    /// SIGKILL a partition leader, flip one byte at a random place of one of its partition
+    /// files (a segment's log, offset index or time index, a producer snapshot, a leader-epoch
+    /// cache), start it again at once.
+    CorruptLeader,
 }
 
 impl FaultKind {
@@ -75,6 +79,7 @@ impl FaultKind {
             Self::IsolateLeader => "isolate_leader",
             Self::IsolateMinority => "isolate_minority",
             Self::FullRestart => "full_restart",
+            Self::CorruptLeader => "corrupt_leader",
         }
     }
 
@@ -85,6 +90,9 @@ impl FaultKind {
         let mut m = vec![Self::KillLeader, Self::PauseLeader, Self::FullRestart];
         if nodes >= 3 {
             m.push(Self::IsolateLeader);
+            // With one replica, damage is a loud refusal (tested by the server's suite), not
+            // something the checker's "nothing lost" can hold the run to.
+            m.push(Self::CorruptLeader);
         }
         if nodes >= 5 {
             m.push(Self::IsolateMinority);
@@ -112,6 +120,9 @@ pub struct FaultRecord {
     /// The same write measured from the end of healing (0 when it came before): how long the
     /// healed nodes took to serve again, which is all a one-node cluster can show.
     pub after_heal_ms: Option<f64>,
+    /// For damage: the file and the byte changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// Settings of the fault loop.
@@ -216,9 +227,17 @@ pub async fn run(
             kind.name(),
             hold.as_secs_f64()
         );
+        let mut detail = None;
         for id in &nodes {
             match kind {
                 FaultKind::KillLeader | FaultKind::FullRestart => cluster.kill(*id).await?,
+                FaultKind::CorruptLeader => {
+                    cluster.kill(*id).await?;
+                    detail = corrupt_one_file(&cluster.data_dir(*id), rng)?;
+                    if let Some(d) = &detail {
+                        eprintln!("           flipped {d}");
+                    }
+                }
                 FaultKind::PauseLeader => cluster.pause(*id).await?,
                 FaultKind::IsolateLeader | FaultKind::IsolateMinority => {
                     cluster.disconnect(*id).await?
@@ -243,9 +262,65 @@ pub async fn run(
             healed: rec.now(),
             failover_ms: None,
             after_heal_ms: None,
+            detail,
         });
     }
     Ok(done)
+}
+
+/// The partition files a corruption fault may hit, under a node's data directory: every
+/// segment file, producer snapshot and leader-epoch cache of every topic (the metadata
+/// journal is left out: a node with a damaged journal refuses to start until an operator
+/// replaces it, which the server's own tests cover, and a run would lose that node for good).
+fn damageable_files(data: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(topics) = std::fs::read_dir(data.join("topics")) else {
+        return out;
+    };
+    for t in topics.flatten() {
+        let Ok(entries) = std::fs::read_dir(t.path()) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                for f in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+                    let name = f.file_name().to_string_lossy().to_string();
+                    if [".log", ".index", ".timeindex", ".snapshot"]
+                        .iter()
+                        .any(|x| name.ends_with(x))
+                    {
+                        out.push(f.path());
+                    }
+                }
+            } else if path.to_string_lossy().ends_with(".leader-epochs") {
+                out.push(path);
+            }
+        }
+    }
+    out.retain(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0));
+    out.sort();
+    out
+}
+
+/// Flips one byte of one damageable file (chosen by `rng`) of a stopped node; says which.
+fn corrupt_one_file(data: &std::path::Path, rng: &mut Rng) -> Result<Option<String>> {
+    let files = damageable_files(data);
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let path = &files[rng.range(0, files.len() as u64) as usize];
+    let mut bytes = std::fs::read(path)?;
+    let at = rng.range(0, bytes.len() as u64) as usize;
+    let mask = 1u8 << rng.range(0, 8);
+    bytes[at] ^= mask;
+    std::fs::write(path, &bytes)?;
+    let shown = path.strip_prefix(data).unwrap_or(path);
+    Ok(Some(format!(
+        "{} byte {at} of {} (mask {mask:#04x})",
+        shown.display(),
+        bytes.len()
+    )))
 }
 
 /// Fills in each fault's failover time from the acknowledged events: the first produce sent
@@ -338,6 +413,7 @@ mod tests {
             healed: 1_500_000_000,
             failover_ms: None,
             after_heal_ms: None,
+            detail: None,
         }];
         let acks = vec![
             ack(1, 900_000_000, 1_100_000_000),   // sent before the fault

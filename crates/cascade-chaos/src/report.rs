@@ -258,6 +258,7 @@ mod tests {
             healed: 0,
             failover_ms,
             after_heal_ms: failover_ms.map(|f| f / 10.0),
+            detail: None,
         }
     }
 
