@@ -402,8 +402,8 @@ async fn a_replica_that_cannot_take_its_role_costs_only_itself() {
     }
     tokio::task::block_in_place(|| node.stop());
     // The restart leads under a new epoch, which is written to `0.leader-epochs` through a
-    // temporary `0.tmp`: a directory in its place makes that write fail.
-    let obstacle = dir.path().join("topics/a/0.tmp");
+    // temporary `0.leader-epochs.tmp`: a directory in its place makes that write fail.
+    let obstacle = dir.path().join("topics/a/0.leader-epochs.tmp");
     std::fs::create_dir(&obstacle).unwrap();
     tokio::task::block_in_place(|| node.restart_same_port());
     let client = node.client().await.with_retry_budget(Duration::ZERO);
