@@ -15,6 +15,7 @@
 //!   acknowledgement arrived;
 //! - every acknowledged offset commit of the consumer group, with the same two times, and the
 //!   committed offsets read back at the end;
+//! - every record the consumers were given ([`Read`]): topic, partition, offset, payload;
 //! - per partition: the records read back from the leader at the end (below its high
 //!   watermark), the final in-sync replica set, and each replica's log as read offline from its
 //!   data directory (stored batches with their bytes and `partition_leader_epoch`).
@@ -45,6 +46,8 @@
 //! - **epochs**: `partition_leader_epoch` never decreases along a log; and for any two replicas
 //!   (in sync or not), past the first offset where their logs differ, no epoch appears in both
 //!   suffixes, since that would mean two leaders wrote different data in one epoch;
+//! - **read-then-lost**: every record a consumer was given is still at its offset, with its
+//!   payload, in the final read-back: an event once read never vanishes or changes;
 //! - **commits**: a commit sent after another was acknowledged never has a smaller offset
 //!   (per partition), the final committed offset is at least the largest acknowledged one, and
 //!   never beyond the end of the partition.
@@ -227,6 +230,21 @@ pub struct History {
     pub final_committed: Option<BTreeMap<Tp, u64>>,
     /// Per partition evidence.
     pub partitions: Vec<PartitionEvidence>,
+    /// Every record the consumers were given, in no particular order.
+    pub reads: Vec<Read>,
+}
+
+/// A record a consumer was given: once read at an offset, an event must stay there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Read {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// Offset.
+    pub offset: u64,
+    /// Its value.
+    pub payload: Vec<u8>,
 }
 
 /// Kinds of violation.
@@ -247,6 +265,8 @@ pub enum ViolationKind {
     RealtimeOrder,
     /// The read-back skips offsets.
     Gap,
+    /// A record a consumer was given is no longer at its offset (or is something else there).
+    ReadThenLost,
     /// A workload record nobody sent.
     Phantom,
     /// A partition could not be read back from its leader.
@@ -312,6 +332,10 @@ pub struct CheckReport {
     pub replica_logs: u64,
     /// Acknowledged commits checked.
     pub commits_checked: u64,
+    /// Records consumers were given, checked against the read-back.
+    pub reads_checked: u64,
+    /// Of those, records no longer at their offset (each a violation).
+    pub read_then_lost: u64,
     /// Violations by kind.
     pub violation_counts: BTreeMap<ViolationKind, u64>,
     /// The first [`MAX_LISTED`] violations.
@@ -325,6 +349,7 @@ impl CheckReport {
             && self.lost == 0
             && self.duplicates == 0
             && self.reordered == 0
+            && self.read_then_lost == 0
     }
 
     /// Violations of every kind.
@@ -349,6 +374,43 @@ fn show(v: Option<&[u8]>) -> String {
     match v {
         None => "null".into(),
         Some(b) => format!("{:?}", String::from_utf8_lossy(&b[..b.len().min(64)])),
+    }
+}
+
+/// Every record a consumer was given must still be at its offset, with its payload, in the
+/// leader's final read-back (read-then-lost: a consumer acted on an event the cluster later
+/// lost or replaced). Reads of a partition that could not be read back are reported with it.
+fn check_reads(r: &mut CheckReport, h: &History, evidence: &BTreeMap<Tp, &PartitionEvidence>) {
+    for read in &h.reads {
+        let Some(Some(Ok(recs))) = evidence
+            .get(&(read.topic.clone(), read.partition))
+            .map(|p| p.readback.as_ref())
+        else {
+            continue;
+        };
+        r.reads_checked += 1;
+        let found = recs
+            .binary_search_by_key(&read.offset, |(o, _)| *o)
+            .ok()
+            .map(|i| recs[i].1.as_deref());
+        if found != Some(Some(read.payload.as_slice())) {
+            r.read_then_lost += 1;
+            let now = match found {
+                None => "nothing".to_string(),
+                Some(None) => "a record without value".to_string(),
+                Some(Some(v)) => format!("{:?}", String::from_utf8_lossy(v)),
+            };
+            r.add(
+                ViolationKind::ReadThenLost,
+                &read.topic,
+                read.partition,
+                format!(
+                    "offset {} was read as {:?}; the final read-back has {now} there",
+                    read.offset,
+                    String::from_utf8_lossy(&read.payload)
+                ),
+            );
+        }
     }
 }
 
@@ -445,6 +507,7 @@ pub fn check(h: &History) -> CheckReport {
     }
 
     check_commits(&mut r, h, &ends);
+    check_reads(&mut r, h, &evidence);
     r
 }
 
@@ -1020,7 +1083,46 @@ mod tests {
                 isr: vec![1, 2, 3],
                 replicas: [(1, Ok(l.clone())), (2, Ok(l.clone())), (3, Ok(l))].into(),
             }],
+            reads: Vec::new(),
         }
+    }
+
+    fn read(offset: u64, payload: &str) -> Read {
+        Read {
+            topic: T.into(),
+            partition: 0,
+            offset,
+            payload: payload.as_bytes().to_vec(),
+        }
+    }
+
+    /// A consumer was given "x" at offset 3 (a leader served it) and "z" at 9, but the final
+    /// log has "d" at 3 and ends at 4: both reads were lost after being read, though nothing
+    /// acknowledged was lost.
+    #[test]
+    fn an_event_read_then_gone_or_replaced_is_a_violation() {
+        let mut h = healthy();
+        h.reads = ["a", "b", "c", "d"]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| read(i as u64, v))
+            .collect();
+        assert_eq!(check(&h).read_then_lost, 0, "reads that stayed are fine");
+        h.reads.push(read(3, "x"));
+        h.reads.push(read(9, "z"));
+        let r = check(&h);
+        assert_eq!((r.reads_checked, r.read_then_lost), (6, 2));
+        assert_eq!(r.lost, 0);
+        assert_eq!(kinds(&r), vec![ViolationKind::ReadThenLost]);
+        assert!(!r.ok());
+        assert!(
+            r.violations[0]
+                .detail
+                .contains("offset 3 was read as \"x\"")
+                && r.violations[0].detail.contains("\"d\" there"),
+            "{:?}",
+            r.violations
+        );
     }
 
     fn kinds(r: &CheckReport) -> Vec<ViolationKind> {
@@ -1038,6 +1140,7 @@ mod tests {
         assert_eq!((r.ambiguous_stored, r.ambiguous_absent), (0, 1));
         assert_eq!(r.records_read, 4);
         assert_eq!(r.replica_logs, 3);
+        assert_eq!((r.reads_checked, r.read_then_lost), (0, 0));
     }
 
     #[test]

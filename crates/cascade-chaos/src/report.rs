@@ -210,8 +210,10 @@ impl RunReport {
         );
         let _ = writeln!(
             s,
-            "  lost: {}   duplicates: {}   reordered: {}   violations: {}",
+            "  lost: {}   read-then-lost: {} (of {} reads)   duplicates: {}   reordered: {}   violations: {}",
             c.lost,
+            c.read_then_lost,
+            c.reads_checked,
             c.duplicates,
             c.reordered,
             c.violation_total()
@@ -330,7 +332,9 @@ mod tests {
             "{s}"
         );
         assert!(
-            s.contains("lost: 0   duplicates: 0   reordered: 0   violations: 0"),
+            s.contains(
+                "lost: 0   read-then-lost: 0 (of 0 reads)   duplicates: 0   reordered: 0   violations: 0"
+            ),
             "{s}"
         );
 
@@ -344,7 +348,9 @@ mod tests {
         let s = report.summary();
         assert!(s.starts_with("cascade-chaos: FAIL"), "{s}");
         assert!(
-            s.contains("lost: 1   duplicates: 0   reordered: 0   violations: 1"),
+            s.contains(
+                "lost: 1   read-then-lost: 0 (of 0 reads)   duplicates: 0   reordered: 0   violations: 1"
+            ),
             "{s}"
         );
         assert!(s.contains("1 × Lost"), "{s}");

@@ -265,6 +265,7 @@ pub async fn run(opts: &Options) -> Result<RunReport> {
         commits: rec.commits(),
         final_committed,
         partitions,
+        reads: rec.reads(),
     };
     let check = checker::check(&history);
     faults::measure_failover(&mut faults, &acks);

@@ -129,6 +129,8 @@ pub struct Recorder {
     start: Instant,
     sent: Mutex<Vec<Sent>>,
     commits: Mutex<Vec<Commit>>,
+    /// Every record the consumers were given (read-then-lost is checked against them).
+    reads: Mutex<Vec<crate::checker::Read>>,
     errors: Mutex<BTreeMap<String, u64>>,
     producer_sessions: AtomicU64,
     producer_init_failures: AtomicU64,
@@ -145,6 +147,7 @@ impl Recorder {
             start: Instant::now(),
             sent: Mutex::default(),
             commits: Mutex::default(),
+            reads: Mutex::default(),
             errors: Mutex::default(),
             producer_sessions: AtomicU64::new(0),
             producer_init_failures: AtomicU64::new(0),
@@ -168,6 +171,11 @@ impl Recorder {
     /// The acknowledged commits so far.
     pub fn commits(&self) -> Vec<Commit> {
         lock(&self.commits).clone()
+    }
+
+    /// Every record the consumers were given so far.
+    pub fn reads(&self) -> Vec<crate::checker::Read> {
+        lock(&self.reads).clone()
     }
 
     /// The counters.
@@ -460,6 +468,12 @@ pub async fn consumer(
         };
         rec.records_consumed
             .fetch_add(records.len() as u64, Ordering::Relaxed);
+        lock(&rec.reads).extend(records.iter().map(|r| crate::checker::Read {
+            topic: r.topic.clone(),
+            partition: r.partition,
+            offset: r.offset,
+            payload: r.value.as_deref().unwrap_or_default().to_vec(),
+        }));
         let mut next: BTreeMap<(String, u32), u64> = BTreeMap::new();
         for r in &records {
             let e = next.entry((r.topic.clone(), r.partition)).or_default();
