@@ -120,6 +120,8 @@ pub struct Broker {
     incarnation: u64,
     /// The previous run of this data directory ended with a clean shutdown (every log closed).
     clean_start: bool,
+    /// The data directory had no metadata: this is the node's first start.
+    fresh: bool,
 }
 
 /// Name of the broker's clean-shutdown marker in the data directory: written once every log
@@ -167,6 +169,7 @@ impl Broker {
     /// partitions in [`Broker::start`], which needs the internal gRPC services to be serving
     /// already (peers call them while this node joins).
     pub async fn open(config: BrokerConfig) -> Result<Arc<Self>> {
+        let fresh = !config.data_dir.join("meta").exists();
         let clean_start = take_clean_marker(&*config.log_fs, &config.data_dir)?;
         let meta = Arc::new(Metadata::open(&config.data_dir.join("meta"), config.node_id).await?);
         let (ready, _) = tokio::sync::watch::channel(false);
@@ -186,6 +189,7 @@ impl Broker {
             leaving: AtomicBool::new(false),
             incarnation: rand::random::<u64>().max(1),
             clean_start,
+            fresh,
             meta,
             config,
         }))
@@ -260,7 +264,11 @@ impl Broker {
                         node = me,
                         broker_epoch = epoch,
                         incarnation = format_args!("{:016x}", self.incarnation),
-                        previous_shutdown = if self.clean_start { "clean" } else { "unclean" },
+                        previous_shutdown = match (self.fresh, self.clean_start) {
+                            (true, _) => "none (first start)",
+                            (false, true) => "clean",
+                            (false, false) => "unclean",
+                        },
                         "registered with the cluster"
                     );
                     break;
