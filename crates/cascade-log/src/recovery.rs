@@ -16,6 +16,9 @@
 //!   the end that decodes is loaded (damaged ones are ignored with a warning and deleted), and
 //!   the batch headers after it are replayed. Headers that do not chain are damage, handled
 //!   as damage to a sealed segment: reported, or under [`CorruptionPolicy::Truncate`] cut off.
+//! - A segment whose log header is damaged (bad magic, a base offset other than its file
+//!   name's) is reported, or under [`CorruptionPolicy::Truncate`] dropped with every later
+//!   segment: the log ends where that segment began (a replica refetches the rest).
 
 use crate::config::{Clock, CorruptionPolicy, FlushPolicy, LogConfig, SystemClock};
 use crate::error::{LogError, Result};
@@ -279,6 +282,23 @@ fn open_segments(
     segs: &mut Vec<Arc<Segment>>,
 ) -> Result<()> {
     for (i, &base) in bases.iter().enumerate() {
+        if config.on_corruption == CorruptionPolicy::Truncate
+            && let Some(e) = damaged_header(fs, dir, base)?
+        {
+            // Nothing of this segment can be trusted, not even where it starts: the log
+            // ends where it began, and every later segment goes with it.
+            tracing::error!(error = %e, "damaged segment header: cutting the log at the segment's start");
+            for &later in &bases[i..] {
+                for p in crate::segment_paths(dir, later) {
+                    let _ = fs.remove_file(&p);
+                }
+            }
+            match segs.last() {
+                Some(prev) => prev.set_sealed(false),
+                None => segs.push(Arc::new(Segment::create(fs, dir, base, 0)?)),
+            }
+            return Ok(());
+        }
         if let Some(&next_base) = bases.get(i + 1) {
             let seg = Segment::open(fs, dir, base)?;
             match open_sealed(config, &seg, next_base)? {
@@ -306,6 +326,24 @@ fn open_segments(
         }
     }
     Ok(())
+}
+
+/// The damage in segment `base`'s log header (bad magic, another base offset), if any. A
+/// header too short to read is not damage: a crash while creating the segment (see
+/// `open_active`).
+fn damaged_header(fs: &dyn FileSystem, dir: &Path, base: u64) -> Result<Option<LogError>> {
+    let path = crate::format::segment_path(dir, base, FileKind::Log);
+    let f = fs
+        .open(&path, false)
+        .map_err(|e| LogError::io("open", &path, e))?;
+    if f.len().map_err(|e| LogError::io("stat", &path, e))? < FILE_HEADER_LEN as u64 {
+        return Ok(None);
+    }
+    match Segment::open(fs, dir, base) {
+        Ok(_) => Ok(None),
+        Err(e @ LogError::Corrupt { .. }) => Ok(Some(e)),
+        Err(e) => Err(e),
+    }
 }
 
 enum SealedState {

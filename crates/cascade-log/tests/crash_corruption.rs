@@ -182,3 +182,45 @@ fn flipped_bytes_in_a_sealed_segment_are_reported_never_returned() {
         }
     }
 }
+
+/// A flipped bit in a segment's file header (its magic, or the base offset it records): the
+/// default policy refuses to open and names the file; `Truncate` ends the log where that
+/// segment began, dropping it and every later segment, and keeps everything before intact.
+/// Before, `Truncate` refused too, so a replica with such a header stayed offline for good
+/// (found by `cascade-chaos` `corrupt_leader`: two replicas of one partition, each with a
+/// flipped header bit, left it under-replicated).
+#[test]
+fn a_damaged_segment_header_cuts_the_log_at_the_segment_start() {
+    let root = tempfile::tempdir().unwrap();
+    let template = root.path().join("template");
+    let all = build_segmented(&template, 4);
+    let bases = bases_on_disk(&template);
+    // (segment index, byte of its header): magic, and the base offset field.
+    for (which, at) in [(2usize, 0u64), (2, 16), (0, 3), (bases.len() - 1, 17)] {
+        let dir = root.path().join(format!("case-{which}-{at}"));
+        copy_dir(&template, &dir);
+        let seg = bases[which];
+        let path = cascade_log::format::segment_path(&dir, seg, FileKind::Log);
+        flip_bytes(&path, at, 1);
+        let err = Log::open(&dir, small_config()).unwrap_err();
+        assert!(
+            matches!(&err, LogError::Corrupt { path: p, .. } if *p == path),
+            "{err}"
+        );
+        let log = Log::open(
+            &dir,
+            LogConfig {
+                on_corruption: CorruptionPolicy::Truncate,
+                ..small_config()
+            },
+        )
+        .unwrap();
+        assert_eq!(log.end_offset(), seg, "segment {which}, byte {at}");
+        let kept: Vec<(u64, Vec<u8>)> = all.iter().filter(|(o, _)| *o < seg).cloned().collect();
+        assert_eq!(read_all(&log.reader(), log.start_offset()), kept);
+        drop(log);
+        // And it stays that way: the next open finds a sound log.
+        let again = Log::open(&dir, small_config()).unwrap();
+        assert_eq!(again.end_offset(), seg);
+    }
+}
