@@ -388,27 +388,8 @@ async fn a_leader_whose_fsync_fails_hands_over_and_comes_back_when_the_disk_does
     };
     let mut acked: BTreeMap<u64, String> = BTreeMap::new();
     let mut produce = async |i: u64, patience: Duration| {
-        let v = format!("e{i}");
-        let rec = cascade_client::proto::Record {
-            value: Some(bytes::Bytes::from(v.clone())),
-            ..Default::default()
-        };
-        let deadline = Instant::now() + patience;
-        loop {
-            match client
-                .produce_records("eio", Some(0), vec![rec.clone()], Acks::All)
-                .await
-            {
-                Ok(r) => {
-                    acked.insert(r[0].base_offset, v);
-                    return;
-                }
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "produce e{i}: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
+        let (offset, v) = produce_one(&client, "eio", i, patience).await;
+        acked.insert(offset, v);
     };
     for i in 0..20 {
         produce(i, Duration::from_secs(20)).await;
