@@ -598,7 +598,12 @@ impl Broker {
         }
     }
 
-    fn not_leader_error(&self, snap: &ClusterMetadata, topic: &str, partition: u32) -> BrokerError {
+    pub(crate) fn not_leader_error(
+        &self,
+        snap: &ClusterMetadata,
+        topic: &str,
+        partition: u32,
+    ) -> BrokerError {
         let leader = snap
             .assignment(topic, partition)
             .map(|a| a.leader)

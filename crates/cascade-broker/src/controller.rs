@@ -31,7 +31,7 @@ use cascade_proto::internal::controller_client::ControllerClient;
 use cascade_proto::internal::controller_server::Controller;
 use cascade_proto::internal::{
     BrokerHeartbeatRequest, BrokerHeartbeatResponse, JoinRequest, JoinResponse, ProposeRequest,
-    ProposeResponse, ReplicaProblem,
+    ProposeResponse, ReadVersionRequest, ReadVersionResponse, ReplicaProblem,
 };
 use openraft::BasicNode;
 use std::collections::{BTreeSet, HashMap};
@@ -539,6 +539,18 @@ impl Controller for ControllerService {
             producer_id: applied.producer.map(|(id, _)| id),
             producer_epoch: applied.producer.map(|(_, e)| i32::from(e)),
         }))
+    }
+
+    async fn read_version(
+        &self,
+        _req: Request<ReadVersionRequest>,
+    ) -> Result<Response<ReadVersionResponse>, Status> {
+        let b = &self.broker;
+        if !b.meta.is_controller() {
+            return Err(self.not_controller());
+        }
+        let version = b.meta.confirmed_version().await.map_err(Status::from)?;
+        Ok(Response::new(ReadVersionResponse { version }))
     }
 }
 

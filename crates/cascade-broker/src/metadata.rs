@@ -12,8 +12,8 @@
 
 use crate::error::{BrokerError, Result};
 use crate::raft::{ApplyResponse, LogStore, MetaRaft, PROPOSE_TIMEOUT, StateMachine, raft_config};
-use cascade_proto::internal::ProposeRequest;
 use cascade_proto::internal::controller_client::ControllerClient;
+use cascade_proto::internal::{ProposeRequest, ReadVersionRequest};
 use cascade_types::{TopicConfig, validate_topic_name};
 use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
@@ -732,6 +732,58 @@ impl Metadata {
         match r {
             Ok(Ok(m)) => Ok(m.clone()),
             _ => Err(BrokerError::Timeout(PROPOSE_TIMEOUT.as_millis() as u64)),
+        }
+    }
+
+    /// On the controller: confirms it still leads (a heartbeat round answered by a quorum of
+    /// voters) and that its state machine has applied every entry committed before the call;
+    /// returns the metadata version it has then applied. Any metadata change that completed
+    /// before this call began is at or below that version.
+    pub async fn confirmed_version(&self) -> Result<u64> {
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map_err(|e| BrokerError::NoController(format!("confirming the controller: {e}")))?;
+        Ok(self.snapshot().version)
+    }
+
+    /// The metadata as fresh as the controller's at some instant after this call began (a
+    /// linearizable read, Raft's ReadIndex from any node): the controller confirms its
+    /// leadership with a quorum and answers its applied version, then this node waits until
+    /// it has applied that version. Everything the metadata said at that instant holds in
+    /// what is returned (or was superseded later). Fails within `timeout` when no controller
+    /// can confirm, as when this node is cut off, or the controller it knows of was deposed
+    /// or is paused: the caller then knows nothing new.
+    pub async fn read_linearizable(&self, timeout: Duration) -> Result<Arc<ClusterMetadata>> {
+        let timed_out = || BrokerError::Timeout(timeout.as_millis() as u64);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let version = match self.controller_id() {
+            Some(c) if c == self.node_id => {
+                tokio::time::timeout_at(deadline, self.confirmed_version())
+                    .await
+                    .map_err(|_| timed_out())??
+            }
+            Some(c) => {
+                let addr = self.member_addr(c).ok_or_else(|| {
+                    BrokerError::NoController(format!("controller {c} has no known address"))
+                })?;
+                let channel = crate::raft::network::channel(&addr)
+                    .map_err(|e| BrokerError::NoController(format!("{addr}: {e}")))?;
+                let mut req = tonic::Request::new(ReadVersionRequest {});
+                req.set_timeout(timeout);
+                let mut client = ControllerClient::new(channel);
+                match tokio::time::timeout_at(deadline, client.read_version(req)).await {
+                    Ok(Ok(r)) => r.into_inner().version,
+                    Ok(Err(s)) => return Err(BrokerError::from_remote(&s)),
+                    Err(_) => return Err(timed_out()),
+                }
+            }
+            None => return Err(BrokerError::NoController("no controller elected".into())),
+        };
+        let mut rx = self.subscribe();
+        match tokio::time::timeout_at(deadline, rx.wait_for(|m| m.version >= version)).await {
+            Ok(Ok(m)) => Ok(m.clone()),
+            _ => Err(timed_out()),
         }
     }
 

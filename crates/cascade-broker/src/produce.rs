@@ -8,6 +8,7 @@
 
 use crate::broker::{Broker, now_ms};
 use crate::error::{BrokerError, Result};
+use crate::partition::{Partition, Role};
 use bytes::{Bytes, BytesMut};
 use cascade_log::AppendInfo;
 use cascade_record::{BatchBuilder, BatchHeader, Record};
@@ -16,6 +17,9 @@ use futures::future::join_all;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+/// The longest a refusal waits for the controller to confirm this node still leads.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long to wait for acknowledgement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,8 +134,8 @@ fn check_sizes(topic: &str, bytes: &[u8], max: u32) -> Result<()> {
     Ok(())
 }
 
-/// How long a produce waits for this node's metadata to show a producer id or epoch it does
-/// not know yet: one issued through another node a moment ago may not have been applied here.
+/// How long a produce waits for the controller's view of a producer id or epoch this node
+/// does not know yet.
 const PRODUCER_ID_CATCH_UP: Duration = Duration::from_secs(2);
 
 impl Broker {
@@ -174,14 +178,19 @@ impl Broker {
             };
             let mut meta = self.meta.snapshot();
             if !known(&meta) {
-                let mut rx = self.meta.subscribe();
-                if let Ok(Ok(m)) =
-                    tokio::time::timeout(PRODUCER_ID_CATCH_UP, rx.wait_for(|m| known(m))).await
-                {
-                    meta = m.clone();
-                } else {
-                    meta = self.meta.snapshot();
-                }
+                // This node's metadata may lag (one issued through another node a moment ago,
+                // or this node was cut off): "never issued" tells a producer its batch is not
+                // stored anywhere, so it renumbers, and only the controller's current view
+                // can say so. When no controller confirms, the answer is retriable.
+                meta = self
+                    .meta
+                    .read_linearizable(PRODUCER_ID_CATCH_UP)
+                    .await
+                    .map_err(|e| {
+                        BrokerError::NoController(format!(
+                            "producer id {id} epoch {epoch} is not known here yet and the controller cannot be asked: {e}"
+                        ))
+                    })?;
             }
             match meta.producers.current_epoch(id) {
                 None => {
@@ -208,6 +217,65 @@ impl Broker {
             }
         }
         Ok(())
+    }
+
+    /// A refusal that tells an idempotent producer its batch is not stored
+    /// (`OUT_OF_ORDER_SEQUENCE`, `UNKNOWN_PRODUCER_ID`) makes it renumber the batch under a
+    /// new epoch and send it again. That is only safe when the refusal comes from the
+    /// partition's current leader: a deposed leader that has not yet learned it was replaced
+    /// (paused, or cut off with the controller) lacks what the new leader stored, so its
+    /// refusal of a retry would get the batch stored twice. So the refusal stands only once a
+    /// linearizable read of the metadata shows this node still leads at the epoch it had
+    /// before the append (the role did not change in between either); otherwise, or when no
+    /// controller can confirm in time, the answer is `NOT_LEADER`, which a producer retries
+    /// as it is. Refusals are rare, so the round to the controller costs nothing that counts.
+    async fn confirm_refusal(
+        &self,
+        part: &Partition,
+        leading: Role,
+        refusal: BrokerError,
+        timeout: Duration,
+    ) -> BrokerError {
+        let Role::Leader { epoch } = leading else {
+            return refusal;
+        };
+        let (topic, index) = (part.topic.to_string(), part.index);
+        let confirmed = match self
+            .meta
+            .read_linearizable(timeout.min(CONFIRM_TIMEOUT))
+            .await
+        {
+            Ok(m) => {
+                let holds = m
+                    .assignment(&topic, index)
+                    .is_some_and(|a| a.leader == self.config.node_id && a.leader_epoch == epoch)
+                    && part.role() == leading;
+                holds.then_some(()).ok_or(Ok(m))
+            }
+            Err(e) => Err(Err(e)),
+        };
+        match confirmed {
+            Ok(()) => refusal,
+            Err(seen) => {
+                metrics::counter!("cascade_produce_refusals_unconfirmed_total", "topic" => topic.clone())
+                    .increment(1);
+                tracing::info!(
+                    topic = %topic,
+                    partition = index,
+                    epoch,
+                    refusal = %refusal,
+                    "a producer refusal this node could not confirm as leader: answered not-leader instead"
+                );
+                match seen {
+                    Ok(m) => self.not_leader_error(&m, &topic, index),
+                    Err(e) => BrokerError::NoController(format!(
+                        "node {} cannot confirm it still leads {topic}/{index}, so it does not answer {}: {e}",
+                        self.config.node_id,
+                        refusal.code().as_str_name()
+                    )),
+                }
+            }
+        }
     }
 
     /// Produces to `topic`. Request-level problems (unknown topic, internal topic) fail the
@@ -306,6 +374,7 @@ impl Broker {
                 let result = match (bytes, part) {
                     (Err(e), _) | (_, Err(e)) => Err(e),
                     (Ok(bytes), Ok(part)) => {
+                        let leading = part.role();
                         let r = match acks {
                             Acks::None => part.append_detached(bytes).await.map(|_| None),
                             Acks::Leader => {
@@ -336,7 +405,13 @@ impl Broker {
                             }
                             _ => {}
                         }
-                        r
+                        match r {
+                            Err(e @ (BrokerError::OutOfOrderSequence { .. }
+                            | BrokerError::UnknownProducerId { .. })) => {
+                                Err(self.confirm_refusal(&part, leading, e, timeout).await)
+                            }
+                            r => r,
+                        }
                     }
                 };
                 PartResult {

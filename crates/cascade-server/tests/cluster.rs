@@ -992,6 +992,163 @@ async fn a_deposed_coordinator_never_answers_stale_committed_offsets() {
     assert_eq!(got.iter().map(|c| c.offset).collect::<Vec<_>>(), [20]);
 }
 
+/// Found by the chaos soak (docs/reliability.md, seed 3003): a deposed leader that has not yet
+/// learned of its deposition must not refuse a producer's retry as out of order or as an
+/// unknown producer. The producer takes such a refusal as proof the batch is not stored and
+/// renumbers it under a new epoch, so a batch the new leader had stored was stored twice.
+/// Here the deposed leader is resumed alone (the other two paused), so it cannot learn; it
+/// gets three retries of batches the new leader stored: one behind its log (it used to answer
+/// OUT_OF_ORDER_SEQUENCE), one of a producer whose id it knows but whose batches it never saw,
+/// and one of an id issued while it was paused (both used to be UNKNOWN_PRODUCER_ID). Then
+/// every retry, at the real leader, is recognised and each event is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deposed_leader_never_tells_a_producer_its_stored_batch_is_missing() {
+    use cascade_client::proto::{PartitionRecords, ProduceRequest, records_client::RecordsClient};
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = start_cluster(&dirs);
+    wait_for("3 live brokers", Duration::from_secs(20), async || {
+        let d = describe(&nodes).await;
+        (d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive)).then_some(())
+    })
+    .await;
+    let seeds: Vec<String> = nodes.iter().map(|n| n.grpc.clone()).collect();
+    let client = Client::connect(&seeds.join(",")).await.expect("connect");
+    client
+        .create_topic("z", 1, 3, BTreeMap::new())
+        .await
+        .expect("create");
+    let (p1, e1) = client.init_producer_id(None).await.expect("producer 1");
+    wait_until("the first batch", Duration::from_secs(20), async || {
+        client
+            .produce_batches("z", 0, producer_batch(&["a"], (p1, e1, 0)), Acks::All)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let old = client
+        .refresh_metadata()
+        .await
+        .expect("metadata")
+        .leader("z", 0)
+        .expect("a leader")
+        .node_id;
+    let old_node = &nodes[old as usize - 1];
+    // Producer 3's id is issued through the leader, so the leader has applied it (a proposal
+    // returns once the node that made it applied it); it writes nothing before the pause.
+    let (p3, e3) = Client::connect(&old_node.grpc)
+        .await
+        .expect("connect to the leader")
+        .init_producer_id(None)
+        .await
+        .expect("producer 3");
+    let live: Vec<String> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i as u32 + 1 != old)
+        .map(|(_, n)| n.grpc.clone())
+        .collect();
+    let others = Client::connect(&live.join(",")).await.expect("connect");
+
+    old_node.signal("-STOP");
+    let new = wait_for("another leader", Duration::from_secs(30), async || {
+        let m = others.refresh_metadata().await.ok()?;
+        let l = m.leader("z", 0)?.node_id;
+        (l != 0 && l != old).then_some(l)
+    })
+    .await;
+    let (p2, e2) = others.init_producer_id(None).await.expect("producer 2");
+    let mut stored = Vec::new();
+    for (what, b) in [
+        ("producer 1, batch 1", producer_batch(&["b"], (p1, e1, 1))),
+        ("producer 1, batch 2", producer_batch(&["c"], (p1, e1, 2))),
+        ("producer 2, batch 0", producer_batch(&["x"], (p2, e2, 0))),
+        ("producer 2, batch 1", producer_batch(&["y"], (p2, e2, 1))),
+        ("producer 3, batch 0", producer_batch(&["m"], (p3, e3, 0))),
+        ("producer 3, batch 1", producer_batch(&["n"], (p3, e3, 1))),
+    ] {
+        let p = wait_until(what, Duration::from_secs(30), async || {
+            others
+                .produce_batches("z", 0, b.clone(), Acks::All)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        stored.push((what, b, p.base_offset));
+    }
+    // The two others pause too: the deposed leader, resumed alone, can learn nothing.
+    for (i, n) in nodes.iter().enumerate() {
+        if i as u32 + 1 != old {
+            n.signal("-STOP");
+        }
+    }
+    old_node.signal("-CONT");
+    let mut direct = RecordsClient::connect(format!("http://{}", old_node.grpc))
+        .await
+        .expect("connect to the deposed leader");
+    for (what, b, _) in [&stored[1], &stored[3], &stored[5]] {
+        let req = ProduceRequest {
+            topic: "z".into(),
+            partitions: vec![PartitionRecords {
+                partition: 0,
+                batches: b.clone(),
+                records: vec![],
+            }],
+            acks: cascade_client::proto::Acks::All as i32,
+            timeout_ms: 8000,
+            idempotency_key: String::new(),
+        };
+        match direct.produce(req).await {
+            Ok(r) => {
+                let r = r.into_inner().results.remove(0);
+                let code = r.error.as_ref().map(|e| e.code());
+                assert!(
+                    !matches!(
+                        code,
+                        Some(ErrorCode::OutOfOrderSequence | ErrorCode::UnknownProducerId)
+                    ),
+                    "node {old}, deposed by node {new}, refused the retry of {what} (stored by \
+                     node {new}) as if it were not stored: {:?}",
+                    r.error
+                );
+                eprintln!(
+                    "the deposed leader answered the retry of {what}: {:?}",
+                    r.error
+                );
+            }
+            Err(status) => eprintln!("the deposed leader refused the retry of {what}: {status}"),
+        }
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        if i as u32 + 1 != old {
+            n.signal("-CONT");
+        }
+    }
+    // At the real leader every retry is recognised: its original offset, nothing written.
+    for (what, b, offset) in &stored {
+        let again = wait_until(what, Duration::from_secs(30), async || {
+            client
+                .produce_batches("z", 0, b.clone(), Acks::All)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        assert_eq!(
+            again.base_offset, *offset,
+            "the retry of {what} was stored again"
+        );
+    }
+    let values: Vec<Vec<u8>> = read_partition(&client, "z", 0)
+        .await
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    let expected: Vec<Vec<u8>> = ["a", "b", "c", "x", "y", "m", "n"]
+        .iter()
+        .map(|v| v.as_bytes().to_vec())
+        .collect();
+    assert_eq!(values, expected, "every event once, in order");
+}
+
 /// A follower that was away while retention deleted the leader's older segments ends before
 /// the leader's log start: it can never fetch the gap, so it restarts its replica at the
 /// leader's log start and catches up from there (it used to retry the out-of-range fetch

@@ -441,22 +441,6 @@ async fn a_resumed_producer_fences_its_older_instance() {
     assert_eq!(e.reason(), Some(ErrorCode::ProducerFenced), "{e}");
 }
 
-/// One encoded batch of `values` with the given producer fields.
-fn batch(values: &[&str], producer: (i64, i16, i32)) -> Bytes {
-    let mut b = cascade_record::BatchBuilder::new();
-    for v in values {
-        b.push(cascade_record::Record {
-            timestamp: 1,
-            key: None,
-            value: Some(v.as_bytes()),
-            headers: &[],
-        });
-    }
-    let mut bytes = b.finish();
-    cascade_record::header::set_producer(&mut bytes, producer.0, producer.1, producer.2);
-    Bytes::from(bytes)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_producer_fields_get_a_clear_error_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -471,37 +455,37 @@ async fn bad_producer_fields_get_a_clear_error_and_write_nothing() {
     let cases: Vec<(&str, Bytes, ErrorCode, &str)> = vec![
         (
             "never issued",
-            batch(&["a"], (1 << 40, 0, 0)),
+            producer_batch(&["a"], (1 << 40, 0, 0)),
             ErrorCode::UnknownProducerId,
             "never issued",
         ),
         (
             "negative sequence",
-            batch(&["a"], (id, epoch, -5)),
+            producer_batch(&["a"], (id, epoch, -5)),
             ErrorCode::InvalidRecord,
             "sequence",
         ),
         (
             "negative epoch",
-            batch(&["a"], (id, -3, 0)),
+            producer_batch(&["a"], (id, -3, 0)),
             ErrorCode::InvalidRecord,
             "epoch",
         ),
         (
             "id below -1",
-            batch(&["a"], (-7, 0, 0)),
+            producer_batch(&["a"], (-7, 0, 0)),
             ErrorCode::InvalidRecord,
             "producer id -7",
         ),
         (
             "epoch from the future",
-            batch(&["a"], (id, epoch + 5, 0)),
+            producer_batch(&["a"], (id, epoch + 5, 0)),
             ErrorCode::InvalidProducerEpoch,
             "never issued",
         ),
         (
             "first batch not at 0",
-            batch(&["a"], (id, epoch, 3)),
+            producer_batch(&["a"], (id, epoch, 3)),
             ErrorCode::UnknownProducerId,
             "sequence 3",
         ),
@@ -512,7 +496,12 @@ async fn bad_producer_fields_get_a_clear_error_and_write_nothing() {
         assert!(msg.contains(says), "{what}: {msg}");
     }
     let e = client
-        .produce_batches("no-such-topic", 0, batch(&["a"], (id, epoch, 0)), Acks::All)
+        .produce_batches(
+            "no-such-topic",
+            0,
+            producer_batch(&["a"], (id, epoch, 0)),
+            Acks::All,
+        )
         .await
         .unwrap_err();
     assert_eq!(e.reason(), Some(ErrorCode::UnknownTopic), "{e}");
@@ -520,7 +509,7 @@ async fn bad_producer_fields_get_a_clear_error_and_write_nothing() {
 
     // In sequence: stored; an exact retry: the original offsets, not stored again; a gap:
     // refused as out of order.
-    let first = batch(&["x", "y"], (id, epoch, 0));
+    let first = producer_batch(&["x", "y"], (id, epoch, 0));
     let stored = client
         .produce_batches("bad", 0, first.clone(), Acks::All)
         .await
@@ -535,7 +524,7 @@ async fn bad_producer_fields_get_a_clear_error_and_write_nothing() {
     );
     let (got, msg) = refused(
         client
-            .produce_batches("bad", 0, batch(&["z"], (id, epoch, 5)), Acks::All)
+            .produce_batches("bad", 0, producer_batch(&["z"], (id, epoch, 5)), Acks::All)
             .await,
     );
     assert_eq!(got, ErrorCode::OutOfOrderSequence, "{msg}");
@@ -560,7 +549,12 @@ async fn an_idle_producer_id_expires_and_the_producer_carries_on() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let raw = client.clone().with_retry_budget(Duration::ZERO);
     let e = raw
-        .produce_batches("idle", 0, batch(&["raw"], (id, epoch, 1)), Acks::All)
+        .produce_batches(
+            "idle",
+            0,
+            producer_batch(&["raw"], (id, epoch, 1)),
+            Acks::All,
+        )
         .await
         .unwrap_err();
     assert_eq!(e.reason(), Some(ErrorCode::UnknownProducerId), "{e}");
@@ -597,8 +591,8 @@ async fn a_new_leader_recognises_a_retry_of_what_the_old_one_stored() {
         .await
         .unwrap();
     let (id, epoch) = client.init_producer_id(None).await.unwrap();
-    let first = batch(&["a", "b", "c"], (id, epoch, 0));
-    let second = batch(&["d"], (id, epoch, 3));
+    let first = producer_batch(&["a", "b", "c"], (id, epoch, 0));
+    let second = producer_batch(&["d"], (id, epoch, 3));
     let stored = client
         .produce_batches("retry-failover", 0, first.clone(), Acks::All)
         .await
@@ -645,7 +639,7 @@ async fn a_new_leader_recognises_a_retry_of_what_the_old_one_stored() {
         .produce_batches(
             "retry-failover",
             0,
-            batch(&["e"], (id, epoch, 4)),
+            producer_batch(&["e"], (id, epoch, 4)),
             Acks::All,
         )
         .await

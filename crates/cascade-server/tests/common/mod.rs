@@ -229,6 +229,22 @@ pub fn cli(brokers: &str, args: &[&str], stdin: Option<&str>) -> (i32, String, S
     )
 }
 
+/// One encoded batch of `values` with the given producer fields (id, epoch, base sequence).
+pub fn producer_batch(values: &[&str], producer: (i64, i16, i32)) -> bytes::Bytes {
+    let mut b = cascade_record::BatchBuilder::new();
+    for v in values {
+        b.push(cascade_record::Record {
+            timestamp: 1,
+            key: None,
+            value: Some(v.as_bytes()),
+            headers: &[],
+        });
+    }
+    let mut bytes = b.finish();
+    cascade_record::header::set_producer(&mut bytes, producer.0, producer.1, producer.2);
+    bytes::Bytes::from(bytes)
+}
+
 /// Every (offset, value) of a partition, read with a partition consumer, checking density.
 pub async fn read_partition(client: &Client, topic: &str, partition: u32) -> Vec<(u64, Vec<u8>)> {
     let end = client
