@@ -9,8 +9,8 @@
 //! - Everything created is recorded in the [`Cluster`] before the next step runs, and
 //!   dropping the [`Cluster`] removes it (containers, then the network) unless `keep` is set:
 //!   cleanup happens on success, on error, on panic, and when Ctrl-C drops the run.
-//! - [`Node::state`] mirrors what was done to each node, so [`Cluster::heal_all`] undoes
-//!   exactly the faults in force.
+//! - [`Node::state`], [`Node::disk`] and [`Node::dropping_to`] mirror what was done to each
+//!   node, so [`Cluster::heal_all`] undoes exactly the faults in force.
 //! - Every `docker` call has a timeout: a wedged daemon fails the run rather than hanging it.
 
 use anyhow::{Context, Result, bail};
@@ -25,6 +25,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub const GRPC_PORT: u16 = 50051;
 /// The HTTP port every node listens on (`/readyz`).
 pub const HTTP_PORT: u16 = 8082;
+/// A disk without an injected fault (the control file's text).
+pub const DISK_HEALTHY: &str = "healthy";
 /// Longest a single `docker` command may take.
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -100,6 +102,10 @@ pub struct Node {
     pub ip: String,
     /// What was last done to it.
     pub state: NodeState,
+    /// A disk fault switched on through its control file (`healthy` when none).
+    pub disk: String,
+    /// Peers its outgoing packets are dropped to (an asymmetric partition).
+    pub dropping_to: Vec<u32>,
 }
 
 impl Node {
@@ -245,6 +251,9 @@ impl Cluster {
             "0.0.0.0:8082",
             "--advertised-grpc-addr",
             &advertised,
+            // Partition storage fails on command: see `Cluster::set_disk`.
+            "--fault-file",
+            "/data/disk-fault",
         ];
         // Node 1 bootstraps the cluster; the others join through it (and later rejoin from
         // their data, whichever nodes are up).
@@ -257,6 +266,8 @@ impl Cluster {
             name,
             ip,
             state: NodeState::Down,
+            disk: DISK_HEALTHY.into(),
+            dropping_to: Vec::new(),
         });
         Ok(())
     }
@@ -346,6 +357,54 @@ impl Cluster {
         Ok(())
     }
 
+    /// Switches node `id`'s disk fault through its control file (`eio`, `full`, `slow MS` or
+    /// [`DISK_HEALTHY`]; the server polls it every 100 ms, so the fault is certainly in force
+    /// a moment after this returns).
+    pub async fn set_disk(&mut self, id: u32, fault: &str) -> Result<()> {
+        let path = self.data_dir(id).join("disk-fault");
+        std::fs::write(&path, fault).with_context(|| format!("writing {}", path.display()))?;
+        self.nodes[id as usize - 1].disk = fault.to_string();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(())
+    }
+
+    /// Runs `iptables args...` inside node `id`'s network namespace (from the host, so the
+    /// image needs no iptables and the container no extra capability).
+    async fn iptables(&self, id: u32, args: &[&str]) -> Result<()> {
+        let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &self.node(id).name]).await?;
+        let pid = pid.trim().to_string();
+        if pid == "0" {
+            bail!("node {id} is not running: no network namespace to change");
+        }
+        let mut cmd = vec!["-t", pid.as_str(), "-n", "iptables"];
+        cmd.extend_from_slice(args);
+        let out = tokio::task::spawn_blocking({
+            let cmd: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+            move || std::process::Command::new("nsenter").args(&cmd).output()
+        })
+        .await?
+        .context("running nsenter (asymmetric partitions need root and nsenter)")?;
+        if !out.status.success() {
+            bail!(
+                "iptables {args:?} in node {id}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Drops every packet node `from` sends to node `to`, while packets from `to` still
+    /// arrive: `to` hears `from`'s requests time out and `from` hears `to`'s requests but
+    /// cannot answer them (one direction of a link gone, as a bad switch port or a one-way
+    /// firewall rule does).
+    pub async fn drop_packets(&mut self, from: u32, to: u32) -> Result<()> {
+        let ip = self.node(to).ip.clone();
+        self.iptables(from, &["-A", "OUTPUT", "-d", &ip, "-j", "DROP"])
+            .await?;
+        self.nodes[from as usize - 1].dropping_to.push(to);
+        Ok(())
+    }
+
     /// Undoes whatever fault is in force on every node.
     pub async fn heal_all(&mut self) -> Result<()> {
         for id in 1..=self.nodes.len() as u32 {
@@ -354,6 +413,14 @@ impl Cluster {
                 NodeState::Down => self.start_node(id).await?,
                 NodeState::Paused => self.unpause(id).await?,
                 NodeState::Disconnected => self.connect(id).await?,
+            }
+            if !self.node(id).dropping_to.is_empty() {
+                // A node restarted since got a new network namespace without the rules.
+                self.iptables(id, &["-F", "OUTPUT"]).await?;
+                self.nodes[id as usize - 1].dropping_to.clear();
+            }
+            if self.node(id).disk != DISK_HEALTHY {
+                self.set_disk(id, DISK_HEALTHY).await?;
             }
         }
         Ok(())

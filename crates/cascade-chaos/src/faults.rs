@@ -1,10 +1,10 @@
 //! Fault injection: which faults exist, the seeded choice among them, and the loop that
-//! injects, holds and heals one fault at a time.
+//! injects, holds and heals one fault at a time (an `overlap` fault is two at once).
 //!
 //! Invariants:
-//! - At most one fault is in force at any moment, and each is healed before the next quiet
-//!   period, so the cluster always gets a chance to recover (the run measures recovery, it
-//!   does not try to keep the cluster down).
+//! - At most one fault (or one overlapping pair, on two different nodes) is in force at any
+//!   moment, and each is healed before the next quiet period, so the cluster always gets a
+//!   chance to recover (the run measures recovery, it does not try to keep the cluster down).
 //! - Every random choice comes from one [`Rng`] seeded by `--seed`: the same seed and node
 //!   count give the same sequence of faults, targets and hold times (timings of the cluster
 //!   itself, and so who leads what, still vary).
@@ -68,6 +68,18 @@ pub enum FaultKind {
     /// files (a segment's log, offset index or time index, a producer snapshot, a leader-epoch
     /// cache), start it again at once.
     CorruptLeader,
+    /// A partition leader's disk fails: every write and fsync of its partition storage gets
+    /// EIO; healing makes the disk work again (the node repairs itself without a restart).
+    FailingDisk,
+    /// A partition leader's disk is full: writes get ENOSPC until healed.
+    FullDisk,
+    /// A partition leader's disk takes 1.5 s for every fsync until healed.
+    SlowDisk,
+    /// Packets from a partition leader to one other node are dropped; the other way they
+    /// still flow.
+    Asymmetric,
+    /// Two of the faults above at once, on a leader and on another node.
+    Overlap,
 }
 
 impl FaultKind {
@@ -80,6 +92,11 @@ impl FaultKind {
             Self::IsolateMinority => "isolate_minority",
             Self::FullRestart => "full_restart",
             Self::CorruptLeader => "corrupt_leader",
+            Self::FailingDisk => "failing_disk",
+            Self::FullDisk => "full_disk",
+            Self::SlowDisk => "slow_disk",
+            Self::Asymmetric => "asymmetric",
+            Self::Overlap => "overlap",
         }
     }
 
@@ -88,16 +105,27 @@ impl FaultKind {
     /// three is isolating one node, already on the list.
     pub fn menu(nodes: u32) -> Vec<FaultKind> {
         let mut m = vec![Self::KillLeader, Self::PauseLeader, Self::FullRestart];
+        m.extend([Self::FailingDisk, Self::FullDisk, Self::SlowDisk]);
         if nodes >= 3 {
             m.push(Self::IsolateLeader);
             // With one replica, damage is a loud refusal (tested by the server's suite), not
             // something the checker's "nothing lost" can hold the run to.
             m.push(Self::CorruptLeader);
+            m.push(Self::Asymmetric);
+            m.push(Self::Overlap);
         }
         if nodes >= 5 {
             m.push(Self::IsolateMinority);
         }
         m
+    }
+
+    /// The faults an `overlap` pairs: those that hit one node.
+    fn single_node(nodes: u32) -> Vec<FaultKind> {
+        Self::menu(nodes)
+            .into_iter()
+            .filter(|k| !matches!(k, Self::FullRestart | Self::IsolateMinority | Self::Overlap))
+            .collect()
     }
 }
 
@@ -198,20 +226,30 @@ pub async fn run(
             .and_then(|l| l.iter().find(|(p, _)| *p == choice).map(|(_, l)| *l))
             .filter(|l| (1..=n).contains(l))
             .unwrap_or(fallback);
-        let mut nodes = vec![target];
-        match kind {
-            FaultKind::FullRestart => nodes = (1..=n).collect(),
+        // What to do, to whom: one action per node (two for an overlap).
+        let mut actions: Vec<(FaultKind, u32)> = match kind {
+            FaultKind::FullRestart => (1..=n).map(|id| (FaultKind::KillLeader, id)).collect(),
             FaultKind::IsolateMinority => {
-                let others: Vec<u32> = (1..=n).filter(|x| *x != target).collect();
-                let mut others = others;
-                while nodes.len() < ((n - 1) / 2) as usize {
+                let mut others: Vec<u32> = (1..=n).filter(|x| *x != target).collect();
+                let mut hit = vec![target];
+                while hit.len() < ((n - 1) / 2) as usize {
                     let i = rng.range(0, others.len() as u64) as usize;
-                    nodes.push(others.remove(i));
+                    hit.push(others.remove(i));
                 }
-                nodes.sort_unstable();
+                hit.into_iter().map(|id| (kind, id)).collect()
             }
-            _ => {}
-        }
+            FaultKind::Overlap => {
+                let pick = FaultKind::single_node(n);
+                let first = pick[rng.range(0, pick.len() as u64) as usize];
+                let second = pick[rng.range(0, pick.len() as u64) as usize];
+                let others: Vec<u32> = (1..=n).filter(|x| *x != target).collect();
+                let other = others[rng.range(0, others.len() as u64) as usize];
+                vec![(first, target), (second, other)]
+            }
+            _ => vec![(kind, target)],
+        };
+        actions.sort_by_key(|(_, id)| *id);
+        let nodes: Vec<u32> = actions.iter().map(|(_, id)| *id).collect();
         let hit: BTreeSet<u32> = nodes.iter().copied().collect();
         let partitions: Vec<u32> = match &leaders {
             Some(l) => l
@@ -227,23 +265,14 @@ pub async fn run(
             kind.name(),
             hold.as_secs_f64()
         );
-        let mut detail = None;
-        for id in &nodes {
-            match kind {
-                FaultKind::KillLeader | FaultKind::FullRestart => cluster.kill(*id).await?,
-                FaultKind::CorruptLeader => {
-                    cluster.kill(*id).await?;
-                    detail = corrupt_one_file(&cluster.data_dir(*id), rng)?;
-                    if let Some(d) = &detail {
-                        eprintln!("           flipped {d}");
-                    }
-                }
-                FaultKind::PauseLeader => cluster.pause(*id).await?,
-                FaultKind::IsolateLeader | FaultKind::IsolateMinority => {
-                    cluster.disconnect(*id).await?
-                }
+        let mut details = Vec::new();
+        for (action, id) in &actions {
+            if let Some(d) = inject(cluster, *action, *id, rng).await? {
+                eprintln!("           {d}");
+                details.push(d);
             }
         }
+        let detail = (!details.is_empty()).then(|| details.join("; "));
         let start = rec.now();
         tokio::time::sleep(hold).await;
         cluster.heal_all().await?;
@@ -266,6 +295,51 @@ pub async fn run(
         });
     }
     Ok(done)
+}
+
+/// Puts one single-node fault in force on node `id`; returns what it did when that needs
+/// saying (the byte flipped, the disk fault, the link cut), for the report.
+async fn inject(
+    cluster: &mut Cluster,
+    kind: FaultKind,
+    id: u32,
+    rng: &mut Rng,
+) -> Result<Option<String>> {
+    let n = cluster.nodes.len() as u32;
+    Ok(match kind {
+        FaultKind::KillLeader | FaultKind::FullRestart => {
+            cluster.kill(id).await?;
+            None
+        }
+        FaultKind::CorruptLeader => {
+            cluster.kill(id).await?;
+            corrupt_one_file(&cluster.data_dir(id), rng)?.map(|d| format!("node {id}: flipped {d}"))
+        }
+        FaultKind::PauseLeader => {
+            cluster.pause(id).await?;
+            None
+        }
+        FaultKind::IsolateLeader | FaultKind::IsolateMinority => {
+            cluster.disconnect(id).await?;
+            None
+        }
+        FaultKind::FailingDisk | FaultKind::FullDisk | FaultKind::SlowDisk => {
+            let fault = match kind {
+                FaultKind::FailingDisk => "eio",
+                FaultKind::FullDisk => "full",
+                _ => "slow 1500",
+            };
+            cluster.set_disk(id, fault).await?;
+            Some(format!("node {id}: disk {fault}"))
+        }
+        FaultKind::Asymmetric => {
+            let others: Vec<u32> = (1..=n).filter(|x| *x != id).collect();
+            let to = others[rng.range(0, others.len() as u64) as usize];
+            cluster.drop_packets(id, to).await?;
+            Some(format!("node {id}: packets to node {to} dropped"))
+        }
+        FaultKind::Overlap => unreachable!("an overlap is split into single-node faults"),
+    })
 }
 
 /// The partition files a corruption fault may hit, under a node's data directory: every

@@ -83,6 +83,13 @@ pub struct ServerArgs {
     /// Log format: "text" or "json". [default: text]
     #[arg(long, env = "CASCADE_LOG_FORMAT")]
     pub log_format: Option<String>,
+
+    /// Testing only: a control file through which a fault-injection harness makes this node's
+    /// partition storage fail. Polled every 100 ms; its text is empty or `healthy`, `eio`
+    /// (writes and fsyncs fail), `full` (writes fail with ENOSPC) or `slow MS` (each fsync
+    /// waits MS first). Never set it in production.
+    #[arg(long, env = "CASCADE_FAULT_FILE")]
+    pub fault_file: Option<PathBuf>,
 }
 
 /// The same settings as read from a TOML file.
@@ -137,6 +144,8 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// "text" or "json".
     pub log_format: String,
+    /// Disk-fault control file (testing only).
+    pub fault_file: Option<PathBuf>,
 }
 
 fn read_file(path: &Path) -> Result<FileConfig> {
@@ -260,6 +269,7 @@ impl ServerArgs {
             retention_check: Duration::from_secs(retention),
             max_request_bytes,
             log_format,
+            fault_file: self.fault_file.clone(),
         })
     }
 }

@@ -25,9 +25,10 @@ use cascade_proto::v1::records_server::RecordsServer;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::fs::File;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -219,6 +220,40 @@ pub fn grpc_router(
         )
 }
 
+/// The partition storage of a fault-injection run: the real file system behind a switch that
+/// follows the control file at `path` (see `--fault-file`), polled every 100 ms until `stop`.
+/// A missing file means healthy; text that does not parse is reported and leaves the fault in
+/// force unchanged.
+fn injected_disk_faults(
+    path: PathBuf,
+    stop: CancellationToken,
+) -> Arc<dyn cascade_log::fs::FileSystem> {
+    use cascade_log::fs::{DiskFault, FaultSwitch, FaultyFs, StdFs};
+    tracing::warn!(control = %path.display(), "disk fault injection is on (testing only)");
+    let switch = Arc::new(FaultSwitch::default());
+    let fs = Arc::new(FaultyFs::new(Arc::new(StdFs), switch.clone()));
+    tokio::spawn(async move {
+        let mut last_text = String::new();
+        while !stop.is_cancelled() {
+            let text = tokio::fs::read_to_string(&path).await.unwrap_or_default();
+            if text != last_text {
+                match DiskFault::parse(&text) {
+                    Ok(fault) => {
+                        let was = switch.set(fault);
+                        tracing::warn!(%was, now = %fault, "injected disk fault changed");
+                    }
+                    Err(e) => {
+                        tracing::error!(control = %path.display(), error = %e, "bad disk fault")
+                    }
+                }
+                last_text = text;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    fs
+}
+
 /// Runs a node until a signal or `stop` is cancelled.
 pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
     let _lock = lock_data_dir(&cfg.data_dir)?;
@@ -290,7 +325,10 @@ pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
         session_timeout: cfg.session_timeout,
         replica_lag_max: cfg.replica_lag_max,
         offsets_replication_factor: cfg.offsets_replication_factor,
-        ..BrokerConfig::new(&cfg.data_dir)
+        log_fs: match &cfg.fault_file {
+            Some(path) => injected_disk_faults(path.clone(), stop.clone()),
+            None => Arc::new(cascade_log::fs::StdFs),
+        },
     })
     .await
     .context("opening the broker")?;
