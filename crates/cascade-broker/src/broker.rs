@@ -552,6 +552,13 @@ impl Broker {
                         state: "repairing".into(),
                         reason: format!("damaged log: valid up to offset {at}"),
                     });
+                } else if let Some(reason) = p.disk_full() {
+                    out.push(cascade_proto::internal::ReplicaProblem {
+                        topic: name.clone(),
+                        partition: i,
+                        state: crate::controller::DISK_FULL.into(),
+                        reason,
+                    });
                 }
             }
         }

@@ -39,6 +39,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 
+/// The state a broker reports for a replica whose disk is full (see `Partition::disk_full`).
+pub(crate) const DISK_FULL: &str = "disk-full";
+
 /// The controller's view of broker liveness.
 #[derive(Debug, Default)]
 pub struct Liveness {
@@ -74,12 +77,37 @@ impl Liveness {
         })
     }
 
-    /// Every reported replica problem as (topic, partition, node).
-    fn unusable(&self) -> BTreeSet<(String, u32, u32)> {
-        self.lock()
+    /// The replicas that must not lead nor count as in sync, as (topic, partition, node):
+    /// every reported problem, except a full disk on a replica with no other live in-sync
+    /// replica free of problems. A full replica still holds every acknowledged event and
+    /// serves reads; taking it out would leave the partition with no leader at all, while
+    /// keeping it costs only the writes, which fail until space returns either way.
+    fn unusable(&self, snap: &ClusterMetadata) -> BTreeSet<(String, u32, u32)> {
+        let l = self.lock();
+        let troubled: BTreeSet<(String, u32, u32)> = l
             .problems
             .iter()
             .flat_map(|(&node, v)| v.iter().map(move |p| (p.topic.clone(), p.partition, node)))
+            .collect();
+        let full = |t: &str, p: u32, node: u32| {
+            l.problems.get(&node).is_some_and(|v| {
+                v.iter()
+                    .any(|x| x.topic == t && x.partition == p && x.state == DISK_FULL)
+            })
+        };
+        troubled
+            .iter()
+            .filter(|(t, p, node)| {
+                !full(t, *p, *node)
+                    || snap.assignment(t, *p).is_some_and(|a| {
+                        a.isr.iter().any(|other| {
+                            other != node
+                                && snap.brokers.get(other).is_some_and(|b| !b.fenced)
+                                && !troubled.contains(&(t.clone(), *p, *other))
+                        })
+                    })
+            })
+            .cloned()
             .collect()
     }
 
@@ -285,7 +313,7 @@ impl Broker {
             }
         }
         let snap = self.meta.snapshot();
-        let unusable = self.liveness.unusable();
+        let unusable = self.liveness.unusable(&snap);
         let updates = plan_partition_updates(&snap, &leaving, &unusable);
         if !updates.is_empty() {
             let elections = updates
@@ -665,6 +693,48 @@ mod tests {
         assert_eq!(
             (u[1].partition, u[1].leader, u[1].isr.clone()),
             (2, 0, vec![1])
+        );
+    }
+
+    #[test]
+    fn a_full_disk_hands_over_only_when_another_in_sync_replica_can_write() {
+        let m = cluster(
+            &[],
+            vec![part(1, &[1, 2, 3]), part(1, &[1]), part(1, &[1, 2])],
+        );
+        let problem = |partition: u32, state: &str| ReplicaProblem {
+            topic: "t".into(),
+            partition,
+            state: state.into(),
+            reason: "no space left on device".into(),
+        };
+        let l = Liveness::default();
+        // Node 1 is full everywhere; node 2's replica of partition 2 is offline.
+        l.heard(
+            1,
+            false,
+            vec![
+                problem(0, DISK_FULL),
+                problem(1, DISK_FULL),
+                problem(2, DISK_FULL),
+            ],
+        );
+        l.heard(2, false, vec![problem(2, "offline")]);
+        let unusable = l.unusable(&m);
+        // Partition 0 has writable in-sync replicas: node 1 hands over. Partitions 1 and 2
+        // have none (alone; beside an offline one): node 1 keeps leading, for reads and for
+        // the writes that come once space returns, rather than leaving them with no leader.
+        assert!(unusable.contains(&("t".to_string(), 0, 1)), "{unusable:?}");
+        assert!(!unusable.contains(&("t".to_string(), 1, 1)), "{unusable:?}");
+        assert!(!unusable.contains(&("t".to_string(), 2, 1)), "{unusable:?}");
+        assert!(unusable.contains(&("t".to_string(), 2, 2)), "{unusable:?}");
+        let u = plan_partition_updates(&m, &BTreeSet::new(), &unusable);
+        let leaders: Vec<(u32, u32)> = u.iter().map(|u| (u.partition, u.leader)).collect();
+        assert_eq!(leaders, vec![(0, 2), (2, 1)], "{u:?}");
+        assert_eq!(
+            u[1].isr,
+            vec![1],
+            "the offline replica leaves the in-sync set"
         );
     }
 }

@@ -46,6 +46,10 @@ use sequencer::{ProducerBatch, Sequencer};
 /// Commands queued per partition before producers wait.
 const QUEUE: usize = 1024;
 
+/// How long a refusal for want of space marks the replica as on a full disk (see
+/// [`Partition::disk_full`]).
+pub const DISK_FULL_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Translates a topic's settings into the storage engine's.
 pub fn log_config(c: &TopicConfig) -> LogConfig {
     LogConfig {
@@ -181,6 +185,10 @@ pub struct Partition {
     min_insync: Mutex<u32>,
     thread: Mutex<Option<JoinHandle<()>>>,
     damaged: Mutex<Option<u64>>,
+    /// Why the last append failed for want of space (ENOSPC), until an append succeeds: the
+    /// broker reports the replica as `disk-full`, so the controller moves its leadership to
+    /// a replica that can still write (see [`Partition::disk_full`]).
+    disk_full: Mutex<Option<(String, std::time::Instant)>>,
     /// Set once this replica's storage failed and the broker is retiring it (see
     /// `Broker::retire_failed_replica`), so that happens once.
     retiring: std::sync::atomic::AtomicBool,
@@ -308,6 +316,7 @@ impl Partition {
             min_insync: Mutex::new(config.min_insync_replicas),
             thread: Mutex::new(Some(thread)),
             damaged: Mutex::new(damaged_at_open),
+            disk_full: Mutex::new(None),
             retiring: Default::default(),
             fetch_gate: tokio::sync::RwLock::new(()),
             hw_saved: std::sync::atomic::AtomicU64::new(checkpoint),
@@ -507,10 +516,48 @@ impl Partition {
                 queued?
             }
         }
-        match rx.await.map_err(|_| BrokerError::ShuttingDown)? {
+        let r = rx.await.map_err(|_| BrokerError::ShuttingDown)?;
+        self.note_space(&r);
+        match r {
             Err(BrokerError::NotLeader { .. }) => Err(self.not_leader()),
             r => r,
         }
+    }
+
+    /// Keeps [`Partition::disk_full`] up to date from an append's outcome: set by a refusal
+    /// for want of space, cleared by any append that reached the log (space is back).
+    fn note_space(&self, r: &Result<AppendInfo>) {
+        let full = match r {
+            Ok(_) => None,
+            Err(BrokerError::Storage(e)) if e.is_out_of_space() => {
+                Some((e.to_string(), std::time::Instant::now()))
+            }
+            Err(_) => return,
+        };
+        let mut slot = self.disk_full.lock().unwrap_or_else(|e| e.into_inner());
+        match (&*slot, &full) {
+            (None, Some((reason, _))) => {
+                tracing::error!(topic = %self.topic, partition = self.index, %reason, "replica's disk is full: writes fail until space returns");
+            }
+            (Some(_), None) => {
+                tracing::warn!(topic = %self.topic, partition = self.index, "replica's disk has space again");
+            }
+            _ => {}
+        }
+        *slot = full;
+    }
+
+    /// Why this replica cannot write for want of space, if its last append failed so less
+    /// than [`DISK_FULL_HOLD`] ago. The hold ends it without a write: a replica that lost its
+    /// leadership to the report may get nothing to append for a long time, and must not stay
+    /// out of the in-sync set for a disk that has space again.
+    pub fn disk_full(&self) -> Option<String> {
+        self.disk_full
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|(_, at)| at.elapsed() < DISK_FULL_HOLD)
+            .map(|(reason, _)| reason.clone())
     }
 
     async fn enqueue(&self, cmd: Command) -> Result<()> {
@@ -588,6 +635,7 @@ impl Partition {
                 reply,
             })
             .await;
+        self.note_space(&r);
         match r {
             // The actor does not know the partition's name: fill it in.
             Err(BrokerError::FencedLeaderEpoch { got, current, .. }) => {

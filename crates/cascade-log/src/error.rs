@@ -152,6 +152,12 @@ pub enum LogError {
 }
 
 impl LogError {
+    /// True for a write refused for want of space (ENOSPC). The append that got it was rolled
+    /// back and the log still works: it succeeds again once space returns.
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, Self::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull)
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         Self::Io {
             op,

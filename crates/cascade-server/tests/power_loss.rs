@@ -442,6 +442,87 @@ async fn a_leader_whose_fsync_fails_hands_over_and_comes_back_when_the_disk_does
     }
 }
 
+/// The leader's disk fills up (ENOSPC). Its log still holds everything and still works, but
+/// cannot take a write: it reports the replica as `disk-full`, so the controller moves the
+/// leadership to an in-sync replica with space and producers carry on (they got
+/// STORAGE_ERROR from the full leader until space returned, before). Once space returns the
+/// replica catches up and is back in sync, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_with_a_full_disk_hands_over_and_rejoins_when_space_returns() {
+    let Three {
+        _root: _dir,
+        nodes,
+        fss,
+        client,
+        ..
+    } = three_nodes_each_on_its_own_fs("fill", &[], SESSION).await;
+    let describe = async || {
+        client
+            .describe_topic("fill")
+            .await
+            .expect("describe")
+            .partitions[0]
+            .clone()
+    };
+    let mut acked: BTreeMap<u64, String> = BTreeMap::new();
+    let mut produce = async |i: u64, patience: Duration| {
+        let (offset, v) = produce_one(&client, "fill", i, patience).await;
+        acked.insert(offset, v);
+    };
+    for i in 0..20 {
+        produce(i, Duration::from_secs(20)).await;
+    }
+    let old = describe().await.leader;
+    fss[old as usize - 1].set_faults(MemFsFaults {
+        write_budget: Some(0),
+        fail_sync: false,
+    });
+    for i in 20..60 {
+        produce(i, Duration::from_secs(30)).await;
+    }
+    let p = describe().await;
+    assert_ne!(p.leader, old, "the full node still leads");
+    assert!(
+        !p.isr.contains(&old),
+        "the full node is still in sync: {:?}",
+        p.isr
+    );
+    let status = p
+        .replica_status
+        .iter()
+        .find(|r| r.node_id == old)
+        .expect("a status for every replica");
+    assert_eq!(status.state, "disk-full", "{status:?}");
+
+    fss[old as usize - 1].set_faults(MemFsFaults::default());
+    for i in 60..80 {
+        produce(i, Duration::from_secs(20)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = describe().await;
+        if p.isr.contains(&old) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {old} never came back after its disk had space again: isr {:?}",
+            p.isr
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let got = read_partition_of(&client, "fill", 80).await;
+    for (off, v) in &acked {
+        assert_eq!(got.get(off), Some(v), "offset {off}");
+    }
+    assert_eq!(acked.len(), 80);
+    for n in nodes {
+        n.stop.cancel();
+        n.broker.shutdown().await;
+        let _ = n.server.await;
+    }
+}
+
 /// Reads `topic`/0 from offset 0 until `end`.
 async fn read_partition_of(client: &Client, topic: &str, end: u64) -> BTreeMap<u64, String> {
     let mut c = cascade_client::PartitionConsumer::new(client.clone(), topic, 0, 0);
