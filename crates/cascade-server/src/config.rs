@@ -90,6 +90,12 @@ pub struct ServerArgs {
     /// waits MS first). Never set it in production.
     #[arg(long, env = "CASCADE_FAULT_FILE")]
     pub fault_file: Option<PathBuf>,
+
+    /// Testing only: hold partition writes in process memory until they are fsynced, so that
+    /// killing the process loses what a power cut would (power-loss tests). Never set it in
+    /// production.
+    #[arg(long, env = "CASCADE_UNSYNCED_WRITES_IN_MEMORY")]
+    pub unsynced_writes_in_memory: bool,
 }
 
 /// The same settings as read from a TOML file.
@@ -146,6 +152,8 @@ pub struct ServerConfig {
     pub log_format: String,
     /// Disk-fault control file (testing only).
     pub fault_file: Option<PathBuf>,
+    /// Unsynced partition writes held in memory (testing only).
+    pub unsynced_writes_in_memory: bool,
 }
 
 fn read_file(path: &Path) -> Result<FileConfig> {
@@ -270,6 +278,7 @@ impl ServerArgs {
             max_request_bytes,
             log_format,
             fault_file: self.fault_file.clone(),
+            unsynced_writes_in_memory: self.unsynced_writes_in_memory,
         })
     }
 }

@@ -220,18 +220,39 @@ pub fn grpc_router(
         )
 }
 
-/// The partition storage of a fault-injection run: the real file system behind a switch that
+/// The file system partition logs live on: the real one, wrapped for testing by the layers
+/// the testing-only flags ask for (disk faults outermost, so a failing write never reaches
+/// the in-memory layer).
+fn partition_storage(
+    cfg: &ServerConfig,
+    stop: &CancellationToken,
+) -> Arc<dyn cascade_log::fs::FileSystem> {
+    let mut fs: Arc<dyn cascade_log::fs::FileSystem> = Arc::new(cascade_log::fs::StdFs);
+    if cfg.unsynced_writes_in_memory {
+        tracing::warn!(
+            "unsynced partition writes are held in memory: a kill is a power cut (testing only)"
+        );
+        fs = Arc::new(cascade_log::fs::LazyFs::new(fs));
+    }
+    if let Some(path) = &cfg.fault_file {
+        fs = injected_disk_faults(fs, path.clone(), stop.clone());
+    }
+    fs
+}
+
+/// The partition storage of a fault-injection run: `inner` behind a switch that
 /// follows the control file at `path` (see `--fault-file`), polled every 100 ms until `stop`.
 /// A missing file means healthy; text that does not parse is reported and leaves the fault in
 /// force unchanged.
 fn injected_disk_faults(
+    inner: Arc<dyn cascade_log::fs::FileSystem>,
     path: PathBuf,
     stop: CancellationToken,
 ) -> Arc<dyn cascade_log::fs::FileSystem> {
-    use cascade_log::fs::{DiskFault, FaultSwitch, FaultyFs, StdFs};
+    use cascade_log::fs::{DiskFault, FaultSwitch, FaultyFs};
     tracing::warn!(control = %path.display(), "disk fault injection is on (testing only)");
     let switch = Arc::new(FaultSwitch::default());
-    let fs = Arc::new(FaultyFs::new(Arc::new(StdFs), switch.clone()));
+    let fs = Arc::new(FaultyFs::new(inner, switch.clone()));
     tokio::spawn(async move {
         let mut last_text = String::new();
         while !stop.is_cancelled() {
@@ -325,10 +346,7 @@ pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
         session_timeout: cfg.session_timeout,
         replica_lag_max: cfg.replica_lag_max,
         offsets_replication_factor: cfg.offsets_replication_factor,
-        log_fs: match &cfg.fault_file {
-            Some(path) => injected_disk_faults(path.clone(), stop.clone()),
-            None => Arc::new(cascade_log::fs::StdFs),
-        },
+        log_fs: partition_storage(&cfg, &stop),
     })
     .await
     .context("opening the broker")?;

@@ -2,19 +2,22 @@
 //!
 //! Two implementations: [`StdFs`], the real one, and [`MemFs`], an in-memory one that keeps
 //! what was written apart from what was made durable, so tests can inject faults (short writes,
-//! ENOSPC, fsync errors) and simulate a power loss that drops everything not yet synced. A
-//! third, [`FaultyFs`], wraps either and fails or slows down on command, for fault-injection
-//! runs of whole servers.
+//! ENOSPC, fsync errors) and simulate a power loss that drops everything not yet synced. Two
+//! wrappers serve fault-injection runs of whole servers: [`FaultyFs`] fails or slows down on
+//! command, and [`LazyFs`] holds unsynced writes in process memory so that killing the
+//! process is a power cut.
 //!
 //! The interface is positional (`read_at`/`write_all_at`, like `pread`/`pwrite`): many readers
 //! can share one handle with the single writer without a cursor to fight over, and a reader of a
 //! file that was truncated under it sees a short read, never a fault (unlike a memory map).
 
 mod faulty_fs;
+mod lazy_fs;
 mod mem_fs;
 mod std_fs;
 
 pub use faulty_fs::{DiskFault, FaultSwitch, FaultyFs};
+pub use lazy_fs::LazyFs;
 pub use mem_fs::{MemFs, MemFsFaults};
 pub use std_fs::StdFs;
 
