@@ -236,10 +236,12 @@ impl Broker {
         refusal: BrokerError,
         timeout: Duration,
     ) -> BrokerError {
-        let Role::Leader { epoch } = leading else {
-            return refusal;
-        };
         let (topic, index) = (part.topic.to_string(), part.index);
+        let Role::Leader { epoch } = leading else {
+            // The role changed between the partition lookup and the append (it became leader
+            // just then): nothing to confirm the refusal against, so let the producer retry.
+            return self.not_leader_error(&self.meta.snapshot(), &topic, index);
+        };
         let confirmed = match self
             .meta
             .read_linearizable(timeout.min(CONFIRM_TIMEOUT))
