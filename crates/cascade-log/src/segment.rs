@@ -425,6 +425,8 @@ impl Segment {
         let mut since_time_entry = 0u64;
         let mut buf = vec![0u8; SCAN_CHUNK];
         let mut next_progress = PROGRESS_EVERY;
+        // The last batch read: (leader epoch, position, base offset).
+        let mut prev: Option<(i32, u64, u64)> = None;
         if write_indexes {
             self.reset_tail();
             // Start both indexes afresh; entries are written as the scan goes.
@@ -488,6 +490,26 @@ impl Segment {
                     ));
                     break 'scan;
                 }
+                // The leader epoch lies outside the batch checksum (a leader stamps it into
+                // batches it did not encode), so a flipped bit there passes every check above.
+                // Epochs never go back in a log: a decrease means one of the two headers is
+                // damaged, and since a spike reads as a decrease at the batch after it, the
+                // valid prefix is taken to end before the earlier of the two.
+                if let Some((epoch, at_pos, at_offset)) = prev
+                    && h.leader_epoch < epoch
+                {
+                    damage = Some((
+                        at_pos,
+                        format!(
+                            "leader epoch {} at offset {} follows epoch {epoch} at offset {at_offset}: epochs never go back, so one of the two batch headers is damaged",
+                            h.leader_epoch, h.base_offset
+                        ),
+                    ));
+                    pos = at_pos;
+                    next = at_offset;
+                    break 'scan;
+                }
+                prev = Some((h.leader_epoch, pos + at as u64, next));
                 let batch_pos = (pos + at as u64) as u32;
                 for _ in 0..h.record_count {
                     index_buf.extend_from_slice(&batch_pos.to_le_bytes());
@@ -535,6 +557,16 @@ impl Segment {
             next_offset: next,
             log_len: pos,
         };
+        // Entries already taken for batches past the end (a damaged batch found after the
+        // one before it was counted) are dropped: the index holds one per offset up to `next`.
+        let keep = (next - self.base) * 4;
+        if index_written > keep {
+            index_written = keep;
+            index_buf.clear();
+        } else {
+            index_buf.truncate((keep - index_written) as usize);
+        }
+        time_entries.retain(|e| u64::from(e.relative_offset) <= next - self.base);
         if !write_indexes {
             return Ok(ScanOutcome {
                 end,

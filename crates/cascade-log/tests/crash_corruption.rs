@@ -224,3 +224,85 @@ fn a_damaged_segment_header_cuts_the_log_at_the_segment_start() {
         assert_eq!(again.end_offset(), seg);
     }
 }
+
+/// The batch's leader epoch (bytes 12..16) lies outside its CRC: a leader stamps it into
+/// batches a producer encoded. A flipped bit there passed every check, so a replica kept a
+/// batch claiming epoch 1076 among batches of epoch 52 (found by the chaos soak), which
+/// epoch-based truncation would trust. Epochs never go back in a log, so the scan reports a
+/// decrease as damage, cutting before the earlier of the two batches involved: a spike (a bit
+/// set) is cut at itself, a dip (a bit cleared) one batch early, which replication refetches.
+#[test]
+fn a_flipped_bit_in_a_batch_leader_epoch_is_damage() {
+    let root = tempfile::tempdir().unwrap();
+    let template = root.path().join("template");
+    let all = build_segmented(&template, 4);
+    let bases = bases_on_disk(&template);
+    let seg = bases[1];
+    let placed = batches_in(&std::fs::read(path_of(&template, seg, FileKind::Log)).unwrap());
+    assert!(placed.len() >= 3);
+    let bad = placed[placed.len() / 2];
+    let before = placed[placed.len() / 2 - 1];
+    // The builder stamps no epoch (0 here): setting bit 10 is a spike to 1024; setting the
+    // sign bit makes it negative, a dip.
+    for (case, byte, mask, cut) in [
+        ("spike", 14u64, 0x04u8, bad.base),
+        ("dip", 12, 0x80, before.base),
+    ] {
+        let dir = root.path().join(case);
+        copy_dir(&template, &dir);
+        let log_path = path_of(&dir, seg, FileKind::Log);
+        let mut bytes = std::fs::read(&log_path).unwrap();
+        bytes[(bad.pos + byte) as usize] ^= mask;
+        std::fs::write(&log_path, &bytes).unwrap();
+
+        let mut log = Log::open(&dir, LogConfig::default()).unwrap();
+        let err = log.verify().unwrap_err();
+        assert!(
+            matches!(&err, LogError::Corrupt { path, reason, .. }
+                if path == &log_path && reason.contains("epochs never go back")),
+            "{case}: {err}"
+        );
+        let (at, _) = log.find_damage().unwrap().expect("damage found");
+        assert_eq!(at, cut, "{case}: where the undamaged prefix ends");
+        let (sealed, _) = log.reader().find_damage_in_sealed().unwrap();
+        assert_eq!(
+            sealed.map(|d| d.0),
+            Some(cut),
+            "{case}: the scan beside the writer"
+        );
+        assert_eq!(log.truncate_to(cut).unwrap(), cut);
+        log.verify().unwrap();
+        assert_eq!(
+            read_all(&log.reader(), 0),
+            all[..cut as usize].to_vec(),
+            "{case}"
+        );
+    }
+
+    // In the active segment, found by recovery at open: the cut-at-damage policy ends the log
+    // before the damaged batch, the default one refuses to open.
+    let dir = root.path().join("active");
+    copy_dir(&template, &dir);
+    let active = *bases.last().unwrap();
+    let log_path = path_of(&dir, active, FileKind::Log);
+    let placed = batches_in(&std::fs::read(&log_path).unwrap());
+    assert!(placed.len() >= 3, "the active segment holds three batches");
+    let bad = placed[1];
+    let mut bytes = std::fs::read(&log_path).unwrap();
+    bytes[(bad.pos + 14) as usize] ^= 0x04;
+    std::fs::write(&log_path, &bytes).unwrap();
+    // Recovery rescans the active segment only after a crash: drop the clean marker.
+    let _ = std::fs::remove_file(dir.join("clean-shutdown"));
+    let err = Log::open(&dir, LogConfig::default()).unwrap_err();
+    assert!(matches!(err, LogError::Corrupt { .. }), "{err}");
+    let config = LogConfig {
+        on_corruption: CorruptionPolicy::Truncate,
+        ..small_config()
+    };
+    let log = Log::open(&dir, config).unwrap();
+    assert_eq!(log.end_offset(), bad.base);
+    assert_eq!(
+        read_all(&log.reader(), 0),
+        all[..bad.base as usize].to_vec()
+    );
+}
