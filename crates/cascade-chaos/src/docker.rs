@@ -254,6 +254,9 @@ impl Cluster {
             // Partition storage fails on command: see `Cluster::set_disk`.
             "--fault-file",
             "/data/disk-fault",
+            // Unsynced partition writes live in the process, so every SIGKILL is a power cut:
+            // what was not fsynced is gone, as it would be from a page cache.
+            "--unsynced-writes-in-memory",
         ];
         // Node 1 bootstraps the cluster; the others join through it (and later rejoin from
         // their data, whichever nodes are up).
@@ -302,7 +305,7 @@ impl Cluster {
         Ok(())
     }
 
-    /// SIGKILL, as a power cut would.
+    /// SIGKILL; with the nodes' in-memory layer for unsynced writes, a power cut of the node.
     pub async fn kill(&mut self, id: u32) -> Result<()> {
         docker(&["kill", "-s", "KILL", &self.node(id).name.clone()]).await?;
         self.set(id, NodeState::Down);
