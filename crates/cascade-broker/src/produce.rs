@@ -234,7 +234,7 @@ impl Broker {
         part: &Partition,
         leading: Role,
         refusal: BrokerError,
-        timeout: Duration,
+        left: Duration,
     ) -> BrokerError {
         let (topic, index) = (part.topic.to_string(), part.index);
         let Role::Leader { epoch } = leading else {
@@ -242,11 +242,7 @@ impl Broker {
             // just then): nothing to confirm the refusal against, so let the producer retry.
             return self.not_leader_error(&self.meta.snapshot(), &topic, index);
         };
-        let confirmed = match self
-            .meta
-            .read_linearizable(timeout.min(CONFIRM_TIMEOUT))
-            .await
-        {
+        let confirmed = match self.meta.read_linearizable(left.min(CONFIRM_TIMEOUT)).await {
             Ok(m) => {
                 let holds = m
                     .assignment(&topic, index)
@@ -289,6 +285,7 @@ impl Broker {
         acks: Acks,
         timeout: Duration,
     ) -> Result<Vec<PartResult>> {
+        let started = tokio::time::Instant::now();
         let meta = self.meta.snapshot();
         let t = meta.topic(topic)?;
         if t.internal {
@@ -410,7 +407,12 @@ impl Broker {
                         match r {
                             Err(e @ (BrokerError::OutOfOrderSequence { .. }
                             | BrokerError::UnknownProducerId { .. })) => {
-                                Err(self.confirm_refusal(&part, leading, e, timeout).await)
+                                {
+                                    // What is left of the request's time, so the answer is
+                                    // not later than the client was told to wait.
+                                    let left = timeout.saturating_sub(started.elapsed());
+                                    Err(self.confirm_refusal(&part, leading, e, left).await)
+                                }
                             }
                             r => r,
                         }
