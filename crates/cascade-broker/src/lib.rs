@@ -30,6 +30,7 @@ pub mod metadata;
 pub mod partition;
 pub mod produce;
 pub mod raft;
+mod read_coalescer;
 mod reconcile;
 pub mod replication;
 

@@ -12,6 +12,7 @@
 
 use crate::error::{BrokerError, Result};
 use crate::raft::{ApplyResponse, LogStore, MetaRaft, PROPOSE_TIMEOUT, StateMachine, raft_config};
+use crate::read_coalescer::ReadCoalescer;
 use cascade_proto::internal::controller_client::ControllerClient;
 use cascade_proto::internal::{ProposeRequest, ReadVersionRequest};
 use cascade_types::{TopicConfig, validate_topic_name};
@@ -598,6 +599,8 @@ pub struct Metadata {
     propose: Mutex<()>,
     /// Cancelled by [`Metadata::shutdown`]: a proposal still waiting for a quorum gives up.
     stopping: CancellationToken,
+    /// Linearizable reads in flight, shared (see [`Metadata::read_linearizable`]).
+    reads: ReadCoalescer,
 }
 
 impl std::fmt::Debug for Metadata {
@@ -635,6 +638,7 @@ impl Metadata {
             sm,
             propose: Mutex::new(()),
             stopping: CancellationToken::new(),
+            reads: ReadCoalescer::default(),
         })
     }
 
@@ -747,6 +751,30 @@ impl Metadata {
         Ok(self.snapshot().version)
     }
 
+    /// One ReadIndex round: the version the controller confirms with a quorum (see
+    /// [`Metadata::confirmed_version`]), asked over the network unless this node is it.
+    async fn controller_version(&self, deadline: tokio::time::Instant) -> Result<u64> {
+        match self.controller_id() {
+            Some(c) if c == self.node_id => self.confirmed_version().await,
+            Some(c) => {
+                let addr = self.member_addr(c).ok_or_else(|| {
+                    BrokerError::NoController(format!("controller {c} has no known address"))
+                })?;
+                let channel = crate::raft::network::channel(&addr)
+                    .map_err(|e| BrokerError::NoController(format!("{addr}: {e}")))?;
+                let mut req = tonic::Request::new(ReadVersionRequest {});
+                req.set_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
+                let mut client = ControllerClient::new(channel);
+                let r = client
+                    .read_version(req)
+                    .await
+                    .map_err(|s| BrokerError::from_remote(&s))?;
+                Ok(r.into_inner().version)
+            }
+            None => Err(BrokerError::NoController("no controller elected".into())),
+        }
+    }
+
     /// The metadata as fresh as the controller's at some instant after this call began (a
     /// linearizable read, Raft's ReadIndex from any node): the controller confirms its
     /// leadership with a quorum and answers its applied version, then this node waits until
@@ -757,29 +785,16 @@ impl Metadata {
     pub async fn read_linearizable(&self, timeout: Duration) -> Result<Arc<ClusterMetadata>> {
         let timed_out = || BrokerError::Timeout(timeout.as_millis() as u64);
         let deadline = tokio::time::Instant::now() + timeout;
-        let version = match self.controller_id() {
-            Some(c) if c == self.node_id => {
-                tokio::time::timeout_at(deadline, self.confirmed_version())
+        // Shared with concurrent callers: a burst costs the controller one or two rounds.
+        let version = self
+            .reads
+            .read(deadline, || async {
+                self.controller_version(deadline)
                     .await
-                    .map_err(|_| timed_out())??
-            }
-            Some(c) => {
-                let addr = self.member_addr(c).ok_or_else(|| {
-                    BrokerError::NoController(format!("controller {c} has no known address"))
-                })?;
-                let channel = crate::raft::network::channel(&addr)
-                    .map_err(|e| BrokerError::NoController(format!("{addr}: {e}")))?;
-                let mut req = tonic::Request::new(ReadVersionRequest {});
-                req.set_timeout(timeout);
-                let mut client = ControllerClient::new(channel);
-                match tokio::time::timeout_at(deadline, client.read_version(req)).await {
-                    Ok(Ok(r)) => r.into_inner().version,
-                    Ok(Err(s)) => return Err(BrokerError::from_remote(&s)),
-                    Err(_) => return Err(timed_out()),
-                }
-            }
-            None => return Err(BrokerError::NoController("no controller elected".into())),
-        };
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(BrokerError::NoController)?;
         let mut rx = self.subscribe();
         match tokio::time::timeout_at(deadline, rx.wait_for(|m| m.version >= version)).await {
             Ok(Ok(m)) => Ok(m.clone()),
