@@ -178,7 +178,7 @@ mod tests {
         let first = {
             let co = co.clone();
             tokio::spawn(async move {
-                co.read(far(), || std::future::pending::<Result<u64, String>>())
+                co.read(far(), std::future::pending::<Result<u64, String>>)
                     .await
             })
         };
@@ -198,7 +198,7 @@ mod tests {
         assert_eq!(co.read(far(), || async { Ok(9) }).await, Ok(9));
         let soon = Instant::now() + Duration::from_millis(50);
         let late = co
-            .read(soon, || std::future::pending::<Result<u64, String>>())
+            .read(soon, std::future::pending::<Result<u64, String>>)
             .await;
         assert_eq!(late, Err("timed out".into()));
     }
