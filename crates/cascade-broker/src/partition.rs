@@ -46,10 +46,6 @@ use sequencer::{ProducerBatch, Sequencer};
 /// Commands queued per partition before producers wait.
 const QUEUE: usize = 1024;
 
-/// How long a refusal for want of space marks the replica as on a full disk (see
-/// [`Partition::disk_full`]).
-pub const DISK_FULL_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// Translates a topic's settings into the storage engine's.
 pub fn log_config(c: &TopicConfig) -> LogConfig {
     LogConfig {
@@ -188,7 +184,7 @@ pub struct Partition {
     /// Why the last append failed for want of space (ENOSPC), until an append succeeds: the
     /// broker reports the replica as `disk-full`, so the controller moves its leadership to
     /// a replica that can still write (see [`Partition::disk_full`]).
-    disk_full: Mutex<Option<(String, std::time::Instant)>>,
+    disk_full: Mutex<Option<String>>,
     /// Set once this replica's storage failed and the broker is retiring it (see
     /// `Broker::retire_failed_replica`), so that happens once.
     retiring: std::sync::atomic::AtomicBool,
@@ -525,18 +521,18 @@ impl Partition {
     }
 
     /// Keeps [`Partition::disk_full`] up to date from an append's outcome: set by a refusal
-    /// for want of space, cleared by any append that reached the log (space is back).
+    /// for want of space, cleared by an append that wrote (space is back). A duplicate wrote
+    /// nothing, so it proves nothing either way.
     fn note_space(&self, r: &Result<AppendInfo>) {
         let full = match r {
+            Ok(info) if info.duplicate => return,
             Ok(_) => None,
-            Err(BrokerError::Storage(e)) if e.is_out_of_space() => {
-                Some((e.to_string(), std::time::Instant::now()))
-            }
+            Err(BrokerError::Storage(e)) if e.is_out_of_space() => Some(e.to_string()),
             Err(_) => return,
         };
         let mut slot = self.disk_full.lock().unwrap_or_else(|e| e.into_inner());
         match (&*slot, &full) {
-            (None, Some((reason, _))) => {
+            (None, Some(reason)) => {
                 tracing::error!(topic = %self.topic, partition = self.index, %reason, "replica's disk is full: writes fail until space returns");
             }
             (Some(_), None) => {
@@ -547,17 +543,30 @@ impl Partition {
         *slot = full;
     }
 
-    /// Why this replica cannot write for want of space, if its last append failed so less
-    /// than [`DISK_FULL_HOLD`] ago. The hold ends it without a write: a replica that lost its
-    /// leadership to the report may get nothing to append for a long time, and must not stay
-    /// out of the in-sync set for a disk that has space again.
+    /// Clears [`Partition::disk_full`] once a probe write succeeded (see the follower's
+    /// fetcher).
+    pub fn clear_disk_full(&self) {
+        if self
+            .disk_full
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .is_some()
+        {
+            tracing::warn!(topic = %self.topic, partition = self.index, "replica's disk has space again");
+        }
+    }
+
+    /// Why this replica cannot write for want of space, if its last append that wrote or
+    /// failed failed so. Only a write clears it (an append, or the follower's probe write),
+    /// never time: a report that lapsed while the disk was still full let the controller
+    /// hand leadership back to the full replica (often the preferred one), which failed
+    /// again, over and over.
     pub fn disk_full(&self) -> Option<String> {
         self.disk_full
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .filter(|(_, at)| at.elapsed() < DISK_FULL_HOLD)
-            .map(|(reason, _)| reason.clone())
+            .clone()
     }
 
     async fn enqueue(&self, cmd: Command) -> Result<()> {

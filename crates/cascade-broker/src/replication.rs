@@ -113,6 +113,19 @@ impl Broker {
         let mut backoff = Duration::from_millis(50);
         let mut storage_failing: Option<String> = None;
         loop {
+            // A replica whose disk filled up does not fetch until a probe write shows space
+            // again: fetching, it would look caught up to the leader (nothing new to write,
+            // so nothing fails) and be readmitted to the in-sync set, which the controller
+            // undoes while the replica reports its full disk, over and over.
+            if part.disk_full().is_some() {
+                match self.probe_space(&part) {
+                    Ok(()) => part.clear_disk_full(),
+                    Err(_) => {
+                        tokio::time::sleep(STORAGE_RETRY).await;
+                        continue;
+                    }
+                }
+            }
             let r = async {
                 // One round trip under the gate a damaged-log repair closes (see
                 // `Partition::hold_fetches`).
@@ -190,6 +203,20 @@ impl Broker {
                 }
             }
         }
+    }
+
+    /// Writes and fsyncs a small file beside the partition's directory (`<p>.space-probe`;
+    /// the directory is the storage engine's), on the partition's file system, then removes
+    /// it: Ok once the disk takes writes again.
+    fn probe_space(&self, part: &Partition) -> std::io::Result<()> {
+        let fs = &self.config.log_fs;
+        let path = crate::epochs::sibling(part.dir(), "space-probe");
+        let r = fs.open(&path, true).and_then(|f| {
+            f.write_all_at(&[0u8; 4096], 0)?;
+            f.sync_data()
+        });
+        let _ = fs.remove_file(&path);
+        r
     }
 
     /// KIP-279 truncation: cut the local log where the leader's log diverges from it (see
