@@ -74,8 +74,9 @@ pub enum LogError {
         /// The largest append the log accepts.
         max: u64,
     },
-    /// An fsync failed earlier; the log accepts no more writes.
-    #[error("log {dir} is poisoned after a failed fsync ({reason}); reopen it to recover")]
+    /// A write whose outcome on disk is unknown failed earlier (an fsync, or cutting back a
+    /// failed append); the log accepts no more writes.
+    #[error("log {dir} is poisoned: {reason}; reopen it to recover")]
     Poisoned {
         /// The log's directory.
         dir: PathBuf,
