@@ -371,16 +371,46 @@ async fn a_follower_with_a_full_disk_recovers_when_space_returns() {
 /// the in-sync set, without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_whose_fsync_fails_hands_over_and_comes_back_when_the_disk_does() {
+    let failing = MemFsFaults {
+        write_budget: None,
+        fail_sync: true,
+    };
+    a_leader_with_a_bad_disk_hands_over_and_rejoins("eio", failing, None).await;
+}
+
+/// The leader's disk fills up (ENOSPC). Its log still holds everything and still works, but
+/// cannot take a write: it reports the replica as `disk-full`, so the controller moves the
+/// leadership to an in-sync replica with space and producers carry on (they got
+/// STORAGE_ERROR from the full leader until space returned, before). Once space returns the
+/// replica catches up and is back in sync, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_with_a_full_disk_hands_over_and_rejoins_when_space_returns() {
+    let full = MemFsFaults {
+        write_budget: Some(0),
+        fail_sync: false,
+    };
+    a_leader_with_a_bad_disk_hands_over_and_rejoins("fill", full, Some("disk-full")).await;
+}
+
+/// The leader of `topic`/0 gets `faults` after 20 acknowledged events: producers carry on
+/// through another leader (40 more events); the old leader is out of the in-sync set (its
+/// replica shown as `status`, when given); once the disk is healthy again it catches up and
+/// rejoins without a restart, and all 80 events are there, once, at their offsets.
+async fn a_leader_with_a_bad_disk_hands_over_and_rejoins(
+    topic: &str,
+    faults: MemFsFaults,
+    status: Option<&str>,
+) {
     let Three {
         _root: _dir,
         nodes,
         fss,
         client,
         ..
-    } = three_nodes_each_on_its_own_fs("eio", &[], SESSION).await;
+    } = three_nodes_each_on_its_own_fs(topic, &[], SESSION).await;
     let describe = async || {
         client
-            .describe_topic("eio")
+            .describe_topic(topic)
             .await
             .expect("describe")
             .partitions[0]
@@ -388,30 +418,35 @@ async fn a_leader_whose_fsync_fails_hands_over_and_comes_back_when_the_disk_does
     };
     let mut acked: BTreeMap<u64, String> = BTreeMap::new();
     let mut produce = async |i: u64, patience: Duration| {
-        let (offset, v) = produce_one(&client, "eio", i, patience).await;
+        let (offset, v) = produce_one(&client, topic, i, patience).await;
         acked.insert(offset, v);
     };
     for i in 0..20 {
         produce(i, Duration::from_secs(20)).await;
     }
     let old = describe().await.leader;
-    fss[old as usize - 1].set_faults(MemFsFaults {
-        write_budget: None,
-        fail_sync: true,
-    });
-    // Producers carry on: leadership moves off the failing disk.
+    fss[old as usize - 1].set_faults(faults);
+    // Producers carry on: leadership moves off the bad disk.
     for i in 20..60 {
         produce(i, Duration::from_secs(30)).await;
     }
     let p = describe().await;
-    assert_ne!(p.leader, old, "the failing node still leads");
+    assert_ne!(p.leader, old, "the node with the bad disk still leads");
     assert!(
         !p.isr.contains(&old),
-        "the failing node is still in sync: {:?}",
+        "the node with the bad disk is still in sync: {:?}",
         p.isr
     );
+    if let Some(state) = status {
+        let shown = p
+            .replica_status
+            .iter()
+            .find(|r| r.node_id == old)
+            .expect("a status for every replica");
+        assert_eq!(shown.state, state, "{shown:?}");
+    }
 
-    // The disk works again: the replica is reopened, catches up and is back in sync.
+    // The disk is healthy again: the replica catches up and is back in sync.
     fss[old as usize - 1].set_faults(MemFsFaults::default());
     for i in 60..80 {
         produce(i, Duration::from_secs(20)).await;
@@ -430,88 +465,7 @@ async fn a_leader_whose_fsync_fails_hands_over_and_comes_back_when_the_disk_does
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Everything acknowledged is there, once, at its offset.
-    let got = read_partition_of(&client, "eio", 80).await;
-    for (off, v) in &acked {
-        assert_eq!(got.get(off), Some(v), "offset {off}");
-    }
-    assert_eq!(acked.len(), 80);
-    for n in nodes {
-        n.stop.cancel();
-        n.broker.shutdown().await;
-        let _ = n.server.await;
-    }
-}
-
-/// The leader's disk fills up (ENOSPC). Its log still holds everything and still works, but
-/// cannot take a write: it reports the replica as `disk-full`, so the controller moves the
-/// leadership to an in-sync replica with space and producers carry on (they got
-/// STORAGE_ERROR from the full leader until space returned, before). Once space returns the
-/// replica catches up and is back in sync, without a restart.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_leader_with_a_full_disk_hands_over_and_rejoins_when_space_returns() {
-    let Three {
-        _root: _dir,
-        nodes,
-        fss,
-        client,
-        ..
-    } = three_nodes_each_on_its_own_fs("fill", &[], SESSION).await;
-    let describe = async || {
-        client
-            .describe_topic("fill")
-            .await
-            .expect("describe")
-            .partitions[0]
-            .clone()
-    };
-    let mut acked: BTreeMap<u64, String> = BTreeMap::new();
-    let mut produce = async |i: u64, patience: Duration| {
-        let (offset, v) = produce_one(&client, "fill", i, patience).await;
-        acked.insert(offset, v);
-    };
-    for i in 0..20 {
-        produce(i, Duration::from_secs(20)).await;
-    }
-    let old = describe().await.leader;
-    fss[old as usize - 1].set_faults(MemFsFaults {
-        write_budget: Some(0),
-        fail_sync: false,
-    });
-    for i in 20..60 {
-        produce(i, Duration::from_secs(30)).await;
-    }
-    let p = describe().await;
-    assert_ne!(p.leader, old, "the full node still leads");
-    assert!(
-        !p.isr.contains(&old),
-        "the full node is still in sync: {:?}",
-        p.isr
-    );
-    let status = p
-        .replica_status
-        .iter()
-        .find(|r| r.node_id == old)
-        .expect("a status for every replica");
-    assert_eq!(status.state, "disk-full", "{status:?}");
-
-    fss[old as usize - 1].set_faults(MemFsFaults::default());
-    for i in 60..80 {
-        produce(i, Duration::from_secs(20)).await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let p = describe().await;
-        if p.isr.contains(&old) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node {old} never came back after its disk had space again: isr {:?}",
-            p.isr
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let got = read_partition_of(&client, "fill", 80).await;
+    let got = read_partition_of(&client, topic, 80).await;
     for (off, v) in &acked {
         assert_eq!(got.get(off), Some(v), "offset {off}");
     }
