@@ -757,15 +757,10 @@ impl Metadata {
         match self.controller_id() {
             Some(c) if c == self.node_id => self.confirmed_version().await,
             Some(c) => {
-                let addr = self.member_addr(c).ok_or_else(|| {
-                    BrokerError::NoController(format!("controller {c} has no known address"))
-                })?;
-                let channel = crate::raft::network::channel(&addr)
-                    .map_err(|e| BrokerError::NoController(format!("{addr}: {e}")))?;
                 let mut req = tonic::Request::new(ReadVersionRequest {});
                 req.set_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
-                let mut client = ControllerClient::new(channel);
-                let r = client
+                let r = self
+                    .controller_client(c)?
                     .read_version(req)
                     .await
                     .map_err(|s| BrokerError::from_remote(&s))?;
@@ -853,13 +848,21 @@ impl Metadata {
         }
     }
 
-    async fn forward(&self, controller: u32, cmd: &MetadataCommand) -> Result<ApplyResponse> {
+    /// A client of the `Controller` service on node `controller`.
+    fn controller_client(
+        &self,
+        controller: u32,
+    ) -> Result<ControllerClient<tonic::transport::Channel>> {
         let addr = self.member_addr(controller).ok_or_else(|| {
             BrokerError::NoController(format!("controller {controller} has no known address"))
         })?;
         let channel = crate::raft::network::channel(&addr)
             .map_err(|e| BrokerError::NoController(format!("{addr}: {e}")))?;
-        let mut client = ControllerClient::new(channel);
+        Ok(ControllerClient::new(channel))
+    }
+
+    async fn forward(&self, controller: u32, cmd: &MetadataCommand) -> Result<ApplyResponse> {
+        let mut client = self.controller_client(controller)?;
         let json = serde_json::to_vec(cmd)
             .map_err(|e| BrokerError::Metadata(format!("encoding command: {e}")))?;
         let mut req = tonic::Request::new(ProposeRequest {
