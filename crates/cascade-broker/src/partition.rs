@@ -226,7 +226,9 @@ impl Partition {
         let clock: Arc<dyn cascade_log::Clock> = Arc::new(cascade_log::SystemClock);
         let marker = crate::epochs::sibling(dir, "damaged");
         let opened = Log::open_with(fs.clone(), clock.clone(), dir, log_cfg.clone());
-        if matches!(opened, Err(LogError::Corrupt { .. })) {
+        // A repairable replica is cut here, once; a lone one is refused, and counted by the
+        // caller the first time (it is refused again at every retry).
+        if repairable && matches!(opened, Err(LogError::Corrupt { .. })) {
             metrics::counter!("cascade_log_damage_total", "found" => "open").increment(1);
         }
         let log = match opened {

@@ -103,7 +103,22 @@ impl Broker {
                             opened = true;
                             self.set_offline(&t.name, i, None);
                         }
-                        Err(e) => self.set_offline(&t.name, i, Some(e.to_string())),
+                        Err(e) => {
+                            let reason = e.to_string();
+                            // A lone damaged replica is refused again at every retry (each
+                            // second): the damage is counted once, when first found.
+                            if matches!(
+                                e,
+                                crate::error::BrokerError::Storage(
+                                    cascade_log::LogError::Corrupt { .. }
+                                )
+                            ) && self.offline_reason(&t.name, i).as_deref() != Some(&reason)
+                            {
+                                metrics::counter!("cascade_log_damage_total", "found" => "open")
+                                    .increment(1);
+                            }
+                            self.set_offline(&t.name, i, Some(reason))
+                        }
                     }
                 }
             }
