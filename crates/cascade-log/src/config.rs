@@ -24,8 +24,9 @@ pub enum FlushPolicy {
 pub enum CorruptionPolicy {
     /// Refuse to open, reporting the damaged file and position.
     Fail,
-    /// Truncate the log just before the first damaged batch and drop everything after it. Only
-    /// for a replica that will fetch the missing suffix again from a leader.
+    /// Truncate the log just before the first damaged batch; what is cut is moved aside into
+    /// the log's `damaged/` directory, never deleted (see [`crate::quarantine`]). Only for a
+    /// replica that will fetch the missing suffix again from a leader.
     Truncate,
 }
 

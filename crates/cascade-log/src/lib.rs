@@ -50,6 +50,7 @@ pub mod fs;
 pub mod index;
 mod log;
 mod producers;
+pub mod quarantine;
 mod reader;
 mod recovery;
 mod segment;

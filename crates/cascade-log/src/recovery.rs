@@ -19,6 +19,8 @@
 //! - A segment whose log header is damaged (bad magic, a base offset other than its file
 //!   name's) is reported, or under [`CorruptionPolicy::Truncate`] dropped with every later
 //!   segment: the log ends where that segment began (a replica refetches the rest).
+//! - A cut for damage never destroys bytes: before it, what it drops is kept durably under the
+//!   log's `damaged/` directory ([`crate::quarantine`]), which recovery never reads back.
 
 use crate::config::{Clock, CorruptionPolicy, FlushPolicy, LogConfig, SystemClock};
 use crate::error::{LogError, Result};
@@ -183,7 +185,9 @@ fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<(Vec<u64>, BTreeSet<
         };
         match parse_segment_name(name) {
             Some((base, kind)) => found.entry(base).or_default().push((kind, path)),
-            None if name == CLEAN_MARKER || name == RECOVERY_POINT => {}
+            None if name == CLEAN_MARKER
+                || name == RECOVERY_POINT
+                || name == crate::quarantine::DAMAGED_DIR => {}
             None => match parse_snapshot_name(name) {
                 Some((offset, false)) => {
                     snapshots.insert(offset);
@@ -261,6 +265,8 @@ fn cut_at_damage(
     if out.damage.is_none() && out.end == expected {
         return Ok(false);
     }
+    let later: Vec<u64> = segs[i + 1..].iter().map(|s| s.base).collect();
+    crate::quarantine::keep_cut(fs, dir, seg.base, out.end.log_len, &later)?;
     seg.truncate_files(out.end)?;
     seg.sync_all()?;
     seg.set_sealed(false);
@@ -288,6 +294,7 @@ fn open_segments(
             // Nothing of this segment can be trusted, not even where it starts: the log
             // ends where it began, and every later segment goes with it.
             tracing::error!(error = %e, "damaged segment header: cutting the log at the segment's start");
+            crate::quarantine::keep_cut(fs, dir, base, 0, &bases[i + 1..])?;
             for &later in &bases[i..] {
                 for p in crate::segment_paths(dir, later) {
                     let _ = fs.remove_file(&p);
@@ -308,6 +315,7 @@ fn open_segments(
                 }
                 SealedState::CutAt(end) => {
                     // The damaged segment becomes the active one; everything after goes.
+                    crate::quarantine::keep_cut(fs, dir, base, end.log_len, &bases[i + 1..])?;
                     seg.truncate_files(end)?;
                     seg.rebuild(config.index_interval_bytes)?;
                     seg.sync_all()?;
@@ -456,6 +464,7 @@ fn open_active(
             (Some(why), CorruptionPolicy::Truncate) => {
                 tracing::error!(segment = %seg.log_path.display(), position = pos, %reason, %why,
                     dropped_bytes = dropped, "damaged active segment: cutting the log at the damage");
+                crate::quarantine::keep_cut(fs, dir, base, out.end.log_len, &[])?;
             }
             (None, _) => {
                 tracing::warn!(segment = %seg.log_path.display(), position = pos, %reason,

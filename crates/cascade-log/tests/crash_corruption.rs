@@ -28,6 +28,32 @@ fn assert_corrupt_at(err: &LogError, path: &Path, batch: &Placed) {
     }
 }
 
+/// A segment log's file name.
+fn file_name(base: u64) -> String {
+    path_of(Path::new("."), base, FileKind::Log)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string()
+}
+
+/// What damage cuts kept under `dir/damaged/`: (name without the time prefix, bytes), sorted.
+fn kept_aside(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.join("damaged"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    let (_, rest) = name.split_once('-').expect("a time prefix");
+                    (rest.to_string(), std::fs::read(e.path()).unwrap())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
 /// A log of several segments on the real file system, closed cleanly; returns what it holds.
 fn build_segmented(dir: &Path, segments: usize) -> Vec<(u64, Vec<u8>)> {
     let mut log = Log::open(dir, small_config()).unwrap();
@@ -159,6 +185,20 @@ fn flipped_bytes_in_a_sealed_segment_are_reported_never_returned() {
                     read_all(&log.reader(), 0),
                     all[..bad.base as usize].to_vec()
                 );
+                // Nothing the cut dropped is destroyed: the damaged segment's tail and every
+                // later segment's log are kept, byte for byte, under `damaged/`.
+                let original =
+                    |base: u64| std::fs::read(path_of(&template, base, FileKind::Log)).unwrap();
+                let mut tail = original(seg)[bad.pos as usize..].to_vec();
+                for x in &mut tail[bad.len as usize / 2..][..3] {
+                    *x ^= 0xff;
+                }
+                let mut want = vec![(format!("{}.from-{}", file_name(seg), bad.pos), tail)];
+                for &later in &bases[2..] {
+                    want.push((file_name(later), original(later)));
+                }
+                want.sort();
+                assert_eq!(kept_aside(&dir), want);
                 log.verify().unwrap();
                 let a = log.append(&mut batch(&["again"], 9_000)).unwrap();
                 assert_eq!(a.base_offset, bad.base);
@@ -216,6 +256,23 @@ fn a_damaged_segment_header_cuts_the_log_at_the_segment_start() {
         )
         .unwrap();
         assert_eq!(log.end_offset(), seg, "segment {which}, byte {at}");
+        // The dropped segments are kept aside whole (the damaged one from byte 0).
+        let mut want: Vec<(String, Vec<u8>)> = bases[which..]
+            .iter()
+            .map(|&b| {
+                let bytes = std::fs::read(path_of(&template, b, FileKind::Log)).unwrap();
+                let name = if b == seg {
+                    format!("{}.from-0", file_name(b))
+                } else {
+                    file_name(b)
+                };
+                (name, bytes)
+            })
+            .collect();
+        // The kept copy of the damaged segment holds the flipped byte, as found.
+        want[0].1[at as usize] ^= 0xff;
+        want.sort();
+        assert_eq!(kept_aside(&dir), want, "segment {which}, byte {at}");
         let kept: Vec<(u64, Vec<u8>)> = all.iter().filter(|(o, _)| *o < seg).cloned().collect();
         assert_eq!(read_all(&log.reader(), log.start_offset()), kept);
         drop(log);

@@ -1515,3 +1515,129 @@ async fn a_leader_whose_replica_cannot_be_opened_hands_over_and_is_shown_offline
     produce_all(&nodes, "sick", 1, "after", 20, &mut acked).await;
     check_acked(&nodes, "sick", &acked).await;
 }
+
+/// Every replica of a partition is damaged at the same place (a power cut of the whole
+/// cluster, then the same bad batch on each disk): no copy holds the acknowledged events past
+/// the damage, so the partition must refuse loudly (offline, shown in `cluster status` and
+/// counted in `cascade_log_damage_total`) and must never take new writes at the offsets of
+/// the lost ones. A silent cut would let a replica lead with the short log and reuse them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn damage_on_every_replica_is_a_loud_refusal_never_reused_offsets() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = start_cluster(&dirs);
+    wait_for("3 live brokers", Duration::from_secs(20), async || {
+        let d = describe(&nodes).await;
+        (d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive)).then_some(())
+    })
+    .await;
+    let admin = nodes[0].client().await;
+    let configs: BTreeMap<String, String> =
+        [("min.insync.replicas".to_string(), "2".to_string())].into();
+    admin
+        .create_topic("ruin", 1, 3, configs.clone())
+        .await
+        .expect("create");
+    admin
+        .create_topic("fine", 1, 3, configs)
+        .await
+        .expect("create");
+    let mut acked = BTreeMap::new();
+    produce_all(&nodes, "ruin", 1, "r", 1000, &mut acked).await;
+    let mut fine = BTreeMap::new();
+    produce_all(&nodes, "fine", 1, "f", 100, &mut fine).await;
+    let end = acked[&0].keys().max().unwrap() + 1;
+    wait_for(
+        "all replicas in sync",
+        Duration::from_secs(20),
+        async || (partition(&describe(&nodes).await, "ruin", 0).isr.len() == 3).then_some(()),
+    )
+    .await;
+    for n in nodes.iter_mut() {
+        n.kill9();
+    }
+    let mut lengths = Vec::new();
+    for d in &dirs {
+        damage_active_segment(&d.path().join("topics/ruin/0"));
+        lengths.push(segment_len(&d.path().join("topics/ruin/0")));
+    }
+    restart_all(&mut nodes);
+    // The rest of the cluster works.
+    produce_all(&nodes, "fine", 1, "f2", 20, &mut fine).await;
+    check_acked(&nodes, "fine", &fine).await;
+    // Give the damaged partition every chance to come back wrongly.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let p = partition(&describe(&nodes).await, "ruin", 0);
+        if p.leader != 0 {
+            let c = Client::connect(&nodes[p.leader as usize - 1].grpc)
+                .await
+                .expect("connect");
+            let r = c
+                .produce_records("ruin", Some(0), vec![record(None, b"late")], Acks::All)
+                .await;
+            if let Ok(r) = r {
+                assert!(
+                    r[0].base_offset >= end,
+                    "a write after the damage reused offset {} (acknowledged up to {end}): {p:?}",
+                    r[0].base_offset
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let p = partition(&describe(&nodes).await, "ruin", 0);
+    assert_eq!(p.leader, 0, "no replica may lead: {p:?}");
+    assert!(
+        p.replica_status.iter().all(|r| r.state != "in-sync"),
+        "every replica is shown as not in sync, with why: {p:?}"
+    );
+    let (code, out, err) = nodes[0].cli(&["cluster", "status"], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ruin") && l.trim_end().ends_with("offline")),
+        "cluster status does not show the partition offline:\n{out}"
+    );
+    assert!(out.contains("Offline partitions: 1"), "{out}");
+    assert!(
+        out.contains("repairing"),
+        "the damaged copy is named:\n{out}"
+    );
+    // Each replica's damage was found and counted where it was found.
+    let damage: Vec<f64> = nodes
+        .iter()
+        .map(|n| metric(n, "cascade_log_damage_total"))
+        .collect();
+    assert!(
+        damage.iter().all(|&d| d >= 1.0),
+        "damage per node {damage:?}"
+    );
+    // Every copy keeps every byte it had (the intact batches after the damage included) for
+    // an operator to salvage: what a cut drops is kept under the partition's `damaged/`.
+    for (i, d) in dirs.iter().enumerate() {
+        let part = d.path().join("topics/ruin/0");
+        let kept: u64 = std::fs::read_dir(part.join("damaged"))
+            .map(|r| r.flatten().map(|e| e.metadata().unwrap().len()).sum())
+            .unwrap_or(0);
+        assert_eq!(
+            segment_len(&part) + kept,
+            lengths[i],
+            "node {}: bytes lost in the cut",
+            i + 1
+        );
+    }
+}
+
+/// The length of a partition directory's newest segment log.
+fn segment_len(partition_dir: &Path) -> u64 {
+    let mut logs: Vec<_> = std::fs::read_dir(partition_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    std::fs::metadata(logs.last().expect("a log"))
+        .unwrap()
+        .len()
+}
