@@ -380,19 +380,30 @@ impl Broker {
         let idfile = topic_dir(&self.config.data_dir, &t.name).join("topic-id");
         let want = t.id.clone();
         tokio::task::spawn_blocking(move || -> Result<Arc<Partition>> {
-            match std::fs::read_to_string(&idfile) {
-                Ok(have) if have.trim() == want => {}
-                Ok(_) => {
+            // Whose data the directory holds. A damaged id file is refused (the replica is
+            // offline, naming the file) rather than read as another topic's: that reading
+            // deleted the directory.
+            let have = crate::state_file::read(&idfile)
+                .map_err(|e| BrokerError::Metadata(format!("read {}: {e}", idfile.display())))?
+                .body_if(|b| std::str::from_utf8(b).is_ok_and(|s| {
+                    let s = s.trim();
+                    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                }))
+                .map_err(|why| BrokerError::Metadata(format!("{} is damaged: {why}", idfile.display())))?
+                .map(|b| String::from_utf8_lossy(&b).trim().to_string());
+            match have {
+                Some(have) if have == want => {}
+                Some(_) => {
                     let parent = idfile.parent().expect("has parent");
                     tracing::warn!(dir = %parent.display(), "removing data of an older topic of the same name");
                     let _ = std::fs::remove_dir_all(parent);
                     StdFs.create_dir_all_durable(parent).map_err(|e| BrokerError::Metadata(format!("create {}: {e}", parent.display())))?;
-                    crate::metadata::write_atomically(&idfile, want.as_bytes())?;
+                    crate::state_file::write(&idfile, want.as_bytes())?;
                 }
-                Err(_) => {
+                None => {
                     let parent = idfile.parent().expect("has parent");
                     StdFs.create_dir_all_durable(parent).map_err(|e| BrokerError::Metadata(format!("create {}: {e}", parent.display())))?;
-                    crate::metadata::write_atomically(&idfile, want.as_bytes())?;
+                    crate::state_file::write(&idfile, want.as_bytes())?;
                 }
             }
             Ok::<_, BrokerError>(Arc::new(Partition::open(
@@ -415,7 +426,7 @@ impl Broker {
             .insert(key, durable);
         let dir = topic_dir(&self.config.data_dir, &part.topic).join(part.index.to_string());
         let marker = crate::epochs::sibling(&dir, "unsynced");
-        if let Err(e) = crate::metadata::write_atomically(&marker, durable.to_string().as_bytes()) {
+        if let Err(e) = crate::state_file::write(&marker, durable.to_string().as_bytes()) {
             tracing::warn!(topic = %part.topic, partition = part.index, error = %e, "could not record the replica's durable offset (kept in memory)");
         }
     }
@@ -437,9 +448,25 @@ impl Broker {
             .get(&key)
             .copied();
         let durable = remembered.or_else(|| {
-            std::fs::read_to_string(&marker)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
+            match crate::state_file::read(&marker)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.body_if(crate::state_file::is_number))
+            {
+                Ok(b) => b
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .and_then(|s| s.trim().parse().ok()),
+                // Where the last good fsync ended is unknown: nothing past the log start can
+                // be trusted, so a replica with other copies refetches everything. A lone one
+                // keeps its data (no copy could replace it) and says so.
+                Err(why) if t.replication_factor > 1 => {
+                    tracing::error!(file = %marker.display(), %why, "damaged durable-offset record: refetching the whole replica");
+                    Some(part.reader().start_offset())
+                }
+                Err(why) => {
+                    tracing::error!(file = %marker.display(), %why, "damaged durable-offset record on a lone replica: keeping its data");
+                    None
+                }
+            }
         });
         let Some(durable) = durable else {
             return Ok(());

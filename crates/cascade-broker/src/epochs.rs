@@ -18,7 +18,7 @@
 //!   give followers wrong truncation points, keeping a suffix the leader never had.
 
 use crate::error::{BrokerError, Result};
-use crate::metadata::write_atomically;
+use crate::state_file::write_atomically;
 use cascade_log::LogReader;
 use std::path::{Path, PathBuf};
 

@@ -33,6 +33,7 @@ pub mod raft;
 mod read_coalescer;
 mod reconcile;
 pub mod replication;
+mod state_file;
 
 pub use broker::{Broker, BrokerConfig, TopicHandle};
 pub use error::{BrokerError, Result};

@@ -924,26 +924,6 @@ fn meta_err(path: &Path, op: &str, e: std::io::Error) -> BrokerError {
     BrokerError::Metadata(format!("{op} {}: {e}", path.display()))
 }
 
-/// Writes a file so that a crash leaves either the old or the new contents: write a temporary
-/// file, fsync it, rename it over the old one, fsync the directory.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    // The whole name plus ".tmp": files beside one partition directory (`0.leader-epochs`,
-    // `0.unsynced`) would otherwise share `0.tmp`, and two writers at once could each rename
-    // the other's content into place.
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let tmp = path.with_file_name(name);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| meta_err(&tmp, "create", e))?;
-    f.write_all(bytes).map_err(|e| meta_err(&tmp, "write", e))?;
-    f.sync_all().map_err(|e| meta_err(&tmp, "fsync", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| meta_err(path, "rename", e))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| meta_err(dir, "fsync", e))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

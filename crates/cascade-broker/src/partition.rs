@@ -262,11 +262,23 @@ impl Partition {
         // The last high watermark this replica knew: everything below it was on every in-sync
         // replica, so it may be served again at once after a restart (capped by what is here).
         let hw_file = crate::epochs::sibling(dir, "hw");
-        let checkpoint = std::fs::read_to_string(&hw_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-            .min(local_end);
+        // A damaged checkpoint is ignored (0): the replica then waits for its followers
+        // before serving the newest events, which costs a moment and loses nothing.
+        let checkpoint = match crate::state_file::read(&hw_file)
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.body_if(crate::state_file::is_number))
+        {
+            Ok(b) => b
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(0),
+            Err(why) => {
+                tracing::error!(file = %hw_file.display(), %why, "ignoring a damaged high watermark checkpoint");
+                metrics::counter!("cascade_log_damage_total", "found" => "hw").increment(1);
+                0
+            }
+        }
+        .min(local_end);
         let (hw_tx, hw) = watch::channel(checkpoint);
         let (end_tx, end) = watch::channel(local_end);
         let (role_tx, _) = watch::channel(Role::Idle);
@@ -435,7 +447,8 @@ impl Partition {
         }
         let path = crate::epochs::sibling(&self.dir, "hw");
         let tmp = path.with_extension("hw.tmp");
-        if std::fs::write(&tmp, hw.to_string()).is_ok() {
+        // No fsync: a checkpoint lost in a power cut only delays serving (see `open`).
+        if std::fs::write(&tmp, crate::state_file::encode(hw.to_string().as_bytes())).is_ok() {
             let _ = std::fs::rename(&tmp, &path);
         }
     }

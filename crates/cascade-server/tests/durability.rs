@@ -323,6 +323,63 @@ async fn a_damaged_lone_replica_is_offline_and_the_node_serves_the_rest() {
         .unwrap();
 }
 
+/// A topic directory's `topic-id` says whose data it holds (a topic deleted and re-created
+/// while the node was down leaves an older directory of the same name). A flipped byte in it
+/// used to read as "another topic's": the node deleted the directory, every acknowledged
+/// event of the topic on it. Now the id file carries a checksum: damage keeps the partition
+/// offline, naming the file, and the data is untouched; removing the file (the operator's
+/// answer, docs/operations.md) adopts the directory again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_topic_id_never_deletes_the_topic_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start(dir.path());
+    let client = node.client().await;
+    client
+        .create_topic("named", 1, 1, BTreeMap::new())
+        .await
+        .unwrap();
+    let values: Vec<String> = (0..10).map(|j| format!("v{j}")).collect();
+    client
+        .produce_batches("named", 0, batch(&values), Acks::All)
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| node.stop());
+    let idfile = dir.path().join("topics/named/topic-id");
+    let mut bytes = std::fs::read(&idfile).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&idfile, &bytes).unwrap();
+    let log = dir.path().join("topics/named/0/00000000000000000000.log");
+    let before = std::fs::read(&log).unwrap();
+
+    tokio::task::block_in_place(|| node.restart_same_port());
+    let client = node.client().await.with_retry_budget(Duration::ZERO);
+    let e = client
+        .fetch("named", 0, 0, 1 << 20, Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("topic-id is damaged"), "{e}");
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        before,
+        "the data is untouched"
+    );
+
+    std::fs::remove_file(&idfile).unwrap();
+    let client = node.client().await;
+    let mut c = cascade_client::PartitionConsumer::new(client.clone(), "named", 0, 0);
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while got.len() < 10 && std::time::Instant::now() < deadline {
+        got.extend(c.poll(Duration::from_millis(200)).await.unwrap_or_default());
+    }
+    let got: Vec<String> = got
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).to_string())
+        .collect();
+    assert_eq!(got, values, "the adopted directory serves its events");
+}
+
 /// Every directory a fresh node and a new topic create is a name in its parent, durable only
 /// once the parent is fsynced (POSIX's minimum; not every file system orders it for you). A
 /// power loss right after start-up or topic creation otherwise loses `meta/` (the node

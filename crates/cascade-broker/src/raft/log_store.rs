@@ -26,7 +26,7 @@
 #![allow(clippy::result_large_err)]
 
 use super::TypeConfig;
-use crate::metadata::write_atomically;
+use crate::state_file::{self, write_atomically};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
     AnyError, Entry, LogId, LogState, RaftLogReader, StorageError, StorageIOError, Vote,
@@ -244,6 +244,8 @@ impl LogStore {
             // A new file: its directory entry must survive a crash too.
             File::open(dir)?.sync_all()?;
         }
+        // A damaged vote must stop the node: voting again in a term it already voted in could
+        // elect two leaders. The committed id is a hint (see the module docs): dropped.
         let vote = read_json(&dir.join("vote.json"))?;
         let committed = read_json(&dir.join("committed.json")).unwrap_or(None);
         let mut inner = Inner {
@@ -268,14 +270,23 @@ impl LogStore {
     }
 }
 
+/// Reads a checksummed JSON state file ([`state_file`]); damage is an `InvalidData` error
+/// naming the file.
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<Option<T>> {
-    match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+    let damaged = |why: String| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} is damaged: {why}; see \"A damaged metadata journal\" in docs/operations.md",
+                path.display()
+            ),
+        )
+    };
+    let body = state_file::read(path)?
+        .body_if(|b| serde_json::from_slice::<T>(b).is_ok())
+        .map_err(damaged)?;
+    body.map(|b| serde_json::from_slice(&b).map_err(|e| damaged(e.to_string())))
+        .transpose()
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -312,7 +323,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SError> {
         let mut inner = self.lock();
         let bytes = serde_json::to_vec(vote).map_err(io)?;
-        write_atomically(&inner.dir.join("vote.json"), &bytes)
+        state_file::write(&inner.dir.join("vote.json"), &bytes)
             .map_err(|e| SError::from(StorageIOError::write_vote(AnyError::new(&e))))?;
         inner.vote = Some(*vote);
         Ok(())
@@ -329,7 +340,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let path = inner.dir.join("committed.json");
         let tmp = path.with_extension("tmp");
         if let Ok(bytes) = serde_json::to_vec(&committed)
-            && std::fs::write(&tmp, bytes).is_ok()
+            && std::fs::write(&tmp, state_file::encode(&bytes)).is_ok()
         {
             let _ = std::fs::rename(&tmp, &path);
         }
@@ -544,5 +555,33 @@ mod tests {
         );
         assert_eq!(inner.last_purged.map(|l| l.index), Some(1));
         assert_eq!(std::fs::metadata(&path).unwrap().len(), inner.file_len);
+    }
+
+    /// The vote is read back as a value: a flipped bit that keeps the JSON valid (a term of
+    /// 7 read as 5) would let this voter vote again in a term it already voted in, and elect a
+    /// second leader. Every such flip now stops the store from opening, naming the file.
+    #[tokio::test]
+    async fn a_damaged_vote_refuses_to_open_even_when_it_still_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(dir.path()).unwrap();
+        let vote = Vote::new_committed(7, 2);
+        store.save_vote(&vote).await.unwrap();
+        drop(store);
+        let mut store = LogStore::open(dir.path()).unwrap();
+        assert_eq!(store.read_vote().await.unwrap(), Some(vote));
+        drop(store);
+        let path = dir.path().join("vote.json");
+        let good = std::fs::read(&path).unwrap();
+        let text = String::from_utf8(good.clone()).unwrap();
+        let term = text.rfind('7').expect("the term is in the file");
+        let mut bad = good.clone();
+        bad[term] ^= 0x02; // '7' -> '5': still valid JSON
+        std::fs::write(&path, &bad).unwrap();
+        let err = LogStore::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("vote.json is damaged"), "{err}");
+        // A vote written by an older version (no checksum header) is still read.
+        std::fs::write(&path, serde_json::to_vec(&vote).unwrap()).unwrap();
+        let mut store = LogStore::open(dir.path()).unwrap();
+        assert_eq!(store.read_vote().await.unwrap(), Some(vote));
     }
 }

@@ -12,7 +12,8 @@
 //! holds the state, the last applied log id and the membership.
 
 use super::TypeConfig;
-use crate::metadata::{ClusterMetadata, write_atomically};
+use crate::metadata::ClusterMetadata;
+use crate::state_file;
 use openraft::storage::RaftStateMachine;
 use openraft::{
     AnyError, BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
@@ -80,17 +81,28 @@ impl StateMachine {
             snapshot: None,
             snapshot_seq: 0,
         };
-        match std::fs::read(dir.join("snapshot.json")) {
-            Ok(bytes) => {
-                let s: StoredSnapshot = serde_json::from_slice(&bytes)
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-                inner.last_applied = s.meta.last_log_id;
-                inner.membership = s.meta.last_membership.clone();
-                inner.state = s.state;
-                inner.snapshot = Some((s.meta, bytes));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        // A damaged snapshot stops the node: a flipped bit that still parses could change an
+        // in-sync set or a leader, and a node must not act on metadata it never agreed to.
+        let path = dir.join("snapshot.json");
+        let damaged = |why: String| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{} is damaged: {why}; see \"A damaged metadata journal\" in docs/operations.md",
+                    path.display()
+                ),
+            )
+        };
+        let body = state_file::read(&path)?
+            .body_if(|b| serde_json::from_slice::<StoredSnapshot>(b).is_ok())
+            .map_err(damaged)?;
+        if let Some(bytes) = body {
+            let s: StoredSnapshot =
+                serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
+            inner.last_applied = s.meta.last_log_id;
+            inner.membership = s.meta.last_membership.clone();
+            inner.state = s.state;
+            inner.snapshot = Some((s.meta, bytes));
         }
         let (tx, _) = watch::channel(Arc::new(inner.state.clone()));
         Ok(Self {
@@ -132,7 +144,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             state: inner.state.clone(),
         };
         let bytes = serde_json::to_vec(&stored).map_err(sm_err)?;
-        write_atomically(&inner.dir.join("snapshot.json"), &bytes)
+        state_file::write(&inner.dir.join("snapshot.json"), &bytes)
             .map_err(|e| SError::from(StorageIOError::write_snapshot(None, AnyError::new(&e))))?;
         inner.snapshot = Some((meta.clone(), bytes.clone()));
         Ok(Snapshot {
@@ -212,7 +224,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             ))
         })?;
         let mut inner = self.lock();
-        write_atomically(&inner.dir.join("snapshot.json"), &bytes).map_err(|e| {
+        state_file::write(&inner.dir.join("snapshot.json"), &bytes).map_err(|e| {
             SError::from(StorageIOError::write_snapshot(
                 Some(meta.signature()),
                 AnyError::new(&e),
@@ -234,5 +246,45 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             snapshot: Box::new(Cursor::new(bytes.clone())),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The snapshot holds the cluster's metadata as values (in-sync sets, leaders, epochs):
+    /// a flipped bit that keeps the JSON valid would change what this node believes without a
+    /// trace. Damage now stops the state machine from opening, naming the file.
+    #[test]
+    fn a_damaged_snapshot_refuses_to_open_even_when_it_still_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = ClusterMetadata {
+            version: 41,
+            ..Default::default()
+        };
+        let stored = StoredSnapshot {
+            meta: SnapshotMeta::default(),
+            state,
+        };
+        let body = serde_json::to_vec(&stored).unwrap();
+        let path = dir.path().join("snapshot.json");
+        state_file::write(&path, &body).unwrap();
+        assert_eq!(
+            StateMachine::open(dir.path()).unwrap().current().version,
+            41
+        );
+        let mut bad = std::fs::read(&path).unwrap();
+        let at = bad
+            .windows(2)
+            .position(|w| w == b"41")
+            .expect("the version is in the file");
+        bad[at + 1] ^= 0x02; // "41" -> "43": still valid JSON
+        std::fs::write(&path, &bad).unwrap();
+        let err = StateMachine::open(dir.path()).unwrap_err();
+        assert!(
+            err.to_string().contains("snapshot.json is damaged"),
+            "{err}"
+        );
     }
 }
