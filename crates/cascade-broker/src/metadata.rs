@@ -166,10 +166,10 @@ pub enum MetadataCommand {
     ///   wrote or was told can be taken for the new one's, and its followers check their
     ///   logs against it (truncation by epoch) before copying anything;
     /// - a replica that may have lost acknowledged events is not eligible to lead until it has
-    ///   caught up: after an unclean shutdown of a topic that does not fsync every
-    ///   acknowledgement (`flush` `interval` or `never`), it leaves the in-sync set and its
-    ///   leaderships move to a live in-sync replica (KIP-966's idea). When it is the only live
-    ///   in-sync replica it stays: no other copy can hold more.
+    ///   caught up: after an unclean shutdown (whatever the flush policy: a disk can lose
+    ///   fsynced writes) it leaves the in-sync set and its leaderships move to a live in-sync
+    ///   replica (KIP-966's idea). When it is the only live in-sync replica it stays: no other
+    ///   copy can hold more.
     RegisterBroker(BrokerInfo),
     /// Fences or unfences a broker (the controller's liveness verdict).
     SetFenced {
@@ -293,9 +293,12 @@ impl ClusterMetadata {
         let live = |id: &u32| *id != node && self.brokers.get(id).is_some_and(|b| !b.fenced);
         let mut moves = Vec::new();
         for (name, t) in &self.topics {
-            // Every event acknowledged while it was in sync is on its disk when it fsyncs every
-            // acknowledgement or closed its logs cleanly.
-            let trusted = clean || t.config.flush == cascade_types::FlushMode::Always;
+            // Only a clean shutdown (every log closed and fsynced, then the marker) proves the
+            // replica holds what it acknowledged. After a crash or power loss even
+            // `flush=always` is not proof: a disk that lies about fsync, or a file cut behind
+            // the log's back, leaves a clean-looking short log (KIP-966 removes an uncleanly
+            // shut down replica from the eligible set for the same reason).
+            let trusted = clean;
             for (i, a) in t.partitions.iter().enumerate() {
                 if !a.isr.contains(&node) {
                     continue;
@@ -1016,61 +1019,39 @@ mod tests {
     }
 
     /// A broker that restarts inside its session (never fenced) comes back as a new
-    /// incarnation: a new broker epoch, a new leader epoch for everything it leads, and, where
-    /// its unclean shutdown may have lost acknowledged events (`flush=never`), out of the
-    /// in-sync sets with its leaderships moved. Before, it kept everything at the same epochs.
+    /// incarnation: a new broker epoch, a new leader epoch for everything it leads, and, since
+    /// its shutdown was unclean, out of the in-sync sets with its leaderships moved, whatever
+    /// the flush policy (a disk can lose fsynced writes). Before, it kept everything at the
+    /// same epochs; later, `flush=always` replicas were still trusted.
     #[test]
     fn a_restarted_broker_is_a_new_incarnation() {
         let mut m = restart_cluster();
         let before = m.clone();
         assert_eq!(m.brokers[&1].epoch, 1);
-        let led_by_1 = |m: &ClusterMetadata, t: &str| {
-            m.topics[t]
-                .partitions
-                .iter()
-                .position(|p| p.replicas[0] == 1)
-                .unwrap()
-        };
-        let (pa, pn) = (led_by_1(&m, "a"), led_by_1(&m, "n"));
-        assert_eq!(m.topics["a"].partitions[pa].leader, 1);
         register(&mut m, 1, 99, false);
         assert_eq!(m.brokers[&1].epoch, 2, "a new broker epoch");
-        // flush=always: its log holds every acknowledged event; it leads under a new epoch.
-        let (a, a0) = (
-            &m.topics["a"].partitions[pa],
-            &before.topics["a"].partitions[pa],
-        );
-        assert_eq!((a.leader, &a.isr), (1, &a0.isr));
-        assert_eq!(a.leader_epoch, a0.leader_epoch + 1);
-        assert_eq!(a.partition_epoch, a0.partition_epoch + 1);
-        // flush=never: not eligible until caught up; leadership moves to the next replica.
-        let (n, n0) = (
-            &m.topics["n"].partitions[pn],
-            &before.topics["n"].partitions[pn],
-        );
-        assert_eq!(n.leader, n0.replicas[1]);
-        assert!(!n.isr.contains(&1), "{n:?}");
-        assert_eq!(n.leader_epoch, n0.leader_epoch + 1);
-        for (i, (p, p0)) in m.topics["n"]
-            .partitions
-            .iter()
-            .zip(&before.topics["n"].partitions)
-            .enumerate()
-        {
-            if i != pn {
-                assert_eq!(p.leader, p0.leader, "followers only leave the in-sync set");
-                assert_eq!(p.leader_epoch, p0.leader_epoch);
-                assert!(!p.isr.contains(&1));
-            }
-        }
-        for (i, (p, p0)) in m.topics["a"]
-            .partitions
-            .iter()
-            .zip(&before.topics["a"].partitions)
-            .enumerate()
-        {
-            if i != pa {
-                assert_eq!(p, p0, "trusted followers are untouched");
+        for t in ["a", "n"] {
+            for (p, p0) in m.topics[t]
+                .partitions
+                .iter()
+                .zip(&before.topics[t].partitions)
+            {
+                assert!(
+                    !p.isr.contains(&1),
+                    "{t}: not eligible until caught up: {p:?}"
+                );
+                if p0.leader == 1 {
+                    // Leadership moves to the next replica, under a new epoch.
+                    assert_eq!(p.leader, p0.replicas[1], "{t}");
+                    assert_eq!(p.leader_epoch, p0.leader_epoch + 1, "{t}");
+                } else {
+                    assert_eq!(
+                        p.leader, p0.leader,
+                        "{t}: followers only leave the in-sync set"
+                    );
+                    assert_eq!(p.leader_epoch, p0.leader_epoch, "{t}");
+                }
+                assert_eq!(p.partition_epoch, p0.partition_epoch + 1, "{t}");
             }
         }
         // A retried registration of the same incarnation, and a join's registration (which
@@ -1116,13 +1097,15 @@ mod tests {
         }
         let before = m.clone();
         register(&mut m, 1, 5, false);
-        for (p, p0) in m.topics["n"]
-            .partitions
-            .iter()
-            .zip(&before.topics["n"].partitions)
-        {
-            assert!(p.isr.contains(&1), "{p:?}");
-            assert_eq!(p.isr, p0.isr);
+        for t in ["a", "n"] {
+            for (p, p0) in m.topics[t]
+                .partitions
+                .iter()
+                .zip(&before.topics[t].partitions)
+            {
+                assert!(p.isr.contains(&1), "{p:?}");
+                assert_eq!(p.isr, p0.isr);
+            }
         }
     }
 

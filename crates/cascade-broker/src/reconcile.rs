@@ -167,7 +167,10 @@ impl Broker {
                 // in-sync set first; the next reconciliation gives the role.
                 return self.repair_damaged(part, None).await;
             }
+            // Out of the in-sync set already (an unclean restart takes it out at
+            // registration): the cut log refetches the rest as a follower.
             part.clear_damage();
+            metrics::counter!("cascade_replica_repairs_total").increment(1);
         }
         let role = part.role();
         if a.leader == me {

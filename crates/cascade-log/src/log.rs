@@ -878,6 +878,27 @@ impl Log {
     /// `initial_offset`). Its caller, replication, must re-run it after a restart.
     pub fn truncate_fully(&mut self, start: u64) -> Result<()> {
         self.check_poisoned()?;
+        // Past the first removal the in-memory log no longer matches its files: a failure from
+        // there on (ENOSPC creating the fresh segment) poisons the log, so the owner reopens
+        // it from what is on disk instead of retrying against segments that are half gone.
+        let result = self.truncate_fully_inner(start);
+        if let Err(e) = &result {
+            self.poison(format!("full truncation failed half-way: {e}"));
+        }
+        result
+    }
+
+    fn truncate_fully_inner(&mut self, start: u64) -> Result<()> {
+        // A file already gone (an earlier attempt removed it before failing) is what removal
+        // wants.
+        let remove = |fs: &dyn FileSystem, p: &Path| match fs.remove_file(p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(LogError::io("remove", p, e)),
+            _ => Ok(()),
+        };
+        // Nothing here stays durable: lower the recovery point first, so a log reopened after
+        // a crash or failure half-way reads as cut short on purpose, not as damage.
+        self.shared.durable_offset.store(0, Ordering::SeqCst);
+        self.note_recovery_point(true);
         // Every snapshot describes data about to go: remove them durably first, so none can
         // outlive a crash half-way.
         self.producers.clear();
@@ -892,9 +913,7 @@ impl Log {
         // holding it keep reading the old file while the new one is created under its name.
         if let Some(same) = segs.iter().find(|s| s.base == start) {
             for p in same.paths() {
-                self.fs
-                    .remove_file(p)
-                    .map_err(|e| LogError::io("remove", p, e))?;
+                remove(&*self.fs, p)?;
             }
         }
         let fresh = Arc::new(Segment::create(

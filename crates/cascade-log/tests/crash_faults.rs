@@ -309,3 +309,48 @@ fn failed_fsync_fails_shared_log_appends_then_poisons() {
     assert_eq!(log.end_offset(), 10);
     assert_eq!(values(&log.reader(), 0), vec!["v"; 10]);
 }
+
+/// A full truncation (a follower restarting empty at its leader's log start) that fails for
+/// want of space after it removed the old files: the log used to stay unpoisoned with segments
+/// in memory whose files were gone, and every retry failed on removing a file already removed
+/// ("No such file or directory"), long after space returned: the replica never caught up
+/// (found by `cascade-chaos`, seed 7: a full disk during the restart). Now the failure
+/// poisons the log, so its owner reopens it, and a retry on the reopened log succeeds.
+#[test]
+fn a_full_truncation_that_runs_out_of_space_poisons_and_the_reopened_log_recovers() {
+    let fs = MemFs::new();
+    let clock = clock();
+    let config = LogConfig {
+        flush: FlushPolicy::Always,
+        ..LogConfig::default()
+    };
+    let mut log = open_mem(&fs, &clock, config.clone()).unwrap();
+    for i in 0..5 {
+        log.append(&mut batch(&[&format!("v{i}")], 0)).unwrap();
+    }
+    log.sync().unwrap();
+    // Room for the recovery point's rewrite in place (MemFs counts overwrites too; a real
+    // full disk does not), not for the fresh segment's header.
+    fs.set_faults(MemFsFaults {
+        write_budget: Some(cascade_log::format::RECOVERY_LEN as u64),
+        fail_sync: false,
+    });
+    let err = log.truncate_fully(0).unwrap_err();
+    assert!(
+        matches!(err, LogError::Io { .. }),
+        "the first failure is the disk's: {err}"
+    );
+    assert_poisoned(log.append(&mut batch(&["no"], 0)));
+    assert_poisoned(log.truncate_fully(0));
+    drop(log);
+    // Space returns; the owner reopens the log from what is on disk and truncates again.
+    fs.set_faults(MemFsFaults::default());
+    let mut log = open_mem(&fs, &clock, config).unwrap();
+    log.truncate_fully(0).unwrap();
+    assert_eq!((log.start_offset(), log.end_offset()), (0, 0));
+    assert_eq!(
+        log.append(&mut batch(&["again"], 0)).unwrap().base_offset,
+        0
+    );
+    log.sync().unwrap();
+}
