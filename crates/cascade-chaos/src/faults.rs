@@ -14,7 +14,7 @@
 use crate::checker::{Ack, Nanos};
 use crate::docker::Cluster;
 use crate::workload::Recorder;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use cascade_client::Client;
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -64,10 +64,16 @@ pub enum FaultKind {
     IsolateMinority,
     /// SIGKILL every node, then start them all.
     FullRestart,
-    /// SIGKILL a partition leader, flip one byte at a random place of one of its partition
-    /// files (a segment's log, offset index or time index, a producer snapshot, a leader-epoch
-    /// cache), start it again at once.
+    /// SIGKILL a partition leader, damage one of its partition files (a segment's log, offset
+    /// index or time index, a producer snapshot, a leader-epoch cache): flip one bit at a
+    /// random place, or (one time in three) cut the file short at a random length; start it
+    /// again when healed.
     CorruptLeader,
+    /// SIGKILL a node, damage one of its metadata Raft files (`raft.log`, `vote.json`,
+    /// `snapshot.json`) the same way, start it again. A node that refuses to start with a
+    /// damaged journal is repaired as `docs/operations.md` tells an operator to ("A damaged
+    /// metadata journal"), and started again.
+    CorruptMeta,
     /// A partition leader's disk fails: every write and fsync of its partition storage gets
     /// EIO; healing makes the disk work again (the node repairs itself without a restart).
     FailingDisk,
@@ -92,6 +98,7 @@ impl FaultKind {
             Self::IsolateMinority => "isolate_minority",
             Self::FullRestart => "full_restart",
             Self::CorruptLeader => "corrupt_leader",
+            Self::CorruptMeta => "corrupt_meta",
             Self::FailingDisk => "failing_disk",
             Self::FullDisk => "full_disk",
             Self::SlowDisk => "slow_disk",
@@ -111,6 +118,8 @@ impl FaultKind {
             // With one replica, damage is a loud refusal (tested by the server's suite), not
             // something the checker's "nothing lost" can hold the run to.
             m.push(Self::CorruptLeader);
+            // The operator's repair of a damaged journal needs every other voter up.
+            m.push(Self::CorruptMeta);
             m.push(Self::Asymmetric);
             m.push(Self::Overlap);
         }
@@ -124,7 +133,12 @@ impl FaultKind {
     fn single_node(nodes: u32) -> Vec<FaultKind> {
         Self::menu(nodes)
             .into_iter()
-            .filter(|k| !matches!(k, Self::FullRestart | Self::IsolateMinority | Self::Overlap))
+            .filter(|k| {
+                !matches!(
+                    k,
+                    Self::FullRestart | Self::IsolateMinority | Self::Overlap | Self::CorruptMeta
+                )
+            })
             .collect()
     }
 }
@@ -272,7 +286,6 @@ pub async fn run(
                 details.push(d);
             }
         }
-        let detail = (!details.is_empty()).then(|| details.join("; "));
         let start = rec.now();
         tokio::time::sleep(hold).await;
         cluster.heal_all().await?;
@@ -280,9 +293,17 @@ pub async fn run(
         // hit a working cluster rather than pile up on a node still starting.
         for id in &nodes {
             if let Err(e) = cluster.wait_ready(*id, Duration::from_secs(60)).await {
-                eprintln!("warning: {e}");
+                match kind {
+                    FaultKind::CorruptMeta => {
+                        let d = repair_meta(cluster, *id, &e.to_string()).await?;
+                        eprintln!("           {d}");
+                        details.push(d);
+                    }
+                    _ => eprintln!("warning: {e}"),
+                }
             }
         }
+        let detail = (!details.is_empty()).then(|| details.join("; "));
         done.push(FaultRecord {
             kind,
             nodes,
@@ -295,6 +316,49 @@ pub async fn run(
         });
     }
     Ok(done)
+}
+
+/// A node that refused to start after `corrupt_meta`: checks that it refused for the damage
+/// (anything else fails the run), then repairs it as `docs/operations.md` ("A damaged metadata
+/// journal") tells an operator to: with the node stopped, move its Raft log, snapshot and
+/// committed hint aside (and its vote, if the vote is what is damaged), start it again; it
+/// rejoins through its seeds and the metadata leader sends it the log again. Says what it did.
+async fn repair_meta(cluster: &mut Cluster, id: u32, why: &str) -> Result<String> {
+    let logs = cluster.logs(id).await.unwrap_or_default();
+    let Some(line) = logs.lines().rev().find(|l| l.contains(" is damaged")) else {
+        anyhow::bail!("node {id} did not come back after its metadata was damaged, and not because it found the damage: {why}");
+    };
+    let raft = cluster.data_dir(id).join("meta/raft");
+    let mut n = 1;
+    let aside = loop {
+        let p = cluster.data_dir(id).join(format!("meta/raft.damaged-{n}"));
+        if !p.exists() {
+            break p;
+        }
+        n += 1;
+    };
+    std::fs::create_dir_all(&aside)?;
+    let mut moved = Vec::new();
+    for f in ["raft.log", "snapshot.json", "committed.json", "vote.json"] {
+        if f == "vote.json" && !line.contains("vote.json") {
+            continue;
+        }
+        if raft.join(f).exists() {
+            std::fs::rename(raft.join(f), aside.join(f))?;
+            moved.push(f);
+        }
+    }
+    cluster.start_node(id).await?;
+    cluster
+        .wait_ready(id, Duration::from_secs(60))
+        .await
+        .with_context(|| format!("node {id} after its metadata files were moved aside"))?;
+    let said = line.find("the metadata").or_else(|| line.find("/data")).map_or(line, |i| &line[i..]);
+    Ok(format!(
+        "node {id} refused to start ({}); moved {} aside, it rejoined",
+        said.chars().take(120).collect::<String>(),
+        moved.join(", ")
+    ))
 }
 
 /// Puts one single-node fault in force on node `id`; returns what it did when that needs
@@ -313,7 +377,18 @@ async fn inject(
         }
         FaultKind::CorruptLeader => {
             cluster.kill(id).await?;
-            corrupt_one_file(&cluster.data_dir(id), rng)?.map(|d| format!("node {id}: flipped {d}"))
+            let files = damageable_files(&cluster.data_dir(id));
+            damage_one_file(&cluster.data_dir(id), &files, rng)?.map(|d| format!("node {id}: {d}"))
+        }
+        FaultKind::CorruptMeta => {
+            cluster.kill(id).await?;
+            let data = cluster.data_dir(id);
+            let files: Vec<std::path::PathBuf> = ["raft.log", "vote.json", "snapshot.json"]
+                .iter()
+                .map(|f| data.join("meta/raft").join(f))
+                .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+                .collect();
+            damage_one_file(&data, &files, rng)?.map(|d| format!("node {id}: {d}"))
         }
         FaultKind::PauseLeader => {
             cluster.pause(id).await?;
@@ -342,10 +417,9 @@ async fn inject(
     })
 }
 
-/// The partition files a corruption fault may hit, under a node's data directory: every
-/// segment file, producer snapshot and leader-epoch cache of every topic (the metadata
-/// journal is left out: a node with a damaged journal refuses to start until an operator
-/// replaces it, which the server's own tests cover, and a run would lose that node for good).
+/// The partition files a `corrupt_leader` fault may hit, under a node's data directory: every
+/// segment file, producer snapshot and leader-epoch cache of every topic (the metadata files
+/// are `corrupt_meta`'s).
 fn damageable_files(data: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let Ok(topics) = std::fs::read_dir(data.join("topics")) else {
@@ -377,23 +451,33 @@ fn damageable_files(data: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// Flips one byte of one damageable file (chosen by `rng`) of a stopped node; says which.
-fn corrupt_one_file(data: &std::path::Path, rng: &mut Rng) -> Result<Option<String>> {
-    let files = damageable_files(data);
+/// Damages one of `files` (chosen by `rng`) of a stopped node: flips one bit, or one time in
+/// three cuts the file short at a random length; says what it did.
+fn damage_one_file(
+    data: &std::path::Path,
+    files: &[std::path::PathBuf],
+    rng: &mut Rng,
+) -> Result<Option<String>> {
     if files.is_empty() {
         return Ok(None);
     }
     let path = &files[rng.range(0, files.len() as u64) as usize];
     let mut bytes = std::fs::read(path)?;
-    let at = rng.range(0, bytes.len() as u64) as usize;
+    let shown = path.strip_prefix(data).unwrap_or(path);
+    let len = bytes.len();
+    if rng.range(0, 3) == 0 {
+        let to = rng.range(0, len as u64) as usize;
+        bytes.truncate(to);
+        std::fs::write(path, &bytes)?;
+        return Ok(Some(format!("cut {} from {len} to {to} bytes", shown.display())));
+    }
+    let at = rng.range(0, len as u64) as usize;
     let mask = 1u8 << rng.range(0, 8);
     bytes[at] ^= mask;
     std::fs::write(path, &bytes)?;
-    let shown = path.strip_prefix(data).unwrap_or(path);
     Ok(Some(format!(
-        "{} byte {at} of {} (mask {mask:#04x})",
-        shown.display(),
-        bytes.len()
+        "flipped {} byte {at} of {len} (mask {mask:#04x})",
+        shown.display()
     )))
 }
 
