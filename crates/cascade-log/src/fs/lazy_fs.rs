@@ -810,4 +810,41 @@ mod tests {
             vec![PathBuf::from("/d/a")]
         );
     }
+
+    #[test]
+    fn a_kill_loses_the_unsynced_writes_of_files_still_open() {
+        let (mem, lazy) = setup();
+        let p = Path::new("/d/open");
+        durable_file(&lazy, p, b"synced");
+        let f = lazy.open(p, false).unwrap();
+        f.write_all_at(b"!", 6).unwrap();
+        let _lazy = restart(&mem, lazy);
+        drop(f);
+        assert_eq!(
+            mem.read_file(p).unwrap(),
+            b"synced",
+            "a dead process writes nothing back"
+        );
+    }
+
+    #[test]
+    fn a_kill_during_recovery_does_not_undo_anything_twice() {
+        let (mem, lazy) = setup();
+        let p = Path::new("/d/p");
+        durable_file(&lazy, p, b"first");
+        lazy.remove_file(p).unwrap();
+        lazy.open(p, true).unwrap();
+        lazy.kill();
+        // A directory in the trash stops recovery after every undo, before the journal is
+        // emptied: as a kill there would.
+        let stuck = Path::new("/d/.lazyfs/trash/stuck");
+        mem.create_dir_all(stuck).unwrap();
+        LazyFs::recover(mem.clone(), Path::new("/d")).unwrap_err();
+        assert_eq!(mem.read_file(p).unwrap(), b"first");
+        mem.remove_dir_all(stuck).unwrap();
+        // Undoing the second create again would remove the file the first undo brought back.
+        let _lazy = LazyFs::recover(mem.clone(), Path::new("/d")).unwrap();
+        assert_eq!(mem.read_file(p).unwrap(), b"first");
+        assert_settled(&mem);
+    }
 }
