@@ -753,7 +753,8 @@ mod tests {
         durable_file(&lazy, y, b"y");
         drop(lazy);
         // As a kill right after journaling each, before doing it, would leave them.
-        let hex = |p: &Path| names::tests::hex_of(p);
+        // Journaled relative to the root.
+        let hex = |p: &Path| names::tests::hex_of(p.strip_prefix("/d").unwrap());
         let journal = format!(
             "rename 0 {} {} 0\nremove 1 {}\ncreate 2 {}\nrename 3 {}",
             hex(x),
@@ -845,6 +846,26 @@ mod tests {
         // Undoing the second create again would remove the file the first undo brought back.
         let _lazy = LazyFs::recover(mem.clone(), Path::new("/d")).unwrap();
         assert_eq!(mem.read_file(p).unwrap(), b"first");
+        assert_settled(&mem);
+    }
+
+    #[test]
+    fn a_journal_holding_a_long_pending_operation_is_compacted() {
+        let (mem, lazy) = setup();
+        lazy.create_dir_all_durable(Path::new("/d/a")).unwrap();
+        lazy.create_dir_all_durable(Path::new("/d/b")).unwrap();
+        let never = Path::new("/d/a/never-synced");
+        lazy.open(never, true).unwrap();
+        for i in 0..200 {
+            lazy.open(&Path::new("/d/b").join(i.to_string()), true)
+                .unwrap();
+            lazy.sync_dir(Path::new("/d/b")).unwrap();
+        }
+        let journal = mem.read_file(Path::new("/d/.lazyfs/journal")).unwrap();
+        assert!(journal.len() < 8 << 10, "{} bytes", journal.len());
+        let _lazy = restart(&mem, lazy);
+        assert!(!mem.exists(never), "still pending after the compactions");
+        assert!(mem.exists(Path::new("/d/b/199")));
         assert_settled(&mem);
     }
 }

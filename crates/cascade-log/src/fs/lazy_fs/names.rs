@@ -30,6 +30,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// The hidden directory at the governed root that holds the journal and the trash.
 pub(super) const STATE_DIR: &str = ".lazyfs";
 
+/// Past this size a journal that still holds pending operations is rewritten with only them.
+const COMPACT_AT: u64 = if cfg!(test) { 4 << 10 } else { 1 << 20 };
+
 /// A name operation (or shrink) that a kill must undo until it is made durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Op {
@@ -107,6 +110,23 @@ impl Op {
                 )
             }
             Op::Shrink { path, len } => format!("shrink {id} {} {len}\n", hex(path)),
+        }
+    }
+
+    /// The operation with `f` applied to each path it names.
+    fn map_paths(&self, f: impl Fn(&Path) -> PathBuf) -> Op {
+        match self {
+            Op::Create { path } => Op::Create { path: f(path) },
+            Op::Remove { path } => Op::Remove { path: f(path) },
+            Op::Rename { from, to, replaced } => Op::Rename {
+                from: f(from),
+                to: f(to),
+                replaced: *replaced,
+            },
+            Op::Shrink { path, len } => Op::Shrink {
+                path: f(path),
+                len: *len,
+            },
         }
     }
 
@@ -303,9 +323,15 @@ impl Names {
         let mut bytes = vec![0u8; file.len()? as usize];
         let n = file.read_full_at(&mut bytes, 0)?;
         bytes.truncate(n);
-        let pending = pending_in(&bytes)?;
+        // Paths are journaled relative to the root, so a data directory copied or moved
+        // elsewhere is recovered in place, never by touching the original.
+        let pending = pending_in(&bytes)?
+            .into_iter()
+            .map(|(id, op)| (id, op.map_paths(|p| root.join(p))));
+        // A compaction a kill interrupted left this; the journal itself is still whole.
+        let _ = inner.remove_file(&state.join("journal.tmp"));
         let mut len = n as u64;
-        for (id, op) in pending.into_iter().rev() {
+        for (id, op) in pending.rev() {
             tracing::info!(?op, "undoing a name operation a kill left unsynced");
             op.undo(&*inner, &trash_dir.join(id.to_string()))?;
             for dir in op.paths().into_iter().map(parent) {
@@ -393,11 +419,36 @@ impl Names {
     /// [`Names::next_id`]) before the caller performs it; returns its id.
     pub(super) fn record(&self, j: &mut Journal, op: Op) -> io::Result<u64> {
         let id = j.next_id;
-        self.append(j, &op.encode(id))?;
+        self.append(j, &self.relative(&op).encode(id))?;
         j.next_id += 1;
         let waits = op.waits();
         j.pending.insert(id, Entry { op, waits });
         Ok(id)
+    }
+
+    fn relative(&self, op: &Op) -> Op {
+        op.map_paths(|p| p.strip_prefix(&self.root).unwrap_or(p).to_path_buf())
+    }
+
+    /// Rewrites the journal with only the pending operations: one kept pending for long (a
+    /// directory never synced again) must not make it grow without bound.
+    fn compact(&self, j: &mut Journal) -> io::Result<()> {
+        let text: String = j
+            .pending
+            .iter()
+            .map(|(id, e)| self.relative(&e.op).encode(*id))
+            .collect();
+        let tmp = self.state.join("journal.tmp");
+        let f = self.inner.open(&tmp, true)?;
+        f.set_len(0)?;
+        f.write_all_at(text.as_bytes(), 0)?;
+        f.sync_data()?;
+        // Atomic: a kill leaves the old journal or the new one, either of them whole.
+        self.inner.rename(&tmp, &self.state.join("journal"))?;
+        self.inner.sync_dir(&self.state)?;
+        j.file = f;
+        j.len = text.len() as u64;
+        Ok(())
     }
 
     /// Marks operations durable (or moot): journals that, then drops their trash.
@@ -423,6 +474,8 @@ impl Names {
             j.file.set_len(0)?;
             j.file.sync_data()?;
             j.len = 0;
+        } else if j.len > COMPACT_AT {
+            self.compact(j)?;
         }
         Ok(())
     }
