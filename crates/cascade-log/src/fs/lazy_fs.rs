@@ -868,4 +868,27 @@ mod tests {
         assert!(mem.exists(Path::new("/d/b/199")));
         assert_settled(&mem);
     }
+
+    #[test]
+    fn a_data_directory_copied_elsewhere_is_recovered_in_place() {
+        let (mem, lazy) = setup();
+        let x = Path::new("/d/x");
+        durable_file(&lazy, x, b"x");
+        lazy.remove_file(x).unwrap();
+        lazy.kill();
+        fn copy_tree(mem: &MemFs, from: &Path, to: &Path) {
+            mem.create_dir_all(to).unwrap();
+            for p in mem.read_dir(from).unwrap() {
+                let dest = to.join(p.file_name().unwrap());
+                match mem.read_file(&p) {
+                    Ok(bytes) => mem.write_file(&dest, &bytes).unwrap(),
+                    Err(_) => copy_tree(mem, &p, &dest),
+                }
+            }
+        }
+        copy_tree(&mem, Path::new("/d"), Path::new("/e"));
+        let _lazy = LazyFs::recover(mem.clone(), Path::new("/e")).unwrap();
+        assert_eq!(mem.read_file(Path::new("/e/x")).unwrap(), b"x");
+        assert!(!mem.exists(x), "the original is left alone");
+    }
 }
