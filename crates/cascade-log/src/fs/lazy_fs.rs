@@ -836,6 +836,11 @@ mod tests {
         lazy.remove_file(p).unwrap();
         lazy.open(p, true).unwrap();
         lazy.kill();
+        // And a record the kill tore: the records recovery adds must not be glued to it.
+        let journal = Path::new("/d/.lazyfs/journal");
+        let mut bytes = mem.read_file(journal).unwrap();
+        bytes.extend_from_slice(b"create 99 2f");
+        mem.write_file(journal, &bytes).unwrap();
         // A directory in the trash stops recovery after every undo, before the journal is
         // emptied: as a kill there would.
         let stuck = Path::new("/d/.lazyfs/trash/stuck");

@@ -240,11 +240,16 @@ fn parse_line(line: &str) -> Option<Record> {
     w.next().is_none().then_some(Record::Op(id, op))
 }
 
+/// Where the complete lines of `bytes` (a journal) end: past it at most a torn line.
+fn complete_len(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
+}
+
 /// The operations `bytes` (a journal) records and never marks done, by id. A torn last line is
 /// ignored; a damaged complete one is an error, since undoing too little would be silent.
 fn pending_in(bytes: &[u8]) -> io::Result<BTreeMap<u64, Op>> {
     let mut pending = BTreeMap::new();
-    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let complete = complete_len(bytes);
     for line in bytes[..complete].split(|&b| b == b'\n') {
         if line.is_empty() {
             continue;
@@ -330,7 +335,9 @@ impl Names {
             .map(|(id, op)| (id, op.map_paths(|p| root.join(p))));
         // A compaction a kill interrupted left this; the journal itself is still whole.
         let _ = inner.remove_file(&state.join("journal.tmp"));
-        let mut len = n as u64;
+        // The records below must not be glued to a torn line: they would damage it.
+        let mut len = complete_len(&bytes) as u64;
+        file.set_len(len)?;
         for (id, op) in pending.rev() {
             tracing::info!(?op, "undoing a name operation a kill left unsynced");
             op.undo(&*inner, &trash_dir.join(id.to_string()))?;
@@ -409,8 +416,15 @@ impl Names {
         if self.killed() {
             return Err(io::Error::other("the lazy file system was killed"));
         }
-        j.file.write_all_at(line.as_bytes(), j.len)?;
-        j.file.sync_data()?;
+        let r = j
+            .file
+            .write_all_at(line.as_bytes(), j.len)
+            .and_then(|()| j.file.sync_data());
+        if r.is_err() {
+            // The next record goes here again: leave no part of this one to be read.
+            let _ = j.file.set_len(j.len);
+        }
+        r?;
         j.len += line.len() as u64;
         Ok(())
     }
