@@ -28,14 +28,15 @@
 //!     would blame the server for something no file system it runs on does; demanding both
 //!     syncs still catches a missing one on either side.
 //!
-//!   A `sync_dir` covers only operations that began before it. Operations that do not go
+//!   A `sync_dir` covers only operations that began before it. A removed file stays in the
+//!   layer's trash, taking its space, until its removal is durable. Operations that do not go
 //!   through this layer (the broker's own `std::fs` calls), paths outside the root, and
 //!   renames between the root and outside are as durable as the inner file system makes them.
 //! - Shrinks: a `set_len` that cuts bytes the disk holds is undone (the cut bytes come back)
 //!   until a `sync_data` of the file begun after it. The undo is tied to the file's name: a
 //!   rename or removal of the file first makes its pending shrinks durable, so a shrink never
 //!   lands on another file; a power cut could still undo them. Growing a file goes to the
-//!   inner file system at once.
+//!   inner file system at once and is never undone (a power cut may undo an unsynced size).
 //! - Directories: `create_dir_all` and `remove_dir_all` are durable at once (a new directory
 //!   whose parent was never synced vanishing in a power cut, with all it holds, is MemFs's job
 //!   in the server's tests). What was pending inside a removed directory is forgotten, and so
@@ -308,19 +309,17 @@ impl LazyFs {
 
 impl FileSystem for LazyFs {
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        if self.names.governs(path) {
-            let mut j = self.names.lock();
-            // Directories are durable at once (see the module docs). One created anew holds
-            // nothing a kill could restore: whatever was pending in an earlier directory of
-            // this name went when it was removed (possibly behind this layer's back).
-            if let Some(new) = path
+        let mut j = self.names.governs(path).then(|| self.names.lock());
+        if let Some(j) = &mut j
+            && let Some(new) = path
                 .ancestors()
                 .take_while(|a| !self.inner.exists(a))
                 .last()
-            {
-                self.names.finish_under(&mut j, new)?;
-            }
-            return self.inner.create_dir_all(path);
+        {
+            // Directories are durable at once (see the module docs). One created anew holds
+            // nothing a kill could restore: whatever was pending in an earlier directory of
+            // this name went when it was removed (possibly behind this layer's back).
+            self.names.finish_under(j, new)?;
         }
         self.inner.create_dir_all(path)
     }
