@@ -895,4 +895,19 @@ mod tests {
         assert_eq!(mem.read_file(Path::new("/e/x")).unwrap(), b"x");
         assert!(!mem.exists(x), "the original is left alone");
     }
+
+    #[test]
+    fn a_shrink_is_never_undone_onto_another_file() {
+        let (mem, lazy) = setup();
+        let (s, t) = (Path::new("/d/s"), Path::new("/d/t"));
+        durable_file(&lazy, s, b"0123456789");
+        lazy.open(s, false).unwrap().set_len(4).unwrap();
+        // Renamed away durably, and another file takes the name.
+        lazy.rename(s, t).unwrap();
+        durable_file(&lazy, s, b"another");
+        let _lazy = restart(&mem, lazy);
+        assert_eq!(mem.read_file(s).unwrap(), b"another");
+        assert_eq!(mem.read_file(t).unwrap(), b"0123");
+        assert_settled(&mem);
+    }
 }
