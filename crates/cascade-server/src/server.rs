@@ -223,21 +223,31 @@ pub fn grpc_router(
 /// The file system partition logs live on: the real one, wrapped for testing by the layers
 /// the testing-only flags ask for (disk faults outermost, so a failing write never reaches
 /// the in-memory layer).
+///
+/// The in-memory layer governs the whole data directory: before anything else opens a file
+/// there, it undoes the name operations (and shrinks) a kill of the previous run left without
+/// the fsync that makes them durable, as a power cut would.
 fn partition_storage(
     cfg: &ServerConfig,
     stop: &CancellationToken,
-) -> Arc<dyn cascade_log::fs::FileSystem> {
+) -> Result<Arc<dyn cascade_log::fs::FileSystem>> {
     let mut fs: Arc<dyn cascade_log::fs::FileSystem> = Arc::new(cascade_log::fs::StdFs);
     if cfg.unsynced_writes_in_memory {
         tracing::warn!(
-            "unsynced partition writes are held in memory: a kill is a power cut (testing only)"
+            "unsynced partition writes and names are held in memory: a kill is a power cut (testing only)"
         );
-        fs = Arc::new(cascade_log::fs::LazyFs::new(fs));
+        let lazy = cascade_log::fs::LazyFs::recover(fs, &cfg.data_dir).with_context(|| {
+            format!(
+                "undoing what a kill left unsynced in {}",
+                cfg.data_dir.display()
+            )
+        })?;
+        fs = Arc::new(lazy);
     }
     if let Some(path) = &cfg.fault_file {
         fs = injected_disk_faults(fs, path.clone(), stop.clone());
     }
-    fs
+    Ok(fs)
 }
 
 /// The partition storage of a fault-injection run: `inner` behind a switch that
@@ -346,7 +356,7 @@ pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
         session_timeout: cfg.session_timeout,
         replica_lag_max: cfg.replica_lag_max,
         offsets_replication_factor: cfg.offsets_replication_factor,
-        log_fs: partition_storage(&cfg, &stop),
+        log_fs: partition_storage(&cfg, &stop)?,
     })
     .await
     .context("opening the broker")?;

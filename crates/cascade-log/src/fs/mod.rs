@@ -4,8 +4,8 @@
 //! what was written apart from what was made durable, so tests can inject faults (short writes,
 //! ENOSPC, fsync errors) and simulate a power loss that drops everything not yet synced. Two
 //! wrappers serve fault-injection runs of whole servers: [`FaultyFs`] fails or slows down on
-//! command, and [`LazyFs`] holds unsynced writes in process memory so that killing the
-//! process is a power cut.
+//! command, and [`LazyFs`] holds unsynced writes in process memory and undoes unsynced name
+//! changes at the next start, so that killing the process is a power cut.
 //!
 //! The interface is positional (`read_at`/`write_all_at`, like `pread`/`pwrite`): many readers
 //! can share one handle with the single writer without a cursor to fight over, and a reader of a
