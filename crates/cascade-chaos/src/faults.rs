@@ -326,7 +326,9 @@ pub async fn run(
 async fn repair_meta(cluster: &mut Cluster, id: u32, why: &str) -> Result<String> {
     let logs = cluster.logs(id).await.unwrap_or_default();
     let Some(line) = logs.lines().rev().find(|l| l.contains(" is damaged")) else {
-        anyhow::bail!("node {id} did not come back after its metadata was damaged, and not because it found the damage: {why}");
+        anyhow::bail!(
+            "node {id} did not come back after its metadata was damaged, and not because it found the damage: {why}"
+        );
     };
     let raft = cluster.data_dir(id).join("meta/raft");
     let mut n = 1;
@@ -353,7 +355,10 @@ async fn repair_meta(cluster: &mut Cluster, id: u32, why: &str) -> Result<String
         .wait_ready(id, Duration::from_secs(60))
         .await
         .with_context(|| format!("node {id} after its metadata files were moved aside"))?;
-    let said = line.find("the metadata").or_else(|| line.find("/data")).map_or(line, |i| &line[i..]);
+    let said = line
+        .find("the metadata")
+        .or_else(|| line.find("/data"))
+        .map_or(line, |i| &line[i..]);
     Ok(format!(
         "node {id} refused to start ({}); moved {} aside, it rejoined",
         said.chars().take(120).collect::<String>(),
@@ -469,7 +474,10 @@ fn damage_one_file(
         let to = rng.range(0, len as u64) as usize;
         bytes.truncate(to);
         std::fs::write(path, &bytes)?;
-        return Ok(Some(format!("cut {} from {len} to {to} bytes", shown.display())));
+        return Ok(Some(format!(
+            "cut {} from {len} to {to} bytes",
+            shown.display()
+        )));
     }
     let at = rng.range(0, len as u64) as usize;
     let mask = 1u8 << rng.range(0, 8);

@@ -533,11 +533,18 @@ fn read_recovery_point(fs: &dyn FileSystem, dir: &Path) -> Option<u64> {
     rp
 }
 
-/// The recovery-point file, created if missing.
+/// The recovery-point file, created if missing (its name made durable: a power cut must not
+/// take away the file whose value says what was durable).
 fn open_recovery_point(fs: &dyn FileSystem, dir: &Path) -> Option<Arc<dyn crate::fs::File>> {
     let path = dir.join(RECOVERY_POINT);
+    let existed = fs.exists(&path);
     match fs.open(&path, true) {
-        Ok(f) => Some(f),
+        Ok(f) => {
+            if !existed && let Err(e) = fs.sync_dir(dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot make the new recovery point's name durable");
+            }
+            Some(f)
+        }
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "cannot open the recovery point: recovery will tell damage from torn writes less strictly");
             None
