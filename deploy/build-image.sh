@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Builds the `cascade` container image FROM scratch, without pulling anything.
 #
-#   deploy/build-image.sh [--release|--debug] [--binary PATH] [--tag NAME] [--no-strip]
+#   deploy/build-image.sh [--release|--debug] [--binary PATH] [--tag NAME] [--no-strip] [--with-faketime]
 #
 # It builds the binary with cargo (release by default; --binary takes one already built),
 # prepares a build context holding exactly the binary, the shared libraries `ldd` lists for it,
 # the dynamic loader and a few files glibc reads, and runs `docker build` with the root
 # Dockerfile. Honours CARGO_TARGET_DIR. The image is tagged cascade:latest unless --tag says
-# otherwise; its size is printed at the end.
+# otherwise; its size is printed at the end. --with-faketime (fault tests only) adds Debian's
+# libfaketime at the host's path and labels the image `cascade.faketime=<path>`, so
+# cascade-chaos can preload it to step a node's wall clock; nothing preloads it by default.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,6 +17,8 @@ profile=release
 binary=
 tag=cascade:latest
 strip=1
+faketime=
+faketime_lib=/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -23,7 +27,8 @@ while [ $# -gt 0 ]; do
         --binary) binary=$2; shift ;;
         --tag) tag=$2; shift ;;
         --no-strip) strip=0 ;;
-        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        --with-faketime) faketime=1 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -73,6 +78,16 @@ else
     done
 fi
 
+label=()
+if [ -n "$faketime" ]; then
+    [ -e "$faketime_lib" ] || { echo "--with-faketime: $faketime_lib is missing (apt-get install libfaketime)" >&2; exit 1; }
+    # Its own needs (libc, libm) are the binary's, copied above.
+    mkdir -p "$root$(dirname "$faketime_lib")"
+    cp -L "$faketime_lib" "$root$faketime_lib"
+    echo "library: $faketime_lib (for fault tests; not preloaded)"
+    label=(--label "cascade.faketime=$faketime_lib")
+fi
+
 # glibc reads these: user and group names (the image runs as 65532), and where host names
 # come from (Docker provides /etc/hosts and /etc/resolv.conf at run time).
 cat > "$root/etc/passwd" <<'PASSWD'
@@ -92,6 +107,6 @@ tar -C "$root" --numeric-owner --owner=65532 --group=65532 -rf "$ctx/rootfs.tar"
 rm -rf "$root"
 cp "$repo/Dockerfile" "$ctx/Dockerfile"
 
-docker build -t "$tag" "$ctx"
+docker build "${label[@]}" -t "$tag" "$ctx"
 size=$(docker image inspect -f '{{.Size}}' "$tag")
 echo "built $tag: $((size / 1024 / 1024)) MiB ($size bytes)"

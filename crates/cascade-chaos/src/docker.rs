@@ -106,6 +106,8 @@ pub struct Node {
     pub disk: String,
     /// Peers its outgoing packets are dropped to (an asymmetric partition).
     pub dropping_to: Vec<u32>,
+    /// Its wall clock's offset as libfaketime reads it (`+0` when true).
+    pub clock: String,
 }
 
 impl Node {
@@ -144,7 +146,13 @@ pub struct Cluster {
     keep: bool,
     run_id: String,
     removed: bool,
+    /// Where the image holds libfaketime (its `cascade.faketime` label), if it does: then
+    /// every node preloads it, reading its wall clock's offset from `/data/clock`.
+    pub faketime: Option<String>,
 }
+
+/// What a node's clock file holds when its clock is right.
+pub const CLOCK_RIGHT: &str = "+0";
 
 impl Cluster {
     /// Creates the network and containers, starts the first node, waits until it is ready,
@@ -159,7 +167,20 @@ impl Cluster {
             keep: spec.keep,
             run_id: spec.run_id.clone(),
             removed: false,
+            faketime: None,
         };
+        let label = docker(&[
+            "image",
+            "inspect",
+            "-f",
+            "{{index .Config.Labels \"cascade.faketime\"}}",
+            &spec.image,
+        ])
+        .await?;
+        let label = label.trim();
+        if !label.is_empty() && label != "<no value>" {
+            c.faketime = Some(label.to_string());
+        }
         c.create_network().await?;
         for id in 1..=spec.nodes {
             c.create_node(id).await?;
@@ -223,6 +244,28 @@ impl Cluster {
         let seeds = format!("{}.11:{GRPC_PORT}", self.subnet);
         let mount = format!("{}:/data", data.display());
         let label = format!("cascade-chaos={}", self.run_id);
+        // With libfaketime in the image, the node's wall clock (not its monotonic clock, as an
+        // NTP step leaves it) reads the offset in its clock file, re-read every second.
+        let clock = data.join("clock");
+        std::fs::write(&clock, CLOCK_RIGHT)
+            .with_context(|| format!("writing {}", clock.display()))?;
+        let preload = self
+            .faketime
+            .as_ref()
+            .map(|lib| format!("LD_PRELOAD={lib}"));
+        let mut env: Vec<&str> = Vec::new();
+        if let Some(p) = &preload {
+            env.extend([
+                "-e",
+                p.as_str(),
+                "-e",
+                "FAKETIME_TIMESTAMP_FILE=/data/clock",
+                "-e",
+                "FAKETIME_DONT_FAKE_MONOTONIC=1",
+                "-e",
+                "FAKETIME_CACHE_DURATION=1",
+            ]);
+        }
         let mut args = vec![
             "create",
             "--name",
@@ -239,6 +282,9 @@ impl Cluster {
             &mount,
             // Healthchecks would only add processes to a busy machine; readiness is probed here.
             "--no-healthcheck",
+        ];
+        args.extend(env);
+        args.extend([
             &self.image,
             "server",
             "--node-id",
@@ -257,7 +303,7 @@ impl Cluster {
             // Unsynced partition writes live in the process, so every SIGKILL is a power cut:
             // what was not fsynced is gone, as it would be from a page cache.
             "--unsynced-writes-in-memory",
-        ];
+        ]);
         // Node 1 bootstraps the cluster; the others join through it (and later rejoin from
         // their data, whichever nodes are up).
         if id > 1 {
@@ -271,6 +317,7 @@ impl Cluster {
             state: NodeState::Down,
             disk: DISK_HEALTHY.into(),
             dropping_to: Vec::new(),
+            clock: CLOCK_RIGHT.into(),
         });
         Ok(())
     }
@@ -371,6 +418,16 @@ impl Cluster {
         Ok(())
     }
 
+    /// Sets node `id`'s wall-clock offset (libfaketime's syntax: `+2h`, `-90s`, `+0`); the node
+    /// re-reads it every second, so the step is in force a moment after this returns.
+    pub async fn set_clock(&mut self, id: u32, offset: &str) -> Result<()> {
+        let path = self.data_dir(id).join("clock");
+        std::fs::write(&path, offset).with_context(|| format!("writing {}", path.display()))?;
+        self.nodes[id as usize - 1].clock = offset.to_string();
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        Ok(())
+    }
+
     /// Runs `iptables args...` inside node `id`'s network namespace (from the host, so the
     /// image needs no iptables and the container no extra capability).
     async fn iptables(&self, id: u32, args: &[&str]) -> Result<()> {
@@ -424,6 +481,9 @@ impl Cluster {
             }
             if self.node(id).disk != DISK_HEALTHY {
                 self.set_disk(id, DISK_HEALTHY).await?;
+            }
+            if self.node(id).clock != CLOCK_RIGHT {
+                self.set_clock(id, CLOCK_RIGHT).await?;
             }
         }
         Ok(())

@@ -84,6 +84,11 @@ pub enum FaultKind {
     /// Packets from a partition leader to one other node are dropped; the other way they
     /// still flow.
     Asymmetric,
+    /// A partition leader's wall clock steps (forward or back, by hours or a day) until
+    /// healed, as NTP stepping a wrong clock or a VM resumed from a snapshot does; its
+    /// monotonic clock runs on. Needs libfaketime in the image (`build-image.sh
+    /// --with-faketime`); left off the menu otherwise.
+    ClockJump,
     /// Two of the faults above at once, on a leader and on another node.
     Overlap,
 }
@@ -103,6 +108,7 @@ impl FaultKind {
             Self::FullDisk => "full_disk",
             Self::SlowDisk => "slow_disk",
             Self::Asymmetric => "asymmetric",
+            Self::ClockJump => "clock_jump",
             Self::Overlap => "overlap",
         }
     }
@@ -110,9 +116,12 @@ impl FaultKind {
     /// The faults that make sense for `nodes` nodes. Isolating the only node of a one-node
     /// cluster is just unavailability (the host is cut off too), and isolating "a minority" of
     /// three is isolating one node, already on the list.
-    pub fn menu(nodes: u32) -> Vec<FaultKind> {
+    pub fn menu(nodes: u32, clocks: bool) -> Vec<FaultKind> {
         let mut m = vec![Self::KillLeader, Self::PauseLeader, Self::FullRestart];
         m.extend([Self::FailingDisk, Self::FullDisk, Self::SlowDisk]);
+        if clocks {
+            m.push(Self::ClockJump);
+        }
         if nodes >= 3 {
             m.push(Self::IsolateLeader);
             // With one replica, damage is a loud refusal (tested by the server's suite), not
@@ -130,8 +139,8 @@ impl FaultKind {
     }
 
     /// The faults an `overlap` pairs: those that hit one node.
-    fn single_node(nodes: u32) -> Vec<FaultKind> {
-        Self::menu(nodes)
+    fn single_node(nodes: u32, clocks: bool) -> Vec<FaultKind> {
+        Self::menu(nodes, clocks)
             .into_iter()
             .filter(|k| {
                 !matches!(
@@ -219,7 +228,13 @@ pub async fn run(
     until: Instant,
 ) -> Result<Vec<FaultRecord>> {
     let n = cluster.nodes.len() as u32;
-    let menu = FaultKind::menu(n);
+    let clocks = cluster.faketime.is_some();
+    if !clocks {
+        eprintln!(
+            "note: the image has no libfaketime (build-image.sh --with-faketime): no clock_jump faults"
+        );
+    }
+    let menu = FaultKind::menu(n, clocks);
     let mut pending = Vec::new();
     let mut done = Vec::new();
     loop {
@@ -253,7 +268,7 @@ pub async fn run(
                 hit.into_iter().map(|id| (kind, id)).collect()
             }
             FaultKind::Overlap => {
-                let pick = FaultKind::single_node(n);
+                let pick = FaultKind::single_node(n, clocks);
                 let first = pick[rng.range(0, pick.len() as u64) as usize];
                 let second = pick[rng.range(0, pick.len() as u64) as usize];
                 let others: Vec<u32> = (1..=n).filter(|x| *x != target).collect();
@@ -418,6 +433,12 @@ async fn inject(
             cluster.drop_packets(id, to).await?;
             Some(format!("node {id}: packets to node {to} dropped"))
         }
+        FaultKind::ClockJump => {
+            const STEPS: [&str; 5] = ["+2h", "-2h", "+25h", "-25h", "+90s"];
+            let step = STEPS[rng.range(0, STEPS.len() as u64) as usize];
+            cluster.set_clock(id, step).await?;
+            Some(format!("node {id}: wall clock {step}"))
+        }
         FaultKind::Overlap => unreachable!("an overlap is split into single-node faults"),
     })
 }
@@ -531,7 +552,7 @@ mod tests {
 
     #[test]
     fn every_kind_comes_once_per_round_in_a_seeded_order() {
-        let menu = FaultKind::menu(5);
+        let menu = FaultKind::menu(5, true);
         let mut sorted = menu.clone();
         sorted.sort();
         let deal = |seed| {
@@ -552,10 +573,10 @@ mod tests {
 
     #[test]
     fn the_menu_fits_the_cluster_size() {
-        assert!(!FaultKind::menu(1).contains(&FaultKind::IsolateLeader));
-        assert!(FaultKind::menu(3).contains(&FaultKind::IsolateLeader));
-        assert!(!FaultKind::menu(3).contains(&FaultKind::IsolateMinority));
-        assert!(FaultKind::menu(5).contains(&FaultKind::IsolateMinority));
+        assert!(!FaultKind::menu(1, true).contains(&FaultKind::IsolateLeader));
+        assert!(FaultKind::menu(3, true).contains(&FaultKind::IsolateLeader));
+        assert!(!FaultKind::menu(3, true).contains(&FaultKind::IsolateMinority));
+        assert!(FaultKind::menu(5, true).contains(&FaultKind::IsolateMinority));
     }
 
     fn ack(partition: u32, invoked: u64, acked: u64) -> Ack {

@@ -283,10 +283,11 @@ pub async fn run(opts: &Options) -> Result<RunReport> {
         readback_tsv(&history.partitions),
     );
 
-    let mut faults_by_kind: BTreeMap<String, u64> = FaultKind::menu(opts.nodes)
-        .into_iter()
-        .map(|k| (k.name().to_string(), 0))
-        .collect();
+    let mut faults_by_kind: BTreeMap<String, u64> =
+        FaultKind::menu(opts.nodes, cluster.faketime.is_some())
+            .into_iter()
+            .map(|k| (k.name().to_string(), 0))
+            .collect();
     for f in &faults {
         *faults_by_kind.entry(f.kind.name().into()).or_default() += 1;
     }

@@ -2,8 +2,9 @@
 
 use crate::error::{LogError, Result};
 use std::fmt::Debug;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// When appended data is made durable with fsync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,16 +116,27 @@ pub trait Clock: Send + Sync + Debug {
     fn now_ms(&self) -> i64;
 }
 
-/// The system clock.
+/// The system's wall clock as this process first read it, advanced by the monotonic clock:
+/// a step of the system clock while the process runs (NTP stepping it, an operator, a VM
+/// resumed from a snapshot) does not move it. What the log times is elapsed time (how long a
+/// producer has been idle, how old a segment is), so a step must not make every producer look
+/// a day idle, and be forgotten mid-stream, or every segment a week old, and deleted, at once.
+/// Every log in the process reads the same base, so they agree; a restart takes the system
+/// clock again.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0)
+        static BASE: OnceLock<(i64, Instant)> = OnceLock::new();
+        let (wall, at) = BASE.get_or_init(|| {
+            let wall = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            (wall, Instant::now())
+        });
+        wall.saturating_add(at.elapsed().as_millis() as i64)
     }
 }
 

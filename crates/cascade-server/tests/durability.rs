@@ -380,6 +380,105 @@ async fn a_damaged_topic_id_never_deletes_the_topic_data() {
     assert_eq!(got, values, "the adopted directory serves its events");
 }
 
+/// libfaketime, preloaded into the server, makes its wall clock read what a control file says
+/// (`+0`, `+25h`, `-1h`), re-read every second; the monotonic clock is left alone, as an NTP
+/// step leaves it. `.ci/run` installs it (Debian `libfaketime`).
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// The system clock stepping forward a day (NTP correcting a wrong clock, a VM resumed from an
+/// old snapshot) while an idempotent producer is mid-stream. Producers idle longer than
+/// `producer.id.expiration.ms` (a day) are forgotten; the log measured idleness on the wall
+/// clock, so the step made every active producer look a day idle and forgot it: its next
+/// batch was refused with UNKNOWN_PRODUCER_ID, which makes a producer renumber, and a
+/// renumbered retry of a batch already stored is stored twice. The log's clock now advances
+/// with the monotonic clock from the wall time it first read: a step does not move it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wall_clock_step_forgets_no_active_producer() {
+    assert!(
+        std::path::Path::new(FAKETIME).exists(),
+        "{FAKETIME} is missing: install Debian's libfaketime (.ci/run does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let clock = dir.path().join("clock");
+    std::fs::write(&clock, "+0").unwrap();
+    let data = dir.path().join("data");
+    let env = [
+        ("LD_PRELOAD", FAKETIME),
+        ("FAKETIME_TIMESTAMP_FILE", clock.to_str().unwrap()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ("FAKETIME_CACHE_DURATION", "1"),
+    ];
+    // Retention (and with it producer expiry) runs every second.
+    let node = Node::start_with_env(&data, &["--retention-check-secs", "1"], &env);
+    let client = node.client().await;
+    client
+        .create_topic("steady", 1, 1, BTreeMap::new())
+        .await
+        .unwrap();
+    let (pid, epoch) = client.init_producer_id(None).await.expect("producer id");
+    for seq in 0..5 {
+        client
+            .produce_batches(
+                "steady",
+                0,
+                producer_batch(&["before"], (pid, epoch, seq)),
+                Acks::All,
+            )
+            .await
+            .unwrap();
+    }
+    std::fs::write(&clock, "+25h").unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The server's wall clock did step: an event it stamps itself carries the new time.
+    client
+        .create_topic("stamp", 1, 1, BTreeMap::new())
+        .await
+        .unwrap();
+    client
+        .produce_records(
+            "stamp",
+            Some(0),
+            vec![common::errors::record(None, b"now")],
+            Acks::All,
+        )
+        .await
+        .unwrap();
+    let mut c = cascade_client::PartitionConsumer::new(client.clone(), "stamp", 0, 0);
+    let stamped = c.poll(Duration::from_secs(5)).await.unwrap()[0].timestamp_ms;
+    let real = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        stamped > real + 24 * 3600 * 1000,
+        "the server's clock did not step: stamped {stamped}, real {real}"
+    );
+    for seq in 5..10 {
+        client
+            .produce_batches(
+                "steady",
+                0,
+                producer_batch(&["after"], (pid, epoch, seq)),
+                Acks::All,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("batch {seq} after the clock step: {e}"));
+    }
+    // A retry of the last batch is still recognised as a duplicate, not stored again.
+    let again = client
+        .produce_batches(
+            "steady",
+            0,
+            producer_batch(&["after"], (pid, epoch, 9)),
+            Acks::All,
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.base_offset, 9, "{again:?}");
+    let got = read_partition(&client, "steady", 0).await;
+    assert_eq!(got.len(), 10, "each batch stored once");
+}
+
 /// Every directory a fresh node and a new topic create is a name in its parent, durable only
 /// once the parent is fsynced (POSIX's minimum; not every file system orders it for you). A
 /// power loss right after start-up or topic creation otherwise loses `meta/` (the node

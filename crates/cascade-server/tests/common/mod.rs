@@ -22,6 +22,8 @@ pub struct Node {
     pub grpc: String,
     pub http: Option<String>,
     pub extra: Vec<String>,
+    /// Environment variables the server process gets on top of the test's.
+    pub env: Vec<(String, String)>,
     /// gRPC port to listen on (0: any; set after the first start so restarts keep the
     /// address a cluster knows this node by).
     pub grpc_port: u16,
@@ -36,6 +38,25 @@ impl Node {
             grpc: String::new(),
             http: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+            grpc_port: 0,
+        };
+        node.spawn();
+        node
+    }
+
+    /// Starts a node on `dir` with extra flags and environment variables.
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Node {
+        let mut node = Node {
+            child: None,
+            dir: dir.to_path_buf(),
+            grpc: String::new(),
+            http: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             grpc_port: 0,
         };
         node.spawn();
@@ -50,6 +71,7 @@ impl Node {
             grpc: String::new(),
             http: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
             grpc_port: port,
         };
         node.spawn();
@@ -73,6 +95,7 @@ impl Node {
                 "127.0.0.1:0",
             ])
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "CASCADE_LOG",
                 std::env::var("CASCADE_TEST_LOG").unwrap_or_else(|_| "warn,openraft=off".into()),
