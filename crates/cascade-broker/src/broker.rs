@@ -609,7 +609,7 @@ impl Broker {
         match reason {
             Some(r) => {
                 if offline.get(&key) != Some(&r) {
-                    tracing::error!(topic, partition, reason = %r, "replica offline: it could not be opened; the rest of the node serves on");
+                    tracing::error!(topic, partition, reason = %r, "replica offline (it could not be opened, or take its role); the rest of the node serves on");
                 }
                 offline.insert(key, r);
             }

@@ -184,7 +184,9 @@ pub struct Partition {
     /// Why the last append failed for want of space (ENOSPC), until an append succeeds: the
     /// broker reports the replica as `disk-full`, so the controller moves its leadership to
     /// a replica that can still write (see [`Partition::disk_full`]).
-    disk_full: Mutex<Option<String>>,
+    /// Shared with the actor, which keeps it up to date from every append's outcome (an
+    /// `acks=none` append too, whose result nobody waits for).
+    disk_full: Arc<Mutex<Option<String>>>,
     /// Set once this replica's storage failed and the broker is retiring it (see
     /// `Broker::retire_failed_replica`), so that happens once.
     retiring: std::sync::atomic::AtomicBool,
@@ -296,8 +298,10 @@ impl Partition {
         }));
         let (tx, rx) = mpsc::channel(QUEUE);
         let name = format!("p-{topic}-{index}");
+        let disk_full = Arc::new(Mutex::new(None));
         let actor = Actor {
             log,
+            disk_full: disk_full.clone(),
             dir: dir.to_path_buf(),
             epochs: epochs.clone(),
             leader_epoch: None,
@@ -326,7 +330,7 @@ impl Partition {
             min_insync: Mutex::new(config.min_insync_replicas),
             thread: Mutex::new(Some(thread)),
             damaged: Mutex::new(damaged_at_open),
-            disk_full: Mutex::new(None),
+            disk_full,
             retiring: Default::default(),
             fetch_gate: tokio::sync::RwLock::new(()),
             hw_saved: std::sync::atomic::AtomicU64::new(checkpoint),
@@ -528,34 +532,10 @@ impl Partition {
             }
         }
         let r = rx.await.map_err(|_| BrokerError::ShuttingDown)?;
-        self.note_space(&r);
         match r {
             Err(BrokerError::NotLeader { .. }) => Err(self.not_leader()),
             r => r,
         }
-    }
-
-    /// Keeps [`Partition::disk_full`] up to date from an append's outcome: set by a refusal
-    /// for want of space, cleared by an append that wrote (space is back). A duplicate wrote
-    /// nothing, so it proves nothing either way.
-    fn note_space(&self, r: &Result<AppendInfo>) {
-        let full = match r {
-            Ok(info) if info.duplicate => return,
-            Ok(_) => None,
-            Err(BrokerError::Storage(e)) if e.is_out_of_space() => Some(e.to_string()),
-            Err(_) => return,
-        };
-        let mut slot = self.disk_full.lock().unwrap_or_else(|e| e.into_inner());
-        match (&*slot, &full) {
-            (None, Some(reason)) => {
-                tracing::error!(topic = %self.topic, partition = self.index, %reason, "replica's disk is full: writes fail until space returns");
-            }
-            (Some(_), None) => {
-                tracing::warn!(topic = %self.topic, partition = self.index, "replica's disk has space again");
-            }
-            _ => {}
-        }
-        *slot = full;
     }
 
     /// Clears [`Partition::disk_full`] once a probe write succeeded (see the follower's
@@ -659,7 +639,6 @@ impl Partition {
                 reply,
             })
             .await;
-        self.note_space(&r);
         match r {
             // The actor does not know the partition's name: fill it in.
             Err(BrokerError::FencedLeaderEpoch { got, current, .. }) => {
@@ -868,6 +847,29 @@ fn producer_of(batches: &[u8]) -> Option<ProducerBatch> {
         last_seq,
     })
 }
+/// Keeps a replica's disk-full report up to date from an append's outcome (see
+/// [`Partition::disk_full`]): set by a refusal for want of space, cleared by an append that
+/// wrote (space is back). A duplicate wrote nothing, so it proves nothing either way.
+pub(crate) fn note_space(slot: &Mutex<Option<String>>, dir: &Path, r: &Result<AppendInfo>) {
+    let full = match r {
+        Ok(info) if info.duplicate => return,
+        Ok(_) => None,
+        Err(BrokerError::Storage(e)) if e.is_out_of_space() => Some(e.to_string()),
+        Err(_) => return,
+    };
+    let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+    match (&*slot, &full) {
+        (None, Some(reason)) => {
+            tracing::error!(dir = %dir.display(), %reason, "replica's disk is full: writes fail until space returns");
+        }
+        (Some(_), None) => {
+            tracing::warn!(dir = %dir.display(), "replica's disk has space again");
+        }
+        _ => {}
+    }
+    *slot = full;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

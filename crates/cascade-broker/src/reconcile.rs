@@ -139,9 +139,16 @@ impl Broker {
                 // One replica whose role change fails (its disk failed as it was reopened,
                 // its group state could not load) must not keep the others from following
                 // the metadata: log it, go on, and let the next pass retry it.
-                if let Err(e) = self.reconcile_replica(t, i, a, part, config_changed).await {
-                    self.reconcile_incomplete.store(true, Ordering::SeqCst);
-                    tracing::error!(topic = %t.name, partition = i, error = %e, "could not give this replica its role; retrying");
+                // It is reported offline meanwhile, so the controller moves its leadership
+                // (a preferred-leader election would otherwise hand it back, again and again,
+                // to a replica that cannot lead) and takes it out of the in-sync set.
+                match self.reconcile_replica(t, i, a, part, config_changed).await {
+                    Ok(()) => self.set_offline(&t.name, i, None),
+                    Err(e) => {
+                        self.reconcile_incomplete.store(true, Ordering::SeqCst);
+                        tracing::error!(topic = %t.name, partition = i, error = %e, "could not give this replica its role; retrying");
+                        self.set_offline(&t.name, i, Some(format!("cannot take its role: {e}")));
+                    }
                 }
             }
         }

@@ -1641,3 +1641,88 @@ fn segment_len(partition_dir: &Path) -> u64 {
         .unwrap()
         .len()
 }
+
+/// A replica that is open but cannot take the leader role (here its leader-epoch file cannot
+/// be written) is reported offline in its node's heartbeats, so the controller moves the
+/// leadership on and keeps it away, instead of electing it again and again as the preferred
+/// leader while the partition refuses every write. Once the file can be written it rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_that_cannot_take_the_leader_role_is_passed_over() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let slow = ["--heartbeat-ms", "200", "--session-timeout-ms", "20000"];
+    let mut nodes = vec![Node::start_with(
+        dirs[0].path(),
+        &[&["--node-id", "1"][..], &slow].concat(),
+    )];
+    let seed = nodes[0].grpc.clone();
+    for i in 2..=3 {
+        let id = i.to_string();
+        let args = [
+            &["--node-id", id.as_str(), "--seeds", seed.as_str()][..],
+            &slow,
+        ]
+        .concat();
+        nodes.push(Node::start_with(dirs[i - 1].path(), &args));
+    }
+    let client = nodes[0].client().await;
+    let configs: BTreeMap<String, String> =
+        [("min.insync.replicas".to_string(), "2".to_string())].into();
+    client
+        .create_topic("stuck", 1, 3, configs)
+        .await
+        .expect("create");
+    let mut acked = BTreeMap::new();
+    produce_all(&nodes, "stuck", 1, "before", 20, &mut acked).await;
+    let p = partition(&describe(&nodes).await, "stuck", 0);
+    // The preferred leader (first replica) is the one that will fail to lead.
+    let preferred = p.replicas[0];
+    let i = preferred as usize - 1;
+    // A clean stop hands its leadership over; while it is down, a directory takes the place
+    // of the temporary file its leader-epoch cache is written through.
+    tokio::task::block_in_place(|| nodes[i].stop());
+    let obstacle = dirs[i].path().join("topics/stuck/0.leader-epochs.tmp");
+    std::fs::create_dir(&obstacle).unwrap();
+    tokio::task::block_in_place(|| nodes[i].restart_same_port());
+
+    wait_until(
+        "the preferred replica shown offline and out of the in-sync set, another leading",
+        Duration::from_secs(30),
+        async || {
+            let p = partition(&describe(&nodes).await, "stuck", 0);
+            let s = p.replica_status.iter().find(|r| r.node_id == preferred);
+            if p.leader != preferred
+                && p.leader != 0
+                && !p.isr.contains(&preferred)
+                && s.is_some_and(|s| {
+                    s.state == "offline" && s.reason.contains("cannot take its role")
+                })
+            {
+                Ok(())
+            } else {
+                Err(format!("{p:?}"))
+            }
+        },
+    )
+    .await;
+    // Writes go on, and stay away from it.
+    produce_all(&nodes, "stuck", 1, "meanwhile", 50, &mut acked).await;
+    let p = partition(&describe(&nodes).await, "stuck", 0);
+    assert_ne!(p.leader, preferred, "{p:?}");
+
+    std::fs::remove_dir(&obstacle).unwrap();
+    wait_until(
+        "the replica back in sync",
+        Duration::from_secs(30),
+        async || {
+            let p = partition(&describe(&nodes).await, "stuck", 0);
+            if p.isr.contains(&preferred) && p.replica_status.iter().all(|r| r.state == "in-sync") {
+                Ok(())
+            } else {
+                Err(format!("{p:?}"))
+            }
+        },
+    )
+    .await;
+    produce_all(&nodes, "stuck", 1, "after", 20, &mut acked).await;
+    check_acked(&nodes, "stuck", &acked).await;
+}

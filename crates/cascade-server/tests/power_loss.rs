@@ -378,6 +378,64 @@ async fn a_leader_whose_fsync_fails_hands_over_and_comes_back_when_the_disk_does
     a_leader_with_a_bad_disk_hands_over_and_rejoins("eio", failing, None).await;
 }
 
+/// The same full disk under `acks=none` producers only: nobody waits for an append's result,
+/// so the refusal for want of space reached no one and the leader never reported its disk
+/// full; it kept leading and dropping every write. The partition's writer now notes the disk
+/// full from every append's outcome, so leadership moves as it does for acknowledged writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_fed_only_unacknowledged_writes_reports_its_full_disk() {
+    let topic = "quiet-full";
+    let Three {
+        _root: _dir,
+        nodes,
+        fss,
+        client,
+        ..
+    } = three_nodes_each_on_its_own_fs(topic, &[], SESSION).await;
+    let describe = async || {
+        client
+            .describe_topic(topic)
+            .await
+            .expect("describe")
+            .partitions[0]
+            .clone()
+    };
+    for i in 0..5 {
+        produce_one(&client, topic, i, Duration::from_secs(20)).await;
+    }
+    let old = describe().await.leader;
+    fss[old as usize - 1].set_faults(MemFsFaults {
+        write_budget: Some(0),
+        fail_sync: false,
+    });
+    let rec = cascade_client::proto::Record {
+        value: Some(bytes::Bytes::from_static(b"fire and forget")),
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // Only acks=none writes, to whoever leads now.
+        let _ = client
+            .produce_records(topic, Some(0), vec![rec.clone()], Acks::None)
+            .await;
+        let p = describe().await;
+        let shown = p.replica_status.iter().find(|r| r.node_id == old);
+        if p.leader != old && p.leader != 0 && shown.is_some_and(|r| r.state == "disk-full") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the full leader never reported its disk: {p:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for n in nodes {
+        n.stop.cancel();
+        n.broker.shutdown().await;
+        let _ = n.server.await;
+    }
+}
+
 /// The leader's disk fills up (ENOSPC). Its log still holds everything and still works, but
 /// cannot take a write: it reports the replica as `disk-full`, so the controller moves the
 /// leadership to an in-sync replica with space and producers carry on (they got

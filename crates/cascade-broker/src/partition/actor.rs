@@ -150,6 +150,8 @@ pub(super) fn epochs_in(batches: &[u8]) -> Vec<(i32, u64)> {
 
 pub(super) struct Actor {
     pub(super) log: Log,
+    /// The replica's disk-full report, set and cleared here from every append's outcome.
+    pub(super) disk_full: Arc<Mutex<Option<String>>>,
     pub(super) dir: PathBuf,
     pub(super) epochs: Arc<Mutex<EpochCache>>,
     pub(super) leader_epoch: Option<i32>,
@@ -219,6 +221,7 @@ impl Actor {
                                 leader: None,
                             })
                         };
+                        super::note_space(&self.disk_full, &self.dir, &r);
                         replies.push((reply, r));
                     }
                     Command::AppendReplicated {
@@ -236,6 +239,7 @@ impl Actor {
                                 current: self.follower_epoch.unwrap_or(-1),
                             })
                         };
+                        super::note_space(&self.disk_full, &self.dir, &r);
                         replies.push((reply, r));
                     }
                     Command::BecomeLeader { epoch, reply } => {
