@@ -17,7 +17,7 @@ use crate::workload::Recorder;
 use anyhow::{Context, Result};
 use cascade_client::Client;
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 /// A small deterministic generator (SplitMix64). Its own, not a crate's, so a seed printed
@@ -74,6 +74,15 @@ pub enum FaultKind {
     /// damaged journal is repaired as `docs/operations.md` tells an operator to ("A damaged
     /// metadata journal"), and started again.
     CorruptMeta,
+    /// The same damage on every replica of one partition, where no intact copy is left: a
+    /// fresh side topic `ruin-<n>` (one partition, replication factor min(3, N)) takes 200
+    /// acknowledged events, every node loses power, one bit flips at the middle of that
+    /// partition's active segment on each replica, and every node starts again. The right
+    /// answer is a loud refusal: the partition stays offline (`cluster status` shows it, each
+    /// replica not in sync, with why), and no write ever lands at an offset of a lost event.
+    /// Anything else fails the run. The side topic is deleted afterwards; the workload topic
+    /// only sees a full restart.
+    CorruptAll,
     /// A partition leader's disk fails: every write and fsync of its partition storage gets
     /// EIO; healing makes the disk work again (the node repairs itself without a restart).
     FailingDisk,
@@ -104,6 +113,7 @@ impl FaultKind {
             Self::FullRestart => "full_restart",
             Self::CorruptLeader => "corrupt_leader",
             Self::CorruptMeta => "corrupt_meta",
+            Self::CorruptAll => "corrupt_all",
             Self::FailingDisk => "failing_disk",
             Self::FullDisk => "full_disk",
             Self::SlowDisk => "slow_disk",
@@ -129,6 +139,7 @@ impl FaultKind {
             m.push(Self::CorruptLeader);
             // The operator's repair of a damaged journal needs every other voter up.
             m.push(Self::CorruptMeta);
+            m.push(Self::CorruptAll);
             m.push(Self::Asymmetric);
             m.push(Self::Overlap);
         }
@@ -145,7 +156,11 @@ impl FaultKind {
             .filter(|k| {
                 !matches!(
                     k,
-                    Self::FullRestart | Self::IsolateMinority | Self::Overlap | Self::CorruptMeta
+                    Self::FullRestart
+                        | Self::IsolateMinority
+                        | Self::Overlap
+                        | Self::CorruptMeta
+                        | Self::CorruptAll
                 )
             })
             .collect()
@@ -237,6 +252,7 @@ pub async fn run(
     let menu = FaultKind::menu(n, clocks);
     let mut pending = Vec::new();
     let mut done = Vec::new();
+    let mut ruins = 0u32;
     loop {
         let quiet = Duration::from_millis(rng.range(cfg.quiet_ms.0, cfg.quiet_ms.1));
         let hold = Duration::from_millis(rng.range(cfg.hold_ms.0, cfg.hold_ms.1));
@@ -258,6 +274,7 @@ pub async fn run(
         // What to do, to whom: one action per node (two for an overlap).
         let mut actions: Vec<(FaultKind, u32)> = match kind {
             FaultKind::FullRestart => (1..=n).map(|id| (FaultKind::KillLeader, id)).collect(),
+            FaultKind::CorruptAll => (1..=n).map(|id| (FaultKind::CorruptAll, id)).collect(),
             FaultKind::IsolateMinority => {
                 let mut others: Vec<u32> = (1..=n).filter(|x| *x != target).collect();
                 let mut hit = vec![target];
@@ -295,7 +312,13 @@ pub async fn run(
             hold.as_secs_f64()
         );
         let mut details = Vec::new();
-        for (action, id) in &actions {
+        if kind == FaultKind::CorruptAll {
+            ruins += 1;
+            let d = ruin_a_partition(cluster, client, ruins).await?;
+            eprintln!("           {d}");
+            details.push(d);
+        }
+        for (action, id) in actions.iter().filter(|(k, _)| *k != FaultKind::CorruptAll) {
             if let Some(d) = inject(cluster, *action, *id, rng).await? {
                 eprintln!("           {d}");
                 details.push(d);
@@ -381,6 +404,134 @@ async fn repair_meta(cluster: &mut Cluster, id: u32, why: &str) -> Result<String
     ))
 }
 
+/// `corrupt_all`, whole (see [`FaultKind::CorruptAll`]): returns what it saw; an error (the run
+/// fails) if the damaged partition came back serving or reused an offset.
+async fn ruin_a_partition(cluster: &mut Cluster, client: &Client, round: u32) -> Result<String> {
+    use cascade_client::{Acks, proto::Record};
+    let topic = format!("ruin-{round}");
+    let n = cluster.nodes.len() as u32;
+    let configs = [("min.insync.replicas".to_string(), "2".to_string())].into();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let retry = Duration::from_millis(300);
+    loop {
+        match client.create_topic(&topic, 1, n.min(3), BTreeMap::clone(&configs)).await {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(retry).await;
+            }
+            Err(e) => return Err(e).context("creating the side topic"),
+        }
+    }
+    // 20 batches of 10 acknowledged events, then every replica in sync (each holds them all).
+    let mut end = 0u64;
+    for b in 0..20 {
+        let records: Vec<Record> = (0..10)
+            .map(|i| Record {
+                value: Some(format!("{topic}-{b}-{i}").into_bytes().into()),
+                ..Default::default()
+            })
+            .collect();
+        loop {
+            match client
+                .produce_records(&topic, Some(0), records.clone(), Acks::All)
+                .await
+            {
+                Ok(r) => {
+                    end = end.max(r.last().map_or(0, |p| p.last_offset + 1));
+                    break;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(retry).await;
+                }
+                Err(e) => return Err(e).context("writing the side topic"),
+            }
+        }
+    }
+    let replicas = loop {
+        let p = client.describe_topic(&topic).await.ok().map(|t| t.partitions[0].clone());
+        if let Some(p) = p.filter(|p| p.isr.len() == p.replicas.len()) {
+            break p.replicas;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{topic}/0 never had every replica in sync");
+        tokio::time::sleep(retry).await;
+    };
+    for id in 1..=n {
+        cluster.kill(id).await?;
+    }
+    let mut flipped = Vec::new();
+    for &r in &replicas {
+        let dir = cluster.data_dir(r).join("topics").join(&topic).join("0");
+        let log = std::fs::read_dir(&dir)
+            .with_context(|| format!("listing {}", dir.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .max()
+            .with_context(|| format!("no segment in {}", dir.display()))?;
+        let mut bytes = std::fs::read(&log)?;
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x10;
+        std::fs::write(&log, &bytes)?;
+        flipped.push(format!("node {r} byte {at}"));
+    }
+    for id in 1..=n {
+        cluster.start_node(id).await?;
+    }
+    for id in 1..=n {
+        cluster.wait_ready(id, Duration::from_secs(60)).await?;
+    }
+    // The refusal: offline, every replica shown not in sync. Watched for 10 s, writing all
+    // along: a write may be refused, never stored at an offset below `end`.
+    let watch = Instant::now() + Duration::from_secs(10);
+    let mut refused = 0;
+    let mut last = None;
+    while Instant::now() < watch {
+        if let Ok(t) = client.describe_topic(&topic).await {
+            let p = t.partitions[0].clone();
+            anyhow::ensure!(
+                p.leader == 0 || p.high_watermark >= end,
+                "{topic}/0 is led again by node {} with a high watermark of {} below the {end} acknowledged: {p:?}",
+                p.leader,
+                p.high_watermark
+            );
+            last = Some(p);
+        }
+        let probe = vec![Record {
+            value: Some(b"after the damage".to_vec().into()),
+            ..Default::default()
+        }];
+        match client.produce_records(&topic, Some(0), probe, Acks::All).await {
+            Ok(r) => anyhow::ensure!(
+                r[0].base_offset >= end,
+                "a write after the damage took offset {} of a lost event (acknowledged up to {end})",
+                r[0].base_offset
+            ),
+            Err(_) => refused += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let p = last.context("the damaged partition was never described")?;
+    anyhow::ensure!(p.leader == 0, "{topic}/0 is led again after damage on every copy: {p:?}");
+    anyhow::ensure!(
+        p.replica_status.iter().all(|r| r.state != "in-sync"),
+        "a damaged replica is shown in sync: {p:?}"
+    );
+    let why: Vec<String> = p
+        .replica_status
+        .iter()
+        .map(|r| format!("{} {}", r.node_id, r.state))
+        .collect();
+    let deleted = client.delete_topic(&topic).await.is_ok();
+    Ok(format!(
+        "{topic}/0 damaged on every replica ({}); offline as it must be ({}), {refused} writes refused, none at a lost offset; side topic {}",
+        flipped.join(", "),
+        why.join(", "),
+        if deleted { "deleted" } else { "left (delete failed)" }
+    ))
+}
+
 /// Puts one single-node fault in force on node `id`; returns what it did when that needs
 /// saying (the byte flipped, the disk fault, the link cut), for the report.
 async fn inject(
@@ -440,6 +591,7 @@ async fn inject(
             Some(format!("node {id}: wall clock {step}"))
         }
         FaultKind::Overlap => unreachable!("an overlap is split into single-node faults"),
+        FaultKind::CorruptAll => unreachable!("done whole by `ruin_a_partition`"),
     })
 }
 
