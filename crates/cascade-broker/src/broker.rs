@@ -109,6 +109,10 @@ pub struct Broker {
     /// The last reconciliation left a replica without its role (see `reconcile`): housekeeping
     /// runs another.
     pub(crate) reconcile_incomplete: AtomicBool,
+    /// When each replica last failed to take its role. It stays reported offline for
+    /// [`crate::reconcile::ROLE_FAILURE_HOLD`] after that even if an easier role succeeds
+    /// meanwhile: otherwise it would be re-elected (and fail) at every controller pass.
+    pub(crate) role_failures: std::sync::Mutex<HashMap<(String, u32), std::time::Instant>>,
     /// Replicas whose storage failed, with the durable offset they are cut back to when
     /// reopened (see `Broker::cut_unsynced`).
     unsynced: std::sync::Mutex<HashMap<(String, u32), u64>>,
@@ -184,6 +188,7 @@ impl Broker {
             reconcile_lock: tokio::sync::Mutex::new(()),
             offline: Default::default(),
             reconcile_incomplete: AtomicBool::new(false),
+            role_failures: Default::default(),
             unsynced: Default::default(),
             ready,
             leaving: AtomicBool::new(false),
@@ -431,6 +436,17 @@ impl Broker {
         }
     }
 
+    /// True if a live broker other than this one holds an in-sync replica of the partition.
+    fn another_live_in_sync_copy(&self, topic: &str, partition: u32) -> bool {
+        let snap = self.meta.snapshot();
+        let me = self.config.node_id;
+        snap.assignment(topic, partition).is_some_and(|a| {
+            a.isr
+                .iter()
+                .any(|&r| r != me && snap.brokers.get(&r).is_some_and(|b| !b.fenced))
+        })
+    }
+
     /// After a failed fsync the page cache may hold events the disk never got, and a reopen
     /// reads them as if they were durable (Linux keeps serving pages whose writeback failed).
     /// Cuts a replica noted by [`Broker::note_unsynced`] back to its last durable offset
@@ -456,14 +472,15 @@ impl Broker {
                     .and_then(|b| String::from_utf8(b).ok())
                     .and_then(|s| s.trim().parse().ok()),
                 // Where the last good fsync ended is unknown: nothing past the log start can
-                // be trusted, so a replica with other copies refetches everything. A lone one
-                // keeps its data (no copy could replace it) and says so.
-                Err(why) if t.replication_factor > 1 => {
+                // be trusted, so a replica with another live in-sync copy refetches
+                // everything. The last copy keeps its data (nothing could replace it) and
+                // says so.
+                Err(why) if self.another_live_in_sync_copy(&t.name, p) => {
                     tracing::error!(file = %marker.display(), %why, "damaged durable-offset record: refetching the whole replica");
                     Some(part.reader().start_offset())
                 }
                 Err(why) => {
-                    tracing::error!(file = %marker.display(), %why, "damaged durable-offset record on a lone replica: keeping its data");
+                    tracing::error!(file = %marker.display(), %why, "damaged durable-offset record on the last in-sync copy: keeping its data");
                     None
                 }
             }

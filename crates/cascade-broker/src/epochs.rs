@@ -69,6 +69,12 @@ pub struct EpochCache {
     entries: Vec<(i32, u64)>,
 }
 
+fn save_entries(path: &Path, entries: &[(i32, u64)]) -> Result<()> {
+    let bytes = serde_json::to_vec(entries)
+        .map_err(|e| BrokerError::Metadata(format!("encoding epochs: {e}")))?;
+    write_atomically(path, &bytes)
+}
+
 impl EpochCache {
     /// Loads the cache of the partition in `dir`, dropping entries at or past `log_end` (they
     /// name epochs whose batches a crash or a truncation took away).
@@ -172,24 +178,28 @@ impl EpochCache {
     }
 
     fn save(&self) -> Result<()> {
-        let bytes = serde_json::to_vec(&self.entries)
-            .map_err(|e| BrokerError::Metadata(format!("encoding epochs: {e}")))?;
-        write_atomically(&self.path, &bytes)
+        save_entries(&self.path, &self.entries)
     }
 
-    /// Records that `epoch` starts at `start`, if it is newer than the latest entry.
+    /// Records that `epoch` starts at `start`, if it is newer than the latest entry. The entry
+    /// counts only once it is on disk: a failed write leaves the cache as it was, so a retry
+    /// writes it again instead of finding it already there (a replica that failed to take
+    /// the leader role at `epoch` once led at it on the retry with the epoch never saved).
     pub fn assign(&mut self, epoch: i32, start: u64) -> Result<()> {
-        match self.entries.last() {
+        let mut next = self.entries.clone();
+        match next.last() {
             Some(&(e, _)) if e >= epoch => return Ok(()),
             Some(&(_, s)) if s > start => {
                 // A newer epoch cannot start before an older one; the older entry named
                 // batches that are gone.
-                self.entries.retain(|&(_, s)| s < start);
+                next.retain(|&(_, s)| s < start);
             }
             _ => {}
         }
-        self.entries.push((epoch, start));
-        self.save()
+        next.push((epoch, start));
+        save_entries(&self.path, &next)?;
+        self.entries = next;
+        Ok(())
     }
 
     /// Forgets epochs starting at or after `offset` (the log was cut there).
@@ -270,6 +280,33 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failed write of a new epoch leaves the cache as it was: the retry writes it again.
+    /// Before, the entry stayed in memory, the retry found it there and succeeded without
+    /// writing, and the replica led at an epoch its file did not have (found by
+    /// `cluster::a_replica_that_cannot_take_the_leader_role_is_passed_over`, which then read a
+    /// different value at an acknowledged offset).
+    #[test]
+    fn a_failed_save_adds_no_epoch() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("0");
+        let mut c = EpochCache::empty(&dir);
+        c.assign(1, 0).unwrap();
+        let obstacle = root.path().join("0.leader-epochs.tmp");
+        std::fs::create_dir(&obstacle).unwrap();
+        assert!(c.assign(2, 5).is_err());
+        assert_eq!(c.entries(), &[(1, 0)], "nothing added in memory");
+        assert!(
+            c.assign(2, 5).is_err(),
+            "the retry fails too, rather than finding it"
+        );
+        std::fs::remove_dir(&obstacle).unwrap();
+        c.assign(2, 5).unwrap();
+        assert_eq!(
+            EpochCache::load(&dir, 10).unwrap().entries(),
+            &[(1, 0), (2, 5)]
+        );
+    }
 
     #[test]
     fn end_offsets_follow_kip_279() {

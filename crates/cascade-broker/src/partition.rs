@@ -223,7 +223,11 @@ impl Partition {
         config: &TopicConfig,
         repairable: bool,
     ) -> Result<Self> {
-        let log_cfg = log_config(config);
+        let log_cfg = LogConfig {
+            // Another copy can repair it: never guess that ambiguous damage is a torn write.
+            ambiguous_tail_is_damage: repairable,
+            ..log_config(config)
+        };
         let mut damaged_at_open = None;
         let clock: Arc<dyn cascade_log::Clock> = Arc::new(cascade_log::SystemClock);
         let marker = crate::epochs::sibling(dir, "damaged");
@@ -274,6 +278,8 @@ impl Partition {
                 .and_then(|b| String::from_utf8(b).ok())
                 .and_then(|s| s.trim().parse::<u64>().ok())
                 .unwrap_or(0),
+            // Written without an fsync: a power cut can leave it empty, which is no damage.
+            Err(_) if std::fs::metadata(&hw_file).is_ok_and(|m| m.len() == 0) => 0,
             Err(why) => {
                 tracing::error!(file = %hw_file.display(), %why, "ignoring a damaged high watermark checkpoint");
                 metrics::counter!("cascade_log_damage_total", "found" => "hw").increment(1);
@@ -655,7 +661,23 @@ impl Partition {
 
     /// Cuts the log at `offset`; returns the new end.
     pub async fn truncate(&self, offset: u64) -> Result<u64> {
-        self.call(|reply| Command::Truncate { offset, reply }).await
+        self.call(|reply| Command::Truncate {
+            offset,
+            keep: false,
+            reply,
+        })
+        .await
+    }
+
+    /// Like [`Partition::truncate`], for a cut at damage: what it drops is kept under the
+    /// log's `damaged/` directory first (it may be the only copy of acknowledged events).
+    pub async fn cut_damaged(&self, offset: u64) -> Result<u64> {
+        self.call(|reply| Command::Truncate {
+            offset,
+            keep: true,
+            reply,
+        })
+        .await
     }
 
     /// Empties the log, restarting it at `start`.

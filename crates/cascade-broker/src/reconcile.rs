@@ -41,6 +41,10 @@ pub(crate) fn spawn(
     });
 }
 
+/// How long a replica that failed to take its role stays reported offline, whatever succeeds
+/// meanwhile (see `Broker::role_failures`).
+pub(crate) const ROLE_FAILURE_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Broker {
     /// Brings local replicas in line with the current metadata. See the module docs.
     pub(crate) async fn reconcile(self: &Arc<Self>) -> Result<()> {
@@ -142,11 +146,30 @@ impl Broker {
                 // It is reported offline meanwhile, so the controller moves its leadership
                 // (a preferred-leader election would otherwise hand it back, again and again,
                 // to a replica that cannot lead) and takes it out of the in-sync set.
+                let key = (t.name.clone(), i);
                 match self.reconcile_replica(t, i, a, part, config_changed).await {
-                    Ok(()) => self.set_offline(&t.name, i, None),
+                    Ok(()) => {
+                        let mut failures =
+                            self.role_failures.lock().unwrap_or_else(|e| e.into_inner());
+                        let held = failures
+                            .get(&key)
+                            .is_some_and(|at| at.elapsed() < ROLE_FAILURE_HOLD);
+                        if held {
+                            // Keep retrying (housekeeping) until the hold is over.
+                            self.reconcile_incomplete.store(true, Ordering::SeqCst);
+                        } else {
+                            failures.remove(&key);
+                            drop(failures);
+                            self.set_offline(&t.name, i, None);
+                        }
+                    }
                     Err(e) => {
                         self.reconcile_incomplete.store(true, Ordering::SeqCst);
                         tracing::error!(topic = %t.name, partition = i, error = %e, "could not give this replica its role; retrying");
+                        self.role_failures
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(key, std::time::Instant::now());
                         self.set_offline(&t.name, i, Some(format!("cannot take its role: {e}")));
                     }
                 }

@@ -601,7 +601,7 @@ impl Broker {
         // reconciler, later: until then it would still append (and, with acks=leader,
         // acknowledge) produces into the log about to be cut. Step down first.
         part.stop_leading_appends().await?;
-        let end = part.truncate(at).await?;
+        let end = part.cut_damaged(at).await?;
         tracing::warn!(topic = %part.topic, partition = part.index, end, "cut a damaged replica; fetching the rest from the leader");
         // A fetch sent before the fetches were held may still have readmitted the replica
         // from its uncut end: take it out once more, now that its log is short it cannot

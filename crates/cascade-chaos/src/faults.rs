@@ -414,7 +414,10 @@ async fn ruin_a_partition(cluster: &mut Cluster, client: &Client, round: u32) ->
     let deadline = Instant::now() + Duration::from_secs(60);
     let retry = Duration::from_millis(300);
     loop {
-        match client.create_topic(&topic, 1, n.min(3), BTreeMap::clone(&configs)).await {
+        match client
+            .create_topic(&topic, 1, n.min(3), BTreeMap::clone(&configs))
+            .await
+        {
             Ok(_) => break,
             Err(e) if Instant::now() < deadline => {
                 let _ = e;
@@ -450,11 +453,18 @@ async fn ruin_a_partition(cluster: &mut Cluster, client: &Client, round: u32) ->
         }
     }
     let replicas = loop {
-        let p = client.describe_topic(&topic).await.ok().map(|t| t.partitions[0].clone());
+        let p = client
+            .describe_topic(&topic)
+            .await
+            .ok()
+            .map(|t| t.partitions[0].clone());
         if let Some(p) = p.filter(|p| p.isr.len() == p.replicas.len()) {
             break p.replicas;
         }
-        anyhow::ensure!(Instant::now() < deadline, "{topic}/0 never had every replica in sync");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{topic}/0 never had every replica in sync"
+        );
         tokio::time::sleep(retry).await;
     };
     for id in 1..=n {
@@ -502,7 +512,10 @@ async fn ruin_a_partition(cluster: &mut Cluster, client: &Client, round: u32) ->
             value: Some(b"after the damage".to_vec().into()),
             ..Default::default()
         }];
-        match client.produce_records(&topic, Some(0), probe, Acks::All).await {
+        match client
+            .produce_records(&topic, Some(0), probe, Acks::All)
+            .await
+        {
             Ok(r) => anyhow::ensure!(
                 r[0].base_offset >= end,
                 "a write after the damage took offset {} of a lost event (acknowledged up to {end})",
@@ -513,7 +526,10 @@ async fn ruin_a_partition(cluster: &mut Cluster, client: &Client, round: u32) ->
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let p = last.context("the damaged partition was never described")?;
-    anyhow::ensure!(p.leader == 0, "{topic}/0 is led again after damage on every copy: {p:?}");
+    anyhow::ensure!(
+        p.leader == 0,
+        "{topic}/0 is led again after damage on every copy: {p:?}"
+    );
     anyhow::ensure!(
         p.replica_status.iter().all(|r| r.state != "in-sync"),
         "a damaged replica is shown in sync: {p:?}"
@@ -528,7 +544,11 @@ async fn ruin_a_partition(cluster: &mut Cluster, client: &Client, round: u32) ->
         "{topic}/0 damaged on every replica ({}); offline as it must be ({}), {refused} writes refused, none at a lost offset; side topic {}",
         flipped.join(", "),
         why.join(", "),
-        if deleted { "deleted" } else { "left (delete failed)" }
+        if deleted {
+            "deleted"
+        } else {
+            "left (delete failed)"
+        }
     ))
 }
 

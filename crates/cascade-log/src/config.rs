@@ -49,6 +49,14 @@ pub struct LogConfig {
     pub flush: FlushPolicy,
     /// What to do about a damaged sealed segment on open.
     pub on_corruption: CorruptionPolicy,
+    /// Take a bad batch in the active segment that valid batches follow as damage even under
+    /// [`FlushPolicy::Always`], when nothing proves it lies past the last fsync (the recovery
+    /// point, rewritten without an fsync of its own, can be stale after a power cut). Under
+    /// `Always` such a batch is either a write torn by a power cut (never acknowledged) or
+    /// acknowledged data gone bad; the two look alike. A lone copy has to guess torn (cutting
+    /// what may be a bit flip); a replica that another copy can repair should not guess: set
+    /// this, and it is repaired instead (and with every copy damaged, the partition refuses).
+    pub ambiguous_tail_is_damage: bool,
     /// Offset of the first event of a log created empty.
     pub initial_offset: u64,
     /// Forget an idempotent producer not seen for this long ([`crate::Log::expire_producers`]);
@@ -70,6 +78,7 @@ impl Default for LogConfig {
             retention_bytes: None,
             flush: FlushPolicy::Always,
             on_corruption: CorruptionPolicy::Fail,
+            ambiguous_tail_is_damage: false,
             initial_offset: 0,
             producer_id_expiration: Some(Duration::from_secs(24 * 3600)),
         }

@@ -744,6 +744,25 @@ impl Log {
         self.sync_dir()
     }
 
+    /// Before a cut at damage ([`Log::truncate_to`] at `offset`): keeps what the cut will drop
+    /// (the tail of the segment holding `offset`, from the batch holding it, and every later
+    /// segment's log) under the log's `damaged/` directory, durably (see
+    /// [`crate::quarantine`]). Returns where, or `None` when nothing would be cut.
+    pub fn keep_from(&self, offset: u64) -> Result<Option<PathBuf>> {
+        self.check_poisoned()?;
+        if offset >= self.end_offset() || offset < self.start_offset() {
+            return Ok(None);
+        }
+        let segs = self.shared.segments();
+        let idx = segs.partition_point(|s| s.base <= offset) - 1;
+        let seg = &segs[idx];
+        // The damaged batch itself may not parse: keep from the indexed position of `offset`,
+        // or, failing that, the whole segment.
+        let pos = seg.position_of(offset).unwrap_or(0);
+        let later: Vec<u64> = segs[idx + 1..].iter().map(|s| s.base).collect();
+        crate::quarantine::keep_cut(&*self.fs, &self.shared.dir, seg.base, pos, &later).map(Some)
+    }
+
     /// Removes every record at `offset` and above, as a follower drops a divergent suffix.
     ///
     /// The log is cut at a batch boundary: the batch holding `offset` goes entirely, so the
@@ -895,10 +914,11 @@ impl Log {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(LogError::io("remove", p, e)),
             _ => Ok(()),
         };
-        // Nothing here stays durable: lower the recovery point first, so a log reopened after
-        // a crash or failure half-way reads as cut short on purpose, not as damage.
-        self.shared.durable_offset.store(0, Ordering::SeqCst);
-        self.note_recovery_point(true);
+        // Nothing here stays durable: lower the recovery point file first, so a log reopened
+        // after a crash or failure half-way reads as cut short on purpose, not as damage. (The
+        // durable offset in memory stays: the owner records it if this fails, and cuts the
+        // reopened log back to it.)
+        self.write_recovery_point(0, true);
         // Every snapshot describes data about to go: remove them durably first, so none can
         // outlive a crash half-way.
         self.producers.clear();
@@ -909,25 +929,28 @@ impl Log {
         self.sync_dir()?;
         let segs = self.shared.segments();
         self.shared.generation.fetch_add(1, Ordering::SeqCst);
-        // A segment already based at `start` is unlinked, not rewritten in place: readers still
-        // holding it keep reading the old file while the new one is created under its name.
-        if let Some(same) = segs.iter().find(|s| s.base == start) {
-            for p in same.paths() {
+        // Every old segment goes (durably) before the fresh one exists: a crash in between
+        // leaves an empty directory, which opens as an empty log, never old segments with a
+        // gap before the fresh one, which would read as damage. Files are unlinked, not
+        // rewritten: readers still holding a segment keep reading its open file.
+        for seg in segs.iter() {
+            for p in seg.paths() {
                 remove(&*self.fs, p)?;
             }
         }
+        self.sync_dir()?;
         let fresh = Arc::new(Segment::create(
             &*self.fs,
             &self.shared.dir,
             start,
             self.clock.now_ms(),
         )?);
-        let old: Vec<_> = segs.iter().filter(|s| s.base != start).cloned().collect();
+        // The fresh segment's name is durable before the log counts on it.
+        self.sync_dir()?;
         self.shared.replace_segments(vec![fresh.clone()]);
         self.shared.end_offset.store(start, Ordering::SeqCst);
         self.shared.durable_offset.store(start, Ordering::SeqCst);
         self.note_recovery_point(true);
-        self.delete_segment_files(&old)?;
         self.active = Active::new(fresh)?;
         Ok(())
     }
@@ -937,10 +960,14 @@ impl Log {
     /// (`durable`): a recovery point that is too old only makes recovery less strict, one that
     /// is too new would make a torn write look like damage.
     pub(crate) fn note_recovery_point(&self, durable: bool) {
+        self.write_recovery_point(self.durable_offset(), durable);
+    }
+
+    fn write_recovery_point(&self, offset: u64, durable: bool) {
         let Some(f) = &self.recovery else {
             return;
         };
-        let bytes = crate::format::encode_recovery_point(self.durable_offset());
+        let bytes = crate::format::encode_recovery_point(offset);
         let r = f
             .write_all_at(&bytes, 0)
             .and_then(|()| if durable { f.sync_data() } else { Ok(()) });

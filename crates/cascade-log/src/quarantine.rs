@@ -63,25 +63,33 @@ pub(crate) fn keep_cut(
     let len = src.len().map_err(|e| LogError::io("stat", &src_path, e))?;
     if from < len {
         let to_path = name(base).with_extension(format!("log.from-{from}"));
-        let to = fs
-            .open(&to_path, true)
-            .map_err(|e| LogError::io("create", &to_path, e))?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut at = from;
-        while at < len {
-            let n = ((len - at) as usize).min(buf.len());
-            let got = src
-                .read_full_at(&mut buf[..n], at)
-                .map_err(|e| LogError::io("read", &src_path, e))?;
-            if got == 0 {
-                break;
+        let copy = || -> Result<()> {
+            let to = fs
+                .open(&to_path, true)
+                .map_err(|e| LogError::io("create", &to_path, e))?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut at = from;
+            while at < len {
+                let n = ((len - at) as usize).min(buf.len());
+                let got = src
+                    .read_full_at(&mut buf[..n], at)
+                    .map_err(|e| LogError::io("read", &src_path, e))?;
+                if got == 0 {
+                    break;
+                }
+                to.write_all_at(&buf[..got], at - from)
+                    .map_err(|e| LogError::io("write", &to_path, e))?;
+                at += got as u64;
             }
-            to.write_all_at(&buf[..got], at - from)
-                .map_err(|e| LogError::io("write", &to_path, e))?;
-            at += got as u64;
+            to.sync_data()
+                .map_err(|e| LogError::io("fsync", &to_path, e))
+        };
+        if let Err(e) = copy() {
+            // A partial copy is no copy; the open fails (and is retried) with the live log
+            // untouched. Left behind, each retry's partial copy would fill the disk.
+            let _ = fs.remove_file(&to_path);
+            return Err(e);
         }
-        to.sync_data()
-            .map_err(|e| LogError::io("fsync", &to_path, e))?;
     }
     for &b in later {
         let log = segment_path(dir, b, FileKind::Log);

@@ -441,10 +441,11 @@ fn open_active(
         // followed by valid batches is damage too, unless the topic fsyncs every
         // acknowledgement (flush=always): then everything past the recovery point was never
         // acknowledged, and a power loss may have kept later pages of it but not earlier ones.
+        let valid_after = valid_batch_after(&seg, *pos)?;
         let why = if let Some(rp) = recovery_point.filter(|&rp| out.end.next_offset < rp) {
             Some(format!("below offset {rp}, which had been made durable"))
-        } else if !matches!(config.flush, FlushPolicy::Always)
-            && let Some(at) = valid_batch_after(&seg, *pos)?
+        } else if (!matches!(config.flush, FlushPolicy::Always) || config.ambiguous_tail_is_damage)
+            && let Some(at) = valid_after
         {
             Some(format!("a valid batch follows at byte {at}"))
         } else {
@@ -469,6 +470,11 @@ fn open_active(
             (None, _) => {
                 tracing::warn!(segment = %seg.log_path.display(), position = pos, %reason,
                     dropped_bytes = dropped, "truncating the torn tail of the active segment");
+                // Valid batches after the bad one: it may be a bit flip, not a torn write. What
+                // the cut drops may be acknowledged events, so it is kept, not destroyed.
+                if valid_after.is_some() {
+                    crate::quarantine::keep_cut(fs, dir, base, out.end.log_len, &[])?;
+                }
             }
         }
         seg.log

@@ -146,6 +146,20 @@ fn flipped_bytes_in_a_sealed_segment_are_reported_never_returned() {
                     cut, bad.base,
                     "the prefix ends where the damaged batch starts"
                 );
+                // A cut at damage keeps what it drops first (the scrub's repair does this).
+                assert!(log.keep_from(cut).unwrap().is_some());
+                let original =
+                    |base: u64| std::fs::read(path_of(&template, base, FileKind::Log)).unwrap();
+                let mut tail = original(seg)[bad.pos as usize..].to_vec();
+                for x in &mut tail[bad.len as usize / 2..][..3] {
+                    *x ^= 0xff;
+                }
+                let mut want = vec![(format!("{}.from-{}", file_name(seg), bad.pos), tail)];
+                for &later in &bases[2..] {
+                    want.push((file_name(later), original(later)));
+                }
+                want.sort();
+                assert_eq!(kept_aside(&dir), want);
                 assert_eq!(log.truncate_to(cut).unwrap(), cut);
                 log.verify().unwrap();
                 assert!(
@@ -362,4 +376,55 @@ fn a_flipped_bit_in_a_batch_leader_epoch_is_damage() {
         read_all(&log.reader(), 0),
         all[..bad.base as usize].to_vec()
     );
+}
+
+/// A bad batch in the active segment that valid batches follow, under `flush=always`, with no
+/// recovery point to place it (after a power cut the recovery point, never fsynced on its own,
+/// can be stale): a torn write of the last group commit and a bit flip in acknowledged data
+/// look alike. A lone copy guesses "torn" and cuts, but keeps the cut bytes under `damaged/`;
+/// a replica that another copy can repair (`ambiguous_tail_is_damage`) reports damage
+/// instead. Before, every copy guessed "torn": with the same flip on every replica of a
+/// partition, each cut its log silently and one led with it, reusing acknowledged offsets.
+#[test]
+fn an_ambiguous_bad_batch_is_kept_and_is_damage_where_another_copy_can_repair_it() {
+    let root = tempfile::tempdir().unwrap();
+    let template = root.path().join("template");
+    {
+        let mut log = Log::open(&template, LogConfig::default()).unwrap();
+        for i in 0..10u8 {
+            log.append(&mut sized_batch(2, 60, i, 1_000 + i64::from(i)))
+                .unwrap();
+        }
+        // Dropped without a close: recovered as a crash.
+    }
+    let log_path = path_of(&template, 0, FileKind::Log);
+    let placed = batches_in(&std::fs::read(&log_path).unwrap());
+    let bad = placed[placed.len() / 2];
+    flip_bytes(&log_path, bad.pos + bad.len / 2, 2);
+    std::fs::remove_file(template.join(cascade_log::format::RECOVERY_POINT)).unwrap();
+
+    let lone = root.path().join("lone");
+    copy_dir(&template, &lone);
+    let log = Log::open(&lone, LogConfig::default()).unwrap();
+    assert_eq!(
+        log.end_offset(),
+        bad.base,
+        "a lone copy cuts at the bad batch"
+    );
+    drop(log);
+    let kept = kept_aside(&lone);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let mut tail =
+        std::fs::read(path_of(&template, 0, FileKind::Log)).unwrap()[bad.pos as usize..].to_vec();
+    tail.truncate(kept[0].1.len());
+    assert_eq!(kept[0].1, tail, "the cut bytes are kept as they were");
+
+    let replica = root.path().join("replica");
+    copy_dir(&template, &replica);
+    let config = LogConfig {
+        ambiguous_tail_is_damage: true,
+        ..LogConfig::default()
+    };
+    let err = Log::open(&replica, config).unwrap_err();
+    assert_corrupt_at(&err, &path_of(&replica, 0, FileKind::Log), &bad);
 }

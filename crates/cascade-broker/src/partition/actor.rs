@@ -65,6 +65,8 @@ pub(crate) enum Command {
     /// Cut the log at `offset` (a divergent suffix).
     Truncate {
         offset: u64,
+        /// A cut for damage: what it drops is kept under the log's `damaged/` first.
+        keep: bool,
         reply: oneshot::Sender<Result<u64>>,
     },
     /// Drop everything and restart empty at `start`.
@@ -272,10 +274,18 @@ impl Actor {
                         self.follower_epoch = epoch;
                         let _ = reply.send(Ok(()));
                     }
-                    Command::Truncate { offset, reply } => {
-                        let r = self
-                            .log
-                            .truncate_to(offset)
+                    Command::Truncate {
+                        offset,
+                        keep,
+                        reply,
+                    } => {
+                        let kept = if keep {
+                            self.log.keep_from(offset).map(|_| ())
+                        } else {
+                            Ok(())
+                        };
+                        let r = kept
+                            .and_then(|()| self.log.truncate_to(offset))
                             .map_err(BrokerError::from)
                             .and_then(|end| {
                                 self.epochs().truncate_from(end)?;
