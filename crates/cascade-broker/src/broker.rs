@@ -216,6 +216,32 @@ impl Broker {
         let me = self.config.node_id;
         if !self.meta.is_member().await? {
             if self.config.seeds.is_empty() {
+                // Partition data with no metadata: this node belonged to a cluster and lost (or
+                // had moved aside) its journal. A new cluster here would know none of those
+                // topics, and the start-up cleanup would delete their data as a deleted
+                // topic's.
+                let topics = self.config.data_dir.join("topics");
+                let held: Vec<String> = std::fs::read_dir(&topics)
+                    .map(|d| {
+                        d.flatten()
+                            .filter(|e| e.path().is_dir())
+                            .map(|e| e.file_name().to_string_lossy().to_string())
+                            .filter(|n| !n.starts_with('.'))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if !held.is_empty() {
+                    return Err(BrokerError::Metadata(format!(
+                        "refusing to bootstrap a new cluster: {} holds the data of {} topic(s) ({}…) \
+                         but there is no metadata journal (meta/raft is missing or was moved \
+                         aside); a new cluster would delete that data. Start this node with \
+                         --seeds naming the other members to rejoin its cluster, or restore \
+                         meta/ from a backup (docs/operations.md, \"A damaged metadata journal\")",
+                        topics.display(),
+                        held.len(),
+                        held.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+                    )));
+                }
                 tracing::info!(
                     node = me,
                     "no Raft state and no seeds: bootstrapping a new cluster"

@@ -275,6 +275,12 @@ pub async fn run(
         let mut actions: Vec<(FaultKind, u32)> = match kind {
             FaultKind::FullRestart => (1..=n).map(|id| (FaultKind::KillLeader, id)).collect(),
             FaultKind::CorruptAll => (1..=n).map(|id| (FaultKind::CorruptAll, id)).collect(),
+            // Node 1 has no seeds (it bootstrapped the cluster): the documented repair (start
+            // it again with seeds) cannot be applied to its container, and without seeds it
+            // rightly refuses to bootstrap over its data. Its journal is left alone.
+            FaultKind::CorruptMeta if target == 1 => {
+                vec![(kind, 1 + rng.range(1, u64::from(n)) as u32)]
+            }
             FaultKind::IsolateMinority => {
                 let mut others: Vec<u32> = (1..=n).filter(|x| *x != target).collect();
                 let mut hit = vec![target];

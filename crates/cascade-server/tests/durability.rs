@@ -380,6 +380,77 @@ async fn a_damaged_topic_id_never_deletes_the_topic_data() {
     assert_eq!(got, values, "the adopted directory serves its events");
 }
 
+/// A node whose data directory holds partitions but no metadata journal (lost, or moved aside
+/// as the journal repair does) and that has no seeds must not bootstrap a new cluster: that
+/// cluster would know none of the topics, and the start-up cleanup would delete their data as
+/// a deleted topic's. It refuses to start, says why and what to do, and changes nothing; with
+/// the journal back it starts and serves the data. (Found by `cascade-chaos` `corrupt_meta`
+/// on the seedless first node: it came back as a second, empty cluster.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_its_journal_never_bootstraps_over_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start(dir.path());
+    let client = node.client().await;
+    client
+        .create_topic("kept", 1, 1, BTreeMap::new())
+        .await
+        .unwrap();
+    client
+        .produce_batches("kept", 0, batch(&["v".to_string()]), Acks::All)
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| node.stop());
+    let raft = dir.path().join("meta/raft");
+    let aside = dir.path().join("meta/raft.aside");
+    std::fs::rename(&raft, &aside).unwrap();
+    let log = dir.path().join("topics/kept/0/00000000000000000000.log");
+    let before = std::fs::read(&log).unwrap();
+
+    let out = tokio::task::spawn_blocking({
+        let dir = dir.path().to_path_buf();
+        move || {
+            let mut child = std::process::Command::new(bin())
+                .arg("server")
+                .arg("--data-dir")
+                .arg(&dir)
+                .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+                .env("CASCADE_LOG", "warn,openraft=off")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait().expect("wait").is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("a node without its journal started over its data");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            child.wait_with_output().expect("output")
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refusing to bootstrap a new cluster") && stderr.contains("--seeds"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        before,
+        "the data is untouched"
+    );
+
+    std::fs::remove_dir_all(&raft).ok();
+    std::fs::rename(&aside, &raft).unwrap();
+    tokio::task::block_in_place(|| node.restart_same_port());
+    let got = read_partition(&node.client().await, "kept", 0).await;
+    assert_eq!(got.len(), 1, "the journal back, the node serves its data");
+}
+
 /// libfaketime, preloaded into the server, makes its wall clock read what a control file says
 /// (`+0`, `+25h`, `-1h`), re-read every second; the monotonic clock is left alone, as an NTP
 /// step leaves it. `.ci/run` installs it (Debian `libfaketime`).
