@@ -124,6 +124,31 @@ fn err(path: &Path, op: &str, e: std::io::Error) -> BrokerError {
     BrokerError::Metadata(format!("{op} {}: {e}", path.display()))
 }
 
+/// Reads a checksummed JSON metadata file (the Raft vote or snapshot): the value and the body
+/// it was decoded from, or `None` if there is no file. Damage, or an old-format file that does
+/// not parse, is an `InvalidData` error naming the file and pointing at the repair.
+pub(crate) fn read_metadata_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> std::io::Result<Option<(T, Vec<u8>)>> {
+    let damaged = |why: String| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} is damaged: {why}; see \"A damaged metadata journal\" in docs/operations.md",
+                path.display()
+            ),
+        )
+    };
+    let body = read(path)?
+        .body_if(|b| serde_json::from_slice::<T>(b).is_ok())
+        .map_err(damaged)?;
+    body.map(|b| {
+        let v = serde_json::from_slice(&b).map_err(|e| damaged(e.to_string()))?;
+        Ok((v, b))
+    })
+    .transpose()
+}
+
 /// A legacy file that must hold one decimal number, and nothing else but whitespace.
 pub(crate) fn is_number(b: &[u8]) -> bool {
     std::str::from_utf8(b).is_ok_and(|s| s.trim().parse::<u64>().is_ok())

@@ -89,6 +89,19 @@ fn flipped_bytes_in_a_sealed_segment_are_reported_never_returned() {
     let bad = placed[placed.len() / 2];
     assert!(bad.len > 80);
 
+    // What a cut at the damaged batch keeps aside: the damaged segment from that batch on (with
+    // the flipped bytes, as found) and every later segment's log, whole.
+    let original = |base: u64| std::fs::read(path_of(&template, base, FileKind::Log)).unwrap();
+    let mut tail = original(seg)[bad.pos as usize..].to_vec();
+    for x in &mut tail[bad.len as usize / 2..][..3] {
+        *x ^= 0xff;
+    }
+    let mut kept_by_a_cut = vec![(format!("{}.from-{}", file_name(seg), bad.pos), tail)];
+    for &later in &bases[2..] {
+        kept_by_a_cut.push((file_name(later), original(later)));
+    }
+    kept_by_a_cut.sort();
+
     for index_damage in [None, Some("deleted"), Some("cut")] {
         let dir = root.path().join(format!("case-{index_damage:?}"));
         copy_dir(&template, &dir);
@@ -148,18 +161,7 @@ fn flipped_bytes_in_a_sealed_segment_are_reported_never_returned() {
                 );
                 // A cut at damage keeps what it drops first (the scrub's repair does this).
                 assert!(log.keep_from(cut).unwrap().is_some());
-                let original =
-                    |base: u64| std::fs::read(path_of(&template, base, FileKind::Log)).unwrap();
-                let mut tail = original(seg)[bad.pos as usize..].to_vec();
-                for x in &mut tail[bad.len as usize / 2..][..3] {
-                    *x ^= 0xff;
-                }
-                let mut want = vec![(format!("{}.from-{}", file_name(seg), bad.pos), tail)];
-                for &later in &bases[2..] {
-                    want.push((file_name(later), original(later)));
-                }
-                want.sort();
-                assert_eq!(kept_aside(&dir), want);
+                assert_eq!(kept_aside(&dir), kept_by_a_cut);
                 assert_eq!(log.truncate_to(cut).unwrap(), cut);
                 log.verify().unwrap();
                 assert!(
@@ -201,18 +203,7 @@ fn flipped_bytes_in_a_sealed_segment_are_reported_never_returned() {
                 );
                 // Nothing the cut dropped is destroyed: the damaged segment's tail and every
                 // later segment's log are kept, byte for byte, under `damaged/`.
-                let original =
-                    |base: u64| std::fs::read(path_of(&template, base, FileKind::Log)).unwrap();
-                let mut tail = original(seg)[bad.pos as usize..].to_vec();
-                for x in &mut tail[bad.len as usize / 2..][..3] {
-                    *x ^= 0xff;
-                }
-                let mut want = vec![(format!("{}.from-{}", file_name(seg), bad.pos), tail)];
-                for &later in &bases[2..] {
-                    want.push((file_name(later), original(later)));
-                }
-                want.sort();
-                assert_eq!(kept_aside(&dir), want);
+                assert_eq!(kept_aside(&dir), kept_by_a_cut);
                 log.verify().unwrap();
                 let a = log.append(&mut batch(&["again"], 9_000)).unwrap();
                 assert_eq!(a.base_offset, bad.base);

@@ -1281,28 +1281,7 @@ async fn a_damaged_metadata_journal_stops_its_node_until_it_is_replaced() {
     let node = &nodes[2];
     let out = tokio::task::spawn_blocking({
         let (dir, grpc, extra) = (node.dir.clone(), node.grpc.clone(), node.extra.clone());
-        move || {
-            let mut child = std::process::Command::new(bin())
-                .arg("server")
-                .arg("--data-dir")
-                .arg(&dir)
-                .args(["--grpc-addr", &grpc, "--http-addr", "127.0.0.1:0"])
-                .args(&extra)
-                .env("CASCADE_LOG", "warn,openraft=off")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("spawn");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while child.try_wait().expect("wait").is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    panic!("a node with a damaged journal started");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            child.wait_with_output().expect("output")
-        }
+        move || server_refusing_to_start(&dir, &grpc, &extra, "a node with a damaged journal")
     })
     .await
     .unwrap();
@@ -1448,21 +1427,7 @@ async fn a_leader_whose_replica_cannot_be_opened_hands_over_and_is_shown_offline
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     // A long session: the restart is certainly inside it (fencing would move leadership the
     // old way and hide the fault).
-    let slow = ["--heartbeat-ms", "200", "--session-timeout-ms", "20000"];
-    let mut nodes = vec![Node::start_with(
-        dirs[0].path(),
-        &[&["--node-id", "1"][..], &slow].concat(),
-    )];
-    let seed = nodes[0].grpc.clone();
-    for i in 2..=3 {
-        let id = i.to_string();
-        let args = [
-            &["--node-id", id.as_str(), "--seeds", seed.as_str()][..],
-            &slow,
-        ]
-        .concat();
-        nodes.push(Node::start_with(dirs[i - 1].path(), &args));
-    }
+    let mut nodes = start_long_session_cluster(&dirs);
     let client = nodes[0].client().await;
     let configs: BTreeMap<String, String> =
         [("min.insync.replicas".to_string(), "2".to_string())].into();
@@ -1534,6 +1499,28 @@ async fn a_leader_whose_replica_cannot_be_opened_hands_over_and_is_shown_offline
     .await;
     produce_all(&nodes, "sick", 1, "after", 20, &mut acked).await;
     check_acked(&nodes, "sick", &acked).await;
+}
+
+/// Three nodes whose sessions last 20 s: a restart is certainly inside the session, so the
+/// controller never fences the node (fencing would move leadership the usual way and hide
+/// the fault under test).
+fn start_long_session_cluster(dirs: &[tempfile::TempDir]) -> Vec<Node> {
+    let slow = ["--heartbeat-ms", "200", "--session-timeout-ms", "20000"];
+    let mut nodes = vec![Node::start_with(
+        dirs[0].path(),
+        &[&["--node-id", "1"][..], &slow].concat(),
+    )];
+    let seed = nodes[0].grpc.clone();
+    for i in 2..=dirs.len() {
+        let id = i.to_string();
+        let args = [
+            &["--node-id", id.as_str(), "--seeds", seed.as_str()][..],
+            &slow,
+        ]
+        .concat();
+        nodes.push(Node::start_with(dirs[i - 1].path(), &args));
+    }
+    nodes
 }
 
 /// Every replica of a partition is damaged at the same place (a power cut of the whole
@@ -1669,21 +1656,7 @@ fn segment_len(partition_dir: &Path) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_that_cannot_take_the_leader_role_is_passed_over() {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let slow = ["--heartbeat-ms", "200", "--session-timeout-ms", "20000"];
-    let mut nodes = vec![Node::start_with(
-        dirs[0].path(),
-        &[&["--node-id", "1"][..], &slow].concat(),
-    )];
-    let seed = nodes[0].grpc.clone();
-    for i in 2..=3 {
-        let id = i.to_string();
-        let args = [
-            &["--node-id", id.as_str(), "--seeds", seed.as_str()][..],
-            &slow,
-        ]
-        .concat();
-        nodes.push(Node::start_with(dirs[i - 1].path(), &args));
-    }
+    let mut nodes = start_long_session_cluster(&dirs);
     let client = nodes[0].client().await;
     let configs: BTreeMap<String, String> =
         [("min.insync.replicas".to_string(), "2".to_string())].into();

@@ -409,25 +409,12 @@ async fn a_node_without_its_journal_never_bootstraps_over_its_data() {
     let out = tokio::task::spawn_blocking({
         let dir = dir.path().to_path_buf();
         move || {
-            let mut child = std::process::Command::new(bin())
-                .arg("server")
-                .arg("--data-dir")
-                .arg(&dir)
-                .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-                .env("CASCADE_LOG", "warn,openraft=off")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("spawn");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while child.try_wait().expect("wait").is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    panic!("a node without its journal started over its data");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            child.wait_with_output().expect("output")
+            server_refusing_to_start(
+                &dir,
+                "127.0.0.1:0",
+                &[],
+                "a node without its journal, over its data,",
+            )
         }
     })
     .await

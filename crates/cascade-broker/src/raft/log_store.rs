@@ -273,20 +273,7 @@ impl LogStore {
 /// Reads a checksummed JSON state file ([`state_file`]); damage is an `InvalidData` error
 /// naming the file.
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<Option<T>> {
-    let damaged = |why: String| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!(
-                "{} is damaged: {why}; see \"A damaged metadata journal\" in docs/operations.md",
-                path.display()
-            ),
-        )
-    };
-    let body = state_file::read(path)?
-        .body_if(|b| serde_json::from_slice::<T>(b).is_ok())
-        .map_err(damaged)?;
-    body.map(|b| serde_json::from_slice(&b).map_err(|e| damaged(e.to_string())))
-        .transpose()
+    Ok(state_file::read_metadata_json(path)?.map(|(v, _)| v))
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {

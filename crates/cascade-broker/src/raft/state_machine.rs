@@ -83,22 +83,8 @@ impl StateMachine {
         };
         // A damaged snapshot stops the node: a flipped bit that still parses could change an
         // in-sync set or a leader, and a node must not act on metadata it never agreed to.
-        let path = dir.join("snapshot.json");
-        let damaged = |why: String| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!(
-                    "{} is damaged: {why}; see \"A damaged metadata journal\" in docs/operations.md",
-                    path.display()
-                ),
-            )
-        };
-        let body = state_file::read(&path)?
-            .body_if(|b| serde_json::from_slice::<StoredSnapshot>(b).is_ok())
-            .map_err(damaged)?;
-        if let Some(bytes) = body {
-            let s: StoredSnapshot =
-                serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
+        let stored = state_file::read_metadata_json::<StoredSnapshot>(&dir.join("snapshot.json"))?;
+        if let Some((s, bytes)) = stored {
             inner.last_applied = s.meta.last_log_id;
             inner.membership = s.meta.last_membership.clone();
             inner.state = s.state;

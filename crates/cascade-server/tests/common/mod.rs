@@ -227,6 +227,37 @@ pub fn start_cluster_with(dirs: &[tempfile::TempDir], extra: &[&str]) -> Vec<Nod
     nodes
 }
 
+/// Starts `cascade server` on `dir` (gRPC on `grpc`, with `extra` flags) expecting it to refuse
+/// to start: waits up to 30 s for it to exit and returns what it printed. Panics, naming
+/// `what`, if it is still running then (it started when it should not have).
+pub fn server_refusing_to_start(
+    dir: &Path,
+    grpc: &str,
+    extra: &[String],
+    what: &str,
+) -> std::process::Output {
+    let mut child = Command::new(bin())
+        .arg("server")
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--grpc-addr", grpc, "--http-addr", "127.0.0.1:0"])
+        .args(extra)
+        .env("CASCADE_LOG", "warn,openraft=off")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} started");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
 /// Runs `cascade ARGS --brokers addr`, feeding `stdin`.
 pub fn cli(brokers: &str, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
     use std::io::Write;
