@@ -10,7 +10,7 @@ use crate::group::{GroupCoordinator, OFFSETS_TOPIC};
 pub use crate::metadata::BrokerInfo;
 use crate::metadata::{ClusterMetadata, Metadata, MetadataCommand, TopicMeta};
 use crate::partition::{Partition, Role};
-use cascade_log::fs::{FileSystem, StdFs};
+use cascade_log::fs::FileSystem;
 use cascade_types::TopicConfig;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -49,6 +49,9 @@ pub struct BrokerConfig {
     /// Where partition logs do their IO: the real file system, or an in-memory one whose
     /// `crash()` drops every write not yet fsynced (power-loss tests).
     pub log_fs: Arc<dyn cascade_log::fs::FileSystem>,
+    /// Where the metadata Raft files (`meta/raft/`) do their IO. Apart from `log_fs` so a
+    /// test can cut the power of both while failing only the partitions' disk.
+    pub meta_fs: Arc<dyn cascade_log::fs::FileSystem>,
 }
 
 impl BrokerConfig {
@@ -68,6 +71,7 @@ impl BrokerConfig {
             replica_lag_max: Duration::from_secs(5),
             offsets_replication_factor: 3,
             log_fs: Arc::new(cascade_log::fs::StdFs),
+            meta_fs: Arc::new(cascade_log::fs::StdFs),
         }
     }
 }
@@ -175,7 +179,14 @@ impl Broker {
     pub async fn open(config: BrokerConfig) -> Result<Arc<Self>> {
         let fresh = !config.data_dir.join("meta").exists();
         let clean_start = take_clean_marker(&*config.log_fs, &config.data_dir)?;
-        let meta = Arc::new(Metadata::open(&config.data_dir.join("meta"), config.node_id).await?);
+        let meta = Arc::new(
+            Metadata::open(
+                config.meta_fs.clone(),
+                &config.data_dir.join("meta"),
+                config.node_id,
+            )
+            .await?,
+        );
         let (ready, _) = tokio::sync::watch::channel(false);
         Ok(Arc::new(Self {
             groups: OnceLock::new(),
@@ -378,13 +389,17 @@ impl Broker {
     fn cleanup_deleted_dirs(&self) {
         let snap = self.meta.snapshot();
         let topics_root = self.config.data_dir.join("topics");
-        let _ = StdFs.create_dir_all_durable(&topics_root);
-        if let Ok(entries) = std::fs::read_dir(&topics_root) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().to_string();
+        let fs = self.config.log_fs.as_ref();
+        let _ = fs.create_dir_all_durable(&topics_root);
+        if let Ok(entries) = fs.read_dir(&topics_root) {
+            for path in entries {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default();
                 if !snap.topics.contains_key(&name) {
-                    tracing::warn!(dir = %e.path().display(), "removing data of a deleted topic");
-                    let _ = std::fs::remove_dir_all(e.path());
+                    tracing::warn!(dir = %path.display(), "removing data of a deleted topic");
+                    let _ = fs.remove_dir_all(&path);
                 }
             }
         }
@@ -414,7 +429,7 @@ impl Broker {
             // Whose data the directory holds. A damaged id file is refused (the replica is
             // offline, naming the file) rather than read as another topic's: that reading
             // deleted the directory.
-            let have = crate::state_file::read(&idfile)
+            let have = crate::state_file::read(fs.as_ref(), &idfile)
                 .map_err(|e| BrokerError::Metadata(format!("read {}: {e}", idfile.display())))?
                 .body_if(|b| std::str::from_utf8(b).is_ok_and(|s| {
                     let s = s.trim();
@@ -427,14 +442,14 @@ impl Broker {
                 Some(_) => {
                     let parent = idfile.parent().expect("has parent");
                     tracing::warn!(dir = %parent.display(), "removing data of an older topic of the same name");
-                    let _ = std::fs::remove_dir_all(parent);
-                    StdFs.create_dir_all_durable(parent).map_err(|e| BrokerError::Metadata(format!("create {}: {e}", parent.display())))?;
-                    crate::state_file::write(&idfile, want.as_bytes())?;
+                    let _ = fs.remove_dir_all(parent);
+                    fs.create_dir_all_durable(parent).map_err(|e| BrokerError::Metadata(format!("create {}: {e}", parent.display())))?;
+                    crate::state_file::write(fs.as_ref(), &idfile, want.as_bytes())?;
                 }
                 None => {
                     let parent = idfile.parent().expect("has parent");
-                    StdFs.create_dir_all_durable(parent).map_err(|e| BrokerError::Metadata(format!("create {}: {e}", parent.display())))?;
-                    crate::state_file::write(&idfile, want.as_bytes())?;
+                    fs.create_dir_all_durable(parent).map_err(|e| BrokerError::Metadata(format!("create {}: {e}", parent.display())))?;
+                    crate::state_file::write(fs.as_ref(), &idfile, want.as_bytes())?;
                 }
             }
             Ok::<_, BrokerError>(Arc::new(Partition::open(
@@ -457,7 +472,8 @@ impl Broker {
             .insert(key, durable);
         let dir = topic_dir(&self.config.data_dir, &part.topic).join(part.index.to_string());
         let marker = crate::epochs::sibling(&dir, "unsynced");
-        if let Err(e) = crate::state_file::write(&marker, durable.to_string().as_bytes()) {
+        let fs = self.config.log_fs.as_ref();
+        if let Err(e) = crate::state_file::write(fs, &marker, durable.to_string().as_bytes()) {
             tracing::warn!(topic = %part.topic, partition = part.index, error = %e, "could not record the replica's durable offset (kept in memory)");
         }
     }
@@ -490,7 +506,7 @@ impl Broker {
             .get(&key)
             .copied();
         let durable = remembered.or_else(|| {
-            match crate::state_file::read(&marker)
+            match crate::state_file::read(self.config.log_fs.as_ref(), &marker)
                 .map_err(|e| e.to_string())
                 .and_then(|c| c.body_if(crate::state_file::is_number))
             {
@@ -519,10 +535,11 @@ impl Broker {
             tracing::warn!(topic = %t.name, partition = p, durable, end, "cutting what a failed fsync may never have written to disk; it is fetched again from the leader");
             part.truncate(durable).await?;
         }
-        match std::fs::remove_file(&marker) {
+        let fs = self.config.log_fs.as_ref();
+        match fs.remove_file(&marker) {
             Ok(()) => {
                 let parent = marker.parent().unwrap_or(Path::new("."));
-                StdFs.sync_dir(parent).map_err(|e| {
+                fs.sync_dir(parent).map_err(|e| {
                     BrokerError::Metadata(format!("fsync {}: {e}", parent.display()))
                 })?;
             }

@@ -20,7 +20,9 @@
 use crate::error::{BrokerError, Result};
 use crate::state_file::write_atomically;
 use cascade_log::LogReader;
+use cascade_log::fs::FileSystem;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The epoch entries a log's batches imply: one at each batch whose epoch differs from the
 /// batch before. Reads the whole log: only done when the cache file cannot be trusted.
@@ -65,26 +67,28 @@ pub fn sibling(dir: &Path, ext: &str) -> PathBuf {
 /// See the module docs.
 #[derive(Debug, Clone)]
 pub struct EpochCache {
+    /// The file system the partition lives on.
+    fs: Arc<dyn FileSystem>,
     path: PathBuf,
     entries: Vec<(i32, u64)>,
 }
 
-fn save_entries(path: &Path, entries: &[(i32, u64)]) -> Result<()> {
+fn save_entries(fs: &dyn FileSystem, path: &Path, entries: &[(i32, u64)]) -> Result<()> {
     let bytes = serde_json::to_vec(entries)
         .map_err(|e| BrokerError::Metadata(format!("encoding epochs: {e}")))?;
-    write_atomically(path, &bytes)
+    write_atomically(fs, path, &bytes)
 }
 
 impl EpochCache {
     /// Loads the cache of the partition in `dir`, dropping entries at or past `log_end` (they
     /// name epochs whose batches a crash or a truncation took away).
-    pub fn load(dir: &Path, log_end: u64) -> Result<Self> {
+    pub fn load(fs: Arc<dyn FileSystem>, dir: &Path, log_end: u64) -> Result<Self> {
         let path = file_of(dir);
-        let entries: Vec<(i32, u64)> = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+        let entries: Vec<(i32, u64)> = match crate::state_file::read_whole(fs.as_ref(), &path) {
+            Ok(Some(b)) => serde_json::from_slice(&b).map_err(|e| {
                 BrokerError::Metadata(format!("{} is damaged: {e}", path.display()))
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Ok(None) => Vec::new(),
             Err(e) => {
                 return Err(BrokerError::Metadata(format!(
                     "read {}: {e}",
@@ -92,16 +96,16 @@ impl EpochCache {
                 )));
             }
         };
-        let mut c = Self { path, entries };
+        let mut c = Self { fs, path, entries };
         c.truncate_from(log_end)?;
         Ok(c)
     }
 
     /// [`EpochCache::load`], checked against `log` (see the module docs) and rebuilt from the
     /// log's batches when it is damaged or disagrees with them.
-    pub fn load_checked(dir: &Path, log: &LogReader) -> Result<Self> {
+    pub fn load_checked(fs: Arc<dyn FileSystem>, dir: &Path, log: &LogReader) -> Result<Self> {
         let end = log.end_offset();
-        match Self::load(dir, end) {
+        match Self::load(fs.clone(), dir, end) {
             Ok(c) if c.agrees_with(log) => return Ok(c),
             Ok(_) => {
                 tracing::error!(path = %file_of(dir).display(), "leader-epoch cache disagrees with the log: rebuilding it from the batches");
@@ -112,6 +116,7 @@ impl EpochCache {
         }
         metrics::counter!("cascade_log_damage_total", "found" => "open").increment(1);
         let c = Self {
+            fs,
             path: file_of(dir),
             entries: scan_epochs(log)?,
         };
@@ -159,9 +164,10 @@ impl EpochCache {
         true
     }
 
-    /// An empty cache that writes to `dir` (tests).
+    /// An empty cache that writes to `dir` on the real file system (tests).
     pub fn empty(dir: &Path) -> Self {
         Self {
+            fs: Arc::new(cascade_log::fs::StdFs),
             path: file_of(dir),
             entries: Vec::new(),
         }
@@ -178,7 +184,7 @@ impl EpochCache {
     }
 
     fn save(&self) -> Result<()> {
-        save_entries(&self.path, &self.entries)
+        save_entries(self.fs.as_ref(), &self.path, &self.entries)
     }
 
     /// Records that `epoch` starts at `start`, if it is newer than the latest entry. The entry
@@ -197,7 +203,7 @@ impl EpochCache {
             _ => {}
         }
         next.push((epoch, start));
-        save_entries(&self.path, &next)?;
+        save_entries(self.fs.as_ref(), &self.path, &next)?;
         self.entries = next;
         Ok(())
     }
@@ -303,7 +309,9 @@ mod tests {
         std::fs::remove_dir(&obstacle).unwrap();
         c.assign(2, 5).unwrap();
         assert_eq!(
-            EpochCache::load(&dir, 10).unwrap().entries(),
+            EpochCache::load(Arc::new(cascade_log::fs::StdFs), &dir, 10)
+                .unwrap()
+                .entries(),
             &[(1, 0), (2, 5)]
         );
     }
@@ -324,9 +332,9 @@ mod tests {
         assert_eq!(c.end_offset_for(-1, 40), None);
         c.truncate_from(25).unwrap();
         assert_eq!(c.latest(), Some((2, 10)));
-        let again = EpochCache::load(&dir, 12).unwrap();
+        let again = EpochCache::load(Arc::new(cascade_log::fs::StdFs), &dir, 12).unwrap();
         assert_eq!(again.entries(), &[(0, 0), (2, 10)]);
-        let cut = EpochCache::load(&dir, 10).unwrap();
+        let cut = EpochCache::load(Arc::new(cascade_log::fs::StdFs), &dir, 10).unwrap();
         assert_eq!(cut.entries(), &[(0, 0)]);
     }
 
@@ -340,8 +348,8 @@ mod tests {
         end: u64,
     ) -> (Divergence, Vec<i32>) {
         let leader = EpochCache {
-            path: PathBuf::from("/nonexistent"),
             entries: leader_entries.to_vec(),
+            ..EpochCache::empty(Path::new("/nonexistent"))
         };
         let mut asked = Vec::new();
         let d = futures::executor::block_on(find_divergence(local, end, |e| {
@@ -423,7 +431,12 @@ mod tests {
         // An epoch whose leader wrote nothing (5 at 15, the end) is trimmed, not "damage".
         c.assign(5, 15).unwrap();
         let r = log.reader();
-        assert_eq!(EpochCache::load_checked(&dir, &r).unwrap().entries(), truth);
+        assert_eq!(
+            EpochCache::load_checked(Arc::new(cascade_log::fs::StdFs), &dir, &r)
+                .unwrap()
+                .entries(),
+            truth
+        );
         let path = file_of(&dir);
         let good = std::fs::read(&path).unwrap();
         for bad in [
@@ -435,7 +448,7 @@ mod tests {
             b"[[3,0],[3,6],[4,12]]".to_vec(), // not increasing
         ] {
             std::fs::write(&path, &bad).unwrap();
-            let c = EpochCache::load_checked(&dir, &r).unwrap();
+            let c = EpochCache::load_checked(Arc::new(cascade_log::fs::StdFs), &dir, &r).unwrap();
             assert_eq!(
                 c.entries(),
                 truth,
@@ -443,7 +456,9 @@ mod tests {
                 String::from_utf8_lossy(&bad)
             );
             assert_eq!(
-                EpochCache::load(&dir, 15).unwrap().entries(),
+                EpochCache::load(Arc::new(cascade_log::fs::StdFs), &dir, 15)
+                    .unwrap()
+                    .entries(),
                 truth,
                 "rewritten"
             );
@@ -455,7 +470,9 @@ mod tests {
             c.assign(e, s).unwrap();
         }
         assert_eq!(
-            EpochCache::load_checked(&dir, &r).unwrap().entries(),
+            EpochCache::load_checked(Arc::new(cascade_log::fs::StdFs), &dir, &r)
+                .unwrap()
+                .entries(),
             [(1, 0), (2, 6), (3, 6), (4, 12)],
             "an epoch with no batches is not damage"
         );

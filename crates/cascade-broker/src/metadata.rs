@@ -622,10 +622,17 @@ impl Metadata {
     /// Opens this node's Raft storage in `dir` and starts its Raft node. The node does nothing
     /// useful until it is part of a cluster: see [`Metadata::bootstrap`] and
     /// [`Metadata::join`].
-    pub async fn open(dir: &Path, node_id: u32) -> Result<Self> {
+    pub async fn open(
+        fs: Arc<dyn cascade_log::fs::FileSystem>,
+        dir: &Path,
+        node_id: u32,
+    ) -> Result<Self> {
         let raft_dir = dir.join("raft");
-        let log = LogStore::open(&raft_dir).map_err(|e| meta_err(&raft_dir, "open", e))?;
-        let sm = StateMachine::open(&raft_dir).map_err(|e| meta_err(&raft_dir, "open", e))?;
+        let log =
+            LogStore::open(fs.clone(), &raft_dir).map_err(|e| meta_err(&raft_dir, "open", e))?;
+        let sm = StateMachine::open(fs, &raft_dir).map_err(|e| meta_err(&raft_dir, "open", e))?;
+        log.check_holds_committed(sm.last_applied())
+            .map_err(|e| meta_err(&raft_dir, "open", e))?;
         let raft = MetaRaft::new(
             u64::from(node_id),
             raft_config(),
@@ -1264,7 +1271,9 @@ mod tests {
             fenced: false,
             ..Default::default()
         };
-        let m = Metadata::open(dir.path(), 1).await.unwrap();
+        let m = Metadata::open(Arc::new(cascade_log::fs::StdFs), dir.path(), 1)
+            .await
+            .unwrap();
         assert!(!m.is_member().await.unwrap());
         m.bootstrap(&node.grpc_addr).await.unwrap();
         m.apply(MetadataCommand::RegisterBroker(node.clone()))
@@ -1281,7 +1290,9 @@ mod tests {
         let version = m.snapshot().version;
         m.raft().shutdown().await.unwrap();
         drop(m);
-        let m = Metadata::open(dir.path(), 1).await.unwrap();
+        let m = Metadata::open(Arc::new(cascade_log::fs::StdFs), dir.path(), 1)
+            .await
+            .unwrap();
         assert!(m.is_member().await.unwrap());
         // The state comes back once the log is re-applied (after the node leads again).
         let snap = m.wait_for_version(version).await.unwrap();

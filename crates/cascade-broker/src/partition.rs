@@ -162,6 +162,8 @@ impl ReplState {
 /// A running partition replica: the handle producers, fetchers, replication and admin use.
 #[derive(Debug)]
 pub struct Partition {
+    /// The file system the log and the files beside it live on.
+    fs: Arc<dyn cascade_log::fs::FileSystem>,
     /// Topic name.
     pub topic: Arc<str>,
     /// Topic id.
@@ -243,9 +245,9 @@ impl Partition {
                 // The flag is on disk before the cut: a crash right after the cut must not
                 // leave a short log that looks clean and could lead (it stays flagged until
                 // the replica has left the in-sync set).
-                write_damage_marker(&marker, &e.to_string())?;
+                write_damage_marker(fs.as_ref(), &marker, &e.to_string())?;
                 let log = Log::open_with(
-                    fs,
+                    fs.clone(),
                     clock,
                     dir,
                     LogConfig {
@@ -258,19 +260,23 @@ impl Partition {
             }
             r => r?,
         };
-        if damaged_at_open.is_none() && marker.exists() {
+        if damaged_at_open.is_none() && fs.exists(&marker) {
             tracing::error!(dir = %dir.display(), "replica still flagged damaged from before the restart: it leaves the in-sync set before it may lead");
             damaged_at_open = Some(log.end_offset());
         }
         let reader = log.reader();
-        let epochs = Arc::new(Mutex::new(EpochCache::load_checked(dir, &reader)?));
+        let epochs = Arc::new(Mutex::new(EpochCache::load_checked(
+            fs.clone(),
+            dir,
+            &reader,
+        )?));
         let local_end = acknowledged_end(&log);
         // The last high watermark this replica knew: everything below it was on every in-sync
         // replica, so it may be served again at once after a restart (capped by what is here).
         let hw_file = crate::epochs::sibling(dir, "hw");
         // A damaged checkpoint is ignored (0): the replica then waits for its followers
         // before serving the newest events, which costs a moment and loses nothing.
-        let checkpoint = match crate::state_file::read(&hw_file)
+        let checkpoint = match crate::state_file::read(fs.as_ref(), &hw_file)
             .map_err(|e| e.to_string())
             .and_then(|c| c.body_if(crate::state_file::is_number))
         {
@@ -279,7 +285,8 @@ impl Partition {
                 .and_then(|s| s.trim().parse::<u64>().ok())
                 .unwrap_or(0),
             // Written without an fsync: a power cut can leave it empty, which is no damage.
-            Err(_) if std::fs::metadata(&hw_file).is_ok_and(|m| m.len() == 0) => 0,
+            Err(_) if crate::state_file::read_whole(fs.as_ref(), &hw_file)
+                .is_ok_and(|b| b.is_some_and(|b| b.is_empty())) => 0,
             Err(why) => {
                 tracing::error!(file = %hw_file.display(), %why, "ignoring a damaged high watermark checkpoint");
                 metrics::counter!("cascade_log_damage_total", "found" => "hw").increment(1);
@@ -321,6 +328,7 @@ impl Partition {
             .spawn(move || actor.run(rx))
             .map_err(|e| BrokerError::Metadata(format!("cannot start partition thread: {e}")))?;
         Ok(Self {
+            fs,
             topic,
             topic_id,
             index,
@@ -364,10 +372,10 @@ impl Partition {
     pub fn clear_damage(&self) {
         *self.damaged.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let marker = crate::epochs::sibling(&self.dir, "damaged");
-        match std::fs::remove_file(&marker) {
+        match self.fs.remove_file(&marker) {
             Ok(()) => {
                 if let Some(parent) = marker.parent()
-                    && let Err(e) = std::fs::File::open(parent).and_then(|d| d.sync_all())
+                    && let Err(e) = self.fs.sync_dir(parent)
                 {
                     tracing::warn!(path = %marker.display(), error = %e, "damage flag removal not synced");
                 }
@@ -456,11 +464,9 @@ impl Partition {
             return;
         }
         let path = crate::epochs::sibling(&self.dir, "hw");
-        let tmp = path.with_extension("hw.tmp");
         // No fsync: a checkpoint lost in a power cut only delays serving (see `open`).
-        if std::fs::write(&tmp, crate::state_file::encode(hw.to_string().as_bytes())).is_ok() {
-            let _ = std::fs::rename(&tmp, &path);
-        }
+        let body = crate::state_file::encode(hw.to_string().as_bytes());
+        let _ = crate::state_file::write_hint(self.fs.as_ref(), &path, &body);
     }
 
     /// Recomputes the high watermark from the replication state and publishes it if it grew.
@@ -828,8 +834,7 @@ impl Partition {
 }
 
 /// Writes the damage flag beside a partition directory durably (file and directory fsynced).
-fn write_damage_marker(path: &Path, why: &str) -> Result<()> {
-    use std::io::Write;
+fn write_damage_marker(fs: &dyn cascade_log::fs::FileSystem, path: &Path, why: &str) -> Result<()> {
     let io = |e: std::io::Error| {
         BrokerError::Storage(LogError::Io {
             op: "write damage flag",
@@ -837,13 +842,12 @@ fn write_damage_marker(path: &Path, why: &str) -> Result<()> {
             source: e,
         })
     };
-    let mut f = std::fs::File::create(path).map_err(io)?;
-    f.write_all(why.as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
+    let f = fs.open(path, true).map_err(io)?;
+    f.set_len(0).map_err(io)?;
+    f.write_all_at(why.as_bytes(), 0).map_err(io)?;
+    f.sync_data().map_err(io)?;
     if let Some(parent) = path.parent() {
-        std::fs::File::open(parent)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
+        fs.sync_dir(parent).map_err(io)?;
     }
     Ok(())
 }
@@ -1012,7 +1016,12 @@ mod tests {
         assert_eq!(part.damaged_at_open(), None);
         part.close().await.unwrap();
         drop(part);
-        write_damage_marker(&crate::epochs::sibling(&dir, "damaged"), "test").unwrap();
+        write_damage_marker(
+            &cascade_log::fs::StdFs,
+            &crate::epochs::sibling(&dir, "damaged"),
+            "test",
+        )
+        .unwrap();
         let part = open();
         assert_eq!(part.damaged_at_open(), Some(0), "flagged from the file");
         part.close().await.unwrap();

@@ -12,8 +12,13 @@
 //! ([`Content::Damaged`]) otherwise; a file without the header was written by a version before
 //! this one and is returned as [`Content::Legacy`], for the caller to accept only if it parses
 //! as exactly what it expects (a header hit by a flip is not a legacy file to trust).
+//!
+//! All IO goes through a [`FileSystem`], the one the caller's data lives on, so the testing
+//! layers (a kill as a power cut, injected disk faults) reach these files as they reach the
+//! logs beside them.
 
 use crate::error::{BrokerError, Result};
+use cascade_log::fs::FileSystem;
 use std::path::Path;
 
 const HEADER: &[u8] = b"cascade-state crc32c=";
@@ -51,13 +56,24 @@ impl Content {
 }
 
 /// Reads `path`, checking its checksum. IO errors other than "not found" are errors.
-pub(crate) fn read(path: &Path) -> std::io::Result<Content> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Content::Missing),
+pub(crate) fn read(fs: &dyn FileSystem, path: &Path) -> std::io::Result<Content> {
+    Ok(match read_whole(fs, path)? {
+        None => Content::Missing,
+        Some(bytes) => decode(bytes),
+    })
+}
+
+/// The whole of `path`, or `None` if there is no such file.
+pub(crate) fn read_whole(fs: &dyn FileSystem, path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    let file = match fs.open(path, false) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    Ok(decode(bytes))
+    let mut bytes = vec![0; file.len()? as usize];
+    let n = file.read_full_at(&mut bytes, 0)?;
+    bytes.truncate(n);
+    Ok(Some(bytes))
 }
 
 fn decode(bytes: Vec<u8>) -> Content {
@@ -96,28 +112,47 @@ pub(crate) fn encode(body: &[u8]) -> Vec<u8> {
 }
 
 /// Writes `body` to `path` with its checksum header, atomically and durably.
-pub(crate) fn write(path: &Path, body: &[u8]) -> Result<()> {
-    write_atomically(path, &encode(body))
+pub(crate) fn write(fs: &dyn FileSystem, path: &Path, body: &[u8]) -> Result<()> {
+    write_atomically(fs, path, &encode(body))
 }
 
 /// Writes `path` atomically and durably: a temporary file beside it, fsynced, renamed over it,
 /// and the directory fsynced.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    // The whole name plus ".tmp": files beside one partition directory (`0.leader-epochs`,
-    // `0.unsynced`) would otherwise share `0.tmp`, and two writers at once could each rename
-    // the other's content into place.
+pub(crate) fn write_atomically(fs: &dyn FileSystem, path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_beside(path);
+    put(fs, &tmp, bytes, true)?;
+    fs.rename(&tmp, path).map_err(|e| err(path, "rename", e))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs.sync_dir(dir).map_err(|e| err(dir, "fsync", e))
+}
+
+/// Replaces `path` by `bytes` through a temporary file and a rename, without any fsync: for a
+/// hint that may be stale or missing after a crash, but must never be half-written.
+pub(crate) fn write_hint(fs: &dyn FileSystem, path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_beside(path);
+    put(fs, &tmp, bytes, false)?;
+    fs.rename(&tmp, path).map_err(|e| err(path, "rename", e))
+}
+
+/// The whole name plus ".tmp": files beside one partition directory (`0.leader-epochs`,
+/// `0.unsynced`) would otherwise share `0.tmp`, and two writers at once could each rename the
+/// other's content into place.
+fn tmp_beside(path: &Path) -> std::path::PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
-    let tmp = path.with_file_name(name);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| err(&tmp, "create", e))?;
-    f.write_all(bytes).map_err(|e| err(&tmp, "write", e))?;
-    f.sync_all().map_err(|e| err(&tmp, "fsync", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| err(path, "rename", e))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| err(dir, "fsync", e))
+    path.with_file_name(name)
+}
+
+/// Makes `path` hold exactly `bytes` (fsynced if `sync`).
+fn put(fs: &dyn FileSystem, path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
+    let f = fs.open(path, true).map_err(|e| err(path, "create", e))?;
+    f.set_len(0).map_err(|e| err(path, "truncate", e))?;
+    f.write_all_at(bytes, 0)
+        .map_err(|e| err(path, "write", e))?;
+    if sync {
+        f.sync_data().map_err(|e| err(path, "fsync", e))?;
+    }
+    Ok(())
 }
 
 fn err(path: &Path, op: &str, e: std::io::Error) -> BrokerError {
@@ -128,6 +163,7 @@ fn err(path: &Path, op: &str, e: std::io::Error) -> BrokerError {
 /// it was decoded from, or `None` if there is no file. Damage, or an old-format file that does
 /// not parse, is an `InvalidData` error naming the file and pointing at the repair.
 pub(crate) fn read_metadata_json<T: serde::de::DeserializeOwned>(
+    fs: &dyn FileSystem,
     path: &Path,
 ) -> std::io::Result<Option<(T, Vec<u8>)>> {
     let damaged = |why: String| {
@@ -139,7 +175,7 @@ pub(crate) fn read_metadata_json<T: serde::de::DeserializeOwned>(
             ),
         )
     };
-    let body = read(path)?
+    let body = read(fs, path)?
         .body_if(|b| serde_json::from_slice::<T>(b).is_ok())
         .map_err(damaged)?;
     body.map(|b| {
@@ -157,14 +193,18 @@ pub(crate) fn is_number(b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cascade_log::fs::StdFs;
 
     #[test]
     fn a_body_reads_back_and_every_flipped_bit_is_damage() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vote.json");
         let body = br#"{"term":5,"node_id":2,"committed":true}"#;
-        write(&path, body).unwrap();
-        assert_eq!(read(&path).unwrap(), Content::Checked(body.to_vec()));
+        write(&StdFs, &path, body).unwrap();
+        assert_eq!(
+            read(&StdFs, &path).unwrap(),
+            Content::Checked(body.to_vec())
+        );
         let good = std::fs::read(&path).unwrap();
         for byte in 0..good.len() {
             for bit in 0..8 {
@@ -188,12 +228,12 @@ mod tests {
     fn old_files_are_returned_as_legacy_and_missing_ones_as_missing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("0.hw");
-        assert_eq!(read(&path).unwrap(), Content::Missing);
+        assert_eq!(read(&StdFs, &path).unwrap(), Content::Missing);
         std::fs::write(&path, "1234").unwrap();
-        let c = read(&path).unwrap();
+        let c = read(&StdFs, &path).unwrap();
         assert_eq!(c, Content::Legacy(b"1234".to_vec()));
         assert_eq!(c.body_if(is_number), Ok(Some(b"1234".to_vec())));
         std::fs::write(&path, "12x4").unwrap();
-        assert!(read(&path).unwrap().body_if(is_number).is_err());
+        assert!(read(&StdFs, &path).unwrap().body_if(is_number).is_err());
     }
 }

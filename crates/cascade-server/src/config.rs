@@ -91,10 +91,11 @@ pub struct ServerArgs {
     #[arg(long, env = "CASCADE_FAULT_FILE")]
     pub fault_file: Option<PathBuf>,
 
-    /// Testing only: hold partition writes in process memory until they are fsynced, and undo
-    /// at the next start the file creates, removals and renames whose directory was not
-    /// fsynced (journaled in `<data-dir>/.lazyfs/`), so that killing the process loses what a
-    /// power cut would (power-loss tests). Never set it in production.
+    /// Testing only: hold writes (partition logs, the metadata Raft files, the small state
+    /// files) in process memory until they are fsynced, and undo at the next start the file
+    /// creates, removals and renames whose directory was not fsynced (journaled in
+    /// `<data-dir>/.lazyfs/`), so that killing the process loses what a power cut would
+    /// (power-loss tests). Never set it in production.
     #[arg(long, env = "CASCADE_UNSYNCED_WRITES_IN_MEMORY")]
     pub unsynced_writes_in_memory: bool,
 }

@@ -15,6 +15,7 @@ use cascade_broker::grpc::{AdminService, ConsumersService, GroupsService, Record
 use cascade_broker::raft::RaftService;
 use cascade_broker::replication::ReplicationService;
 use cascade_broker::{Broker, BrokerConfig};
+use cascade_log::fs::FileSystem;
 use cascade_proto::internal::controller_server::ControllerServer;
 use cascade_proto::internal::raft_server::RaftServer;
 use cascade_proto::internal::replication_server::ReplicationServer;
@@ -220,21 +221,23 @@ pub fn grpc_router(
         )
 }
 
-/// The file system partition logs live on: the real one, wrapped for testing by the layers
-/// the testing-only flags ask for (disk faults outermost, so a failing write never reaches
-/// the in-memory layer).
+/// The file systems the node's data lives on: `(partitions, metadata)`. The real one,
+/// wrapped for testing by the layers the testing-only flags ask for. The in-memory layer
+/// (`--unsynced-writes-in-memory`) covers both, so a kill is a power cut of the metadata Raft
+/// files too; disk faults (`--fault-file`) reach only the partitions, outermost, so a failing
+/// write never reaches the in-memory layer.
 ///
 /// The in-memory layer governs the whole data directory: before anything else opens a file
 /// there, it undoes the name operations (and shrinks) a kill of the previous run left without
 /// the fsync that makes them durable, as a power cut would.
-fn partition_storage(
+fn storage(
     cfg: &ServerConfig,
     stop: &CancellationToken,
-) -> Result<Arc<dyn cascade_log::fs::FileSystem>> {
-    let mut fs: Arc<dyn cascade_log::fs::FileSystem> = Arc::new(cascade_log::fs::StdFs);
+) -> Result<(Arc<dyn FileSystem>, Arc<dyn FileSystem>)> {
+    let mut fs: Arc<dyn FileSystem> = Arc::new(cascade_log::fs::StdFs);
     if cfg.unsynced_writes_in_memory {
         tracing::warn!(
-            "unsynced partition writes and names are held in memory: a kill is a power cut (testing only)"
+            "unsynced writes and names are held in memory: a kill is a power cut (testing only)"
         );
         let lazy = cascade_log::fs::LazyFs::recover(fs, &cfg.data_dir).with_context(|| {
             format!(
@@ -244,10 +247,11 @@ fn partition_storage(
         })?;
         fs = Arc::new(lazy);
     }
+    let meta = fs.clone();
     if let Some(path) = &cfg.fault_file {
         fs = injected_disk_faults(fs, path.clone(), stop.clone());
     }
-    Ok(fs)
+    Ok((fs, meta))
 }
 
 /// The partition storage of a fault-injection run: `inner` behind a switch that
@@ -255,10 +259,10 @@ fn partition_storage(
 /// A missing file means healthy; text that does not parse is reported and leaves the fault in
 /// force unchanged.
 fn injected_disk_faults(
-    inner: Arc<dyn cascade_log::fs::FileSystem>,
+    inner: Arc<dyn FileSystem>,
     path: PathBuf,
     stop: CancellationToken,
-) -> Arc<dyn cascade_log::fs::FileSystem> {
+) -> Arc<dyn FileSystem> {
     use cascade_log::fs::{DiskFault, FaultSwitch, FaultyFs};
     tracing::warn!(control = %path.display(), "disk fault injection is on (testing only)");
     let switch = Arc::new(FaultSwitch::default());
@@ -343,6 +347,7 @@ pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
     } else {
         cfg.advertised_grpc_addr.clone()
     };
+    let (log_fs, meta_fs) = storage(&cfg, &stop)?;
     let broker = Broker::open(BrokerConfig {
         data_dir: cfg.data_dir.clone(),
         node_id: cfg.node_id,
@@ -356,7 +361,8 @@ pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
         session_timeout: cfg.session_timeout,
         replica_lag_max: cfg.replica_lag_max,
         offsets_replication_factor: cfg.offsets_replication_factor,
-        log_fs: partition_storage(&cfg, &stop)?,
+        log_fs,
+        meta_fs,
     })
     .await
     .context("opening the broker")?;

@@ -1251,9 +1251,10 @@ async fn a_follower_left_behind_by_retention_restarts_at_the_leaders_log_start()
     assert_eq!(log.reader().end_offset(), 550);
 }
 
-/// A flipped byte in the middle of a node's metadata Raft journal: the node refuses to start,
-/// naming the file and the damage (it used to drop every entry after the bad frame and vote
-/// as if it had never acknowledged them). Moving its `meta/raft` aside, as
+/// A flipped byte in the middle of a node's metadata Raft journal, or in its last frame, or
+/// the journal cut at a frame boundary below what the node committed: the node refuses to
+/// start, naming the file and the damage (it used to drop the entries from the bad frame on
+/// and vote as if it had never acknowledged them). Moving its `meta/raft` aside, as
 /// docs/operations.md says, brings it back: it rejoins and the leader sends it the log again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_damaged_metadata_journal_stops_its_node_until_it_is_replaced() {
@@ -1273,26 +1274,54 @@ async fn a_damaged_metadata_journal_stops_its_node_until_it_is_replaced() {
     }
     assert_eq!(nodes[2].stop(), Some(0));
     let journal = dirs[2].path().join("meta/raft/raft.log");
-    let mut bytes = std::fs::read(&journal).expect("journal");
-    let at = bytes.len() / 2;
-    bytes[at] ^= 0x20;
-    std::fs::write(&journal, &bytes).unwrap();
-
-    let node = &nodes[2];
-    let out = tokio::task::spawn_blocking({
-        let (dir, grpc, extra) = (node.dir.clone(), node.grpc.clone(), node.extra.clone());
-        move || server_refusing_to_start(&dir, &grpc, &extra, "a node with a damaged journal")
-    })
-    .await
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        stderr.contains("raft.log is damaged") && stderr.contains("docs/operations.md"),
-        "{stderr}"
-    );
-    // The file is left as it was, for whoever repairs it.
-    assert_eq!(std::fs::read(&journal).unwrap(), bytes);
+    let good = std::fs::read(&journal).expect("journal");
+    // Frame starts (`[len u32 LE][crc u32][body]`), to damage the last frame and to cut the
+    // journal at a frame boundary.
+    let mut starts = vec![0usize];
+    while *starts.last().unwrap() < good.len() {
+        let at = *starts.last().unwrap();
+        let len = u32::from_le_bytes(good[at..at + 4].try_into().unwrap()) as usize;
+        starts.push(at + 8 + len);
+    }
+    assert_eq!(starts.pop(), Some(good.len()));
+    let last = *starts.last().unwrap();
+    let flip = |at: usize| {
+        let mut b = good.clone();
+        b[at] ^= 0x20;
+        b
+    };
+    // A flip mid-journal; a flip in the last frame (it is whole, so no crash tore it: it used
+    // to be cut quietly as a torn tail, and the node forgot the entry); the journal cut at a
+    // frame boundary below the entry this node recorded as committed (valid on its own).
+    let damages = [
+        ("a flip in the middle", flip(good.len() / 2)),
+        (
+            "a flip in the last frame",
+            flip(last + 8 + (good.len() - last - 8) / 2),
+        ),
+        (
+            "cut at a frame boundary",
+            good[..starts[starts.len() / 2]].to_vec(),
+        ),
+    ];
+    for (what, bytes) in damages.iter().rev() {
+        std::fs::write(&journal, bytes).unwrap();
+        let node = &nodes[2];
+        let out = tokio::task::spawn_blocking({
+            let (dir, grpc, extra) = (node.dir.clone(), node.grpc.clone(), node.extra.clone());
+            move || server_refusing_to_start(&dir, &grpc, &extra, "a node with a damaged journal")
+        })
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}");
+        assert!(
+            stderr.contains("raft.log is damaged") && stderr.contains("docs/operations.md"),
+            "{what}: {stderr}"
+        );
+        // The file is left as it was, for whoever repairs it.
+        assert_eq!(&std::fs::read(&journal).unwrap(), bytes, "{what}");
+    }
 
     // The documented way back: move the journal aside; the node rejoins and is sent the log.
     std::fs::rename(

@@ -1,13 +1,13 @@
 //! A simultaneous power loss of every node of a 3-node cluster, simulated in-process: the
-//! brokers' partition logs live on one in-memory file system (`cascade_log::fs::MemFs`) whose
-//! `crash()` drops every write that was not fsynced, on all nodes at the same instant, while
+//! brokers' files live on in-memory file systems (`cascade_log::fs::MemFs`, one [`Disk`])
+//! whose `crash()` drops every write that was not fsynced, on all nodes at the same instant, while
 //! `acks=all` producers are running. After each power loss the cluster restarts on what
 //! survived, and every event acknowledged before the power went out must be there, exactly
 //! once at its offset (`flush=always`, the default).
 //!
 //! The nodes are real brokers with real gRPC servers on 127.0.0.1 (the same services as
-//! `cascade server`); only the partition logs' IO is simulated. The metadata Raft log stays on
-//! disk (it survives, as if fsynced), which is the stronger assumption for the metadata only.
+//! `cascade server`); only their file IO is simulated: the partition logs and the files beside
+//! them, and the metadata Raft journal, vote and snapshot, all lose what was not fsynced.
 
 use cascade_broker::{Broker, BrokerConfig};
 use cascade_client::proto::ErrorCode;
@@ -36,7 +36,7 @@ fn config(
     dir: &Path,
     addr: SocketAddr,
     seeds: Vec<String>,
-    fs: &MemFs,
+    fs: &Disk,
     session: Duration,
 ) -> BrokerConfig {
     let mut c = BrokerConfig::new(dir);
@@ -45,7 +45,8 @@ fn config(
     c.seeds = seeds;
     c.heartbeat_interval = Duration::from_millis(200);
     c.session_timeout = session;
-    c.log_fs = Arc::new(fs.clone());
+    c.log_fs = Arc::new(fs.data.clone());
+    c.meta_fs = Arc::new(fs.meta.clone());
     c
 }
 
@@ -74,8 +75,8 @@ async fn serve(cfg: BrokerConfig, addr: SocketAddr) -> (InProc, Arc<AtomicBool>)
     )
 }
 
-async fn start_all(dirs: &[PathBuf], addrs: &[SocketAddr], fs: &MemFs) -> Vec<InProc> {
-    let same: Vec<MemFs> = dirs.iter().map(|_| fs.clone()).collect();
+async fn start_all(dirs: &[PathBuf], addrs: &[SocketAddr], fs: &Disk) -> Vec<InProc> {
+    let same: Vec<Disk> = dirs.iter().map(|_| fs.clone()).collect();
     start_each(dirs, addrs, &same, SESSION).await
 }
 
@@ -83,7 +84,7 @@ async fn start_all(dirs: &[PathBuf], addrs: &[SocketAddr], fs: &MemFs) -> Vec<In
 async fn start_each(
     dirs: &[PathBuf],
     addrs: &[SocketAddr],
-    fss: &[MemFs],
+    fss: &[Disk],
     session: Duration,
 ) -> Vec<InProc> {
     let mut nodes = Vec::new();
@@ -111,20 +112,58 @@ async fn start_each(
 
 /// Power loss: from this instant nothing more becomes durable, and every file reverts to its
 /// durable image. Then the (now ghost) brokers are torn down.
-async fn power_loss(nodes: Vec<InProc>, fs: &MemFs) {
-    fs.set_faults(MemFsFaults {
-        write_budget: Some(0),
-        fail_sync: true,
-    });
-    fs.crash();
+async fn power_loss(nodes: Vec<InProc>, fs: &Disk) {
+    fs.power_off();
     for n in nodes {
         n.stop.cancel();
         n.broker.shutdown().await;
         let _ = n.server.await;
     }
     // Whatever the ghosts did after the instant above never reached the disk.
-    fs.set_faults(MemFsFaults::default());
-    fs.crash();
+    fs.power_on();
+}
+
+/// A node's (or, shared, every node's) storage, on in-memory file systems: `data` holds the
+/// partitions, where the tests inject disk faults; `meta` the metadata Raft files, which, as
+/// in the server (`--fault-file`), disk faults do not reach. A power loss takes both.
+/// Dereferences to `data`.
+#[derive(Clone, Default)]
+struct Disk {
+    data: MemFs,
+    meta: MemFs,
+}
+
+impl std::ops::Deref for Disk {
+    type Target = MemFs;
+    fn deref(&self) -> &MemFs {
+        &self.data
+    }
+}
+
+impl Disk {
+    fn new() -> Self {
+        Self::default()
+    }
+
+    /// The power goes out: from this instant nothing more becomes durable on either file
+    /// system, and every file reverts to its durable image.
+    fn power_off(&self) {
+        for fs in [&self.data, &self.meta] {
+            fs.set_faults(MemFsFaults {
+                write_budget: Some(0),
+                fail_sync: true,
+            });
+            fs.crash();
+        }
+    }
+
+    /// The power is back: whatever ran after [`Disk::power_off`] never reached the disk.
+    fn power_on(&self) {
+        for fs in [&self.data, &self.meta] {
+            fs.set_faults(MemFsFaults::default());
+            fs.crash();
+        }
+    }
 }
 
 type Acked = Arc<Mutex<(bool, Vec<(u32, u64, String)>)>>;
@@ -139,7 +178,7 @@ async fn simultaneous_power_loss_of_every_node_loses_no_acknowledged_event() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         addrs.push(l.local_addr().unwrap());
     }
-    let fs = MemFs::new();
+    let fs = Disk::new();
     let mut nodes = start_all(&dirs, &addrs, &fs).await;
     let seeds: String = addrs
         .iter()
@@ -564,7 +603,7 @@ struct Three {
     _root: tempfile::TempDir,
     dirs: Vec<PathBuf>,
     addrs: Vec<SocketAddr>,
-    fss: Vec<MemFs>,
+    fss: Vec<Disk>,
     nodes: Vec<InProc>,
     client: Client,
 }
@@ -584,7 +623,7 @@ async fn three_nodes_each_on_its_own_fs(
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         addrs.push(l.local_addr().unwrap());
     }
-    let fss: Vec<MemFs> = (0..3).map(|_| MemFs::new()).collect();
+    let fss: Vec<Disk> = (0..3).map(|_| Disk::new()).collect();
     let nodes = start_each(&dirs, &addrs, &fss, session).await;
     let seeds: String = addrs
         .iter()
@@ -689,17 +728,12 @@ async fn leader_back_inside_its_session(topic: &str, configs: &[(&str, &str)], c
     // Power loss on the leader alone.
     let i = old as usize - 1;
     let lost = Instant::now();
-    fss[i].set_faults(MemFsFaults {
-        write_budget: Some(0),
-        fail_sync: true,
-    });
-    fss[i].crash();
+    fss[i].power_off();
     let ghost = nodes[i].take().expect("running");
     ghost.stop.cancel();
     ghost.broker.shutdown().await;
     let _ = ghost.server.await;
-    fss[i].set_faults(MemFsFaults::default());
-    fss[i].crash();
+    fss[i].power_on();
     if cut_tail {
         // The disk lost the last fsynced writes: a few whole batches off the segment's end.
         let part = dirs[i].join("topics").join(topic).join("0");
@@ -787,7 +821,7 @@ async fn a_reopen_after_a_failed_fsync_does_not_trust_the_page_cache() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addrs = vec![l.local_addr().unwrap()];
     drop(l);
-    let fs = MemFs::new();
+    let fs = Disk::new();
     let nodes = start_each(&dirs, &addrs, std::slice::from_ref(&fs), SESSION).await;
     let client = Client::connect(&addrs[0].to_string())
         .await

@@ -116,8 +116,9 @@ mod tests {
             &self,
         ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<u64>> {
             let dir = tempfile::tempdir().expect("tempdir");
-            let log = LogStore::open(&dir.path().join("raft")).expect("open log");
-            let sm = StateMachine::open(&dir.path().join("raft")).expect("open sm");
+            let fs: Arc<dyn cascade_log::fs::FileSystem> = Arc::new(cascade_log::fs::StdFs);
+            let log = LogStore::open(fs.clone(), &dir.path().join("raft")).expect("open log");
+            let sm = StateMachine::open(fs, &dir.path().join("raft")).expect("open sm");
             Ok((dir, log, sm))
         }
     }

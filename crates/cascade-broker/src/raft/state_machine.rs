@@ -14,6 +14,7 @@
 use super::TypeConfig;
 use crate::metadata::ClusterMetadata;
 use crate::state_file;
+use cascade_log::fs::FileSystem;
 use openraft::storage::RaftStateMachine;
 use openraft::{
     AnyError, BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
@@ -48,6 +49,7 @@ struct StoredSnapshot {
 
 #[derive(Debug)]
 struct Inner {
+    fs: Arc<dyn FileSystem>,
     dir: PathBuf,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, BasicNode>,
@@ -69,11 +71,16 @@ fn sm_err(e: impl std::error::Error + 'static) -> SError {
 }
 
 impl StateMachine {
-    /// Loads the last snapshot in `dir`, if any.
-    pub fn open(dir: &Path) -> std::io::Result<Self> {
+    /// Loads the last snapshot in `dir` on `fs`, if any.
+    pub fn open(fs: Arc<dyn FileSystem>, dir: &Path) -> std::io::Result<Self> {
         // The directory must survive a power loss, or a node forgets its cluster.
-        cascade_log::fs::FileSystem::create_dir_all_durable(&cascade_log::fs::StdFs, dir)?;
+        fs.create_dir_all_durable(dir)?;
+        let stored = state_file::read_metadata_json::<StoredSnapshot>(
+            fs.as_ref(),
+            &dir.join("snapshot.json"),
+        )?;
         let mut inner = Inner {
+            fs,
             dir: dir.to_path_buf(),
             last_applied: None,
             membership: StoredMembership::default(),
@@ -81,9 +88,9 @@ impl StateMachine {
             snapshot: None,
             snapshot_seq: 0,
         };
-        // A damaged snapshot stops the node: a flipped bit that still parses could change an
-        // in-sync set or a leader, and a node must not act on metadata it never agreed to.
-        let stored = state_file::read_metadata_json::<StoredSnapshot>(&dir.join("snapshot.json"))?;
+        // A damaged snapshot stops the node (read above): a flipped bit that still parses
+        // could change an in-sync set or a leader, and a node must not act on metadata it
+        // never agreed to.
         if let Some((s, bytes)) = stored {
             inner.last_applied = s.meta.last_log_id;
             inner.membership = s.meta.last_membership.clone();
@@ -110,6 +117,11 @@ impl StateMachine {
     pub fn current(&self) -> Arc<ClusterMetadata> {
         self.tx.borrow().clone()
     }
+
+    /// The id of the last entry applied (at open: the snapshot's).
+    pub fn last_applied(&self) -> Option<openraft::LogId<NodeId>> {
+        self.lock().last_applied
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
@@ -130,7 +142,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             state: inner.state.clone(),
         };
         let bytes = serde_json::to_vec(&stored).map_err(sm_err)?;
-        state_file::write(&inner.dir.join("snapshot.json"), &bytes)
+        state_file::write(inner.fs.as_ref(), &inner.dir.join("snapshot.json"), &bytes)
             .map_err(|e| SError::from(StorageIOError::write_snapshot(None, AnyError::new(&e))))?;
         inner.snapshot = Some((meta.clone(), bytes.clone()));
         Ok(Snapshot {
@@ -210,12 +222,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             ))
         })?;
         let mut inner = self.lock();
-        state_file::write(&inner.dir.join("snapshot.json"), &bytes).map_err(|e| {
-            SError::from(StorageIOError::write_snapshot(
-                Some(meta.signature()),
-                AnyError::new(&e),
-            ))
-        })?;
+        state_file::write(inner.fs.as_ref(), &inner.dir.join("snapshot.json"), &bytes).map_err(
+            |e| {
+                SError::from(StorageIOError::write_snapshot(
+                    Some(meta.signature()),
+                    AnyError::new(&e),
+                ))
+            },
+        )?;
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
         inner.state = stored.state;
@@ -238,6 +252,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cascade_log::fs::StdFs;
 
     /// The snapshot holds the cluster's metadata as values (in-sync sets, leaders, epochs):
     /// a flipped bit that keeps the JSON valid would change what this node believes without a
@@ -255,9 +270,12 @@ mod tests {
         };
         let body = serde_json::to_vec(&stored).unwrap();
         let path = dir.path().join("snapshot.json");
-        state_file::write(&path, &body).unwrap();
+        state_file::write(&StdFs, &path, &body).unwrap();
         assert_eq!(
-            StateMachine::open(dir.path()).unwrap().current().version,
+            StateMachine::open(Arc::new(StdFs), dir.path())
+                .unwrap()
+                .current()
+                .version,
             41
         );
         let mut bad = std::fs::read(&path).unwrap();
@@ -267,7 +285,7 @@ mod tests {
             .expect("the version is in the file");
         bad[at + 1] ^= 0x02; // "41" -> "43": still valid JSON
         std::fs::write(&path, &bad).unwrap();
-        let err = StateMachine::open(dir.path()).unwrap_err();
+        let err = StateMachine::open(Arc::new(StdFs), dir.path()).unwrap_err();
         assert!(
             err.to_string().contains("snapshot.json is damaged"),
             "{err}"

@@ -30,8 +30,9 @@
 //!
 //!   A `sync_dir` covers only operations that began before it. A removed file stays in the
 //!   layer's trash, taking its space, until its removal is durable. Operations that do not go
-//!   through this layer (the broker's own `std::fs` calls), paths outside the root, and
-//!   renames between the root and outside are as durable as the inner file system makes them.
+//!   through this layer (the server takes its whole data directory through it, but for a
+//!   topic deletion's directory rename and removal), paths outside the root, and renames
+//!   between the root and outside are as durable as the inner file system makes them.
 //! - Shrinks: a `set_len` that cuts bytes the disk holds is undone (the cut bytes come back)
 //!   until a `sync_data` of the file begun after it. The undo is tied to the file's name: a
 //!   rename or removal of the file first makes its pending shrinks durable, so a shrink never
