@@ -236,7 +236,144 @@ pub(crate) async fn join(b: &Arc<Broker>, contacts: &[String]) -> Result<()> {
     }
 }
 
+/// What [`Broker::elect_unclean_leader`] did.
+#[derive(Debug, Clone)]
+pub struct UncleanElection {
+    /// The topic after the election.
+    pub topic: crate::metadata::TopicMeta,
+    /// The node elected.
+    pub leader: u32,
+    /// Each eligible replica's log end as its node answered (`None`: no answer).
+    pub candidates: Vec<(u32, Option<u64>)>,
+}
+
 impl Broker {
+    /// An operator's unclean leader election (`cascade topic elect-leader --unclean`, see
+    /// [`MetadataCommand::ElectUncleanLeader`]): for a partition none of whose in-sync replicas
+    /// can lead, because their brokers are down (perhaps for good) or their copies are
+    /// damaged or cannot be opened. Elects `replica`, or else the first replica in replica
+    /// order on a live broker with its replica open, as the only in-sync replica; returns the
+    /// topic after the change and the node elected.
+    ///
+    /// Refused, changing nothing, while an in-sync replica could lead (the controller elects
+    /// those itself, losing nothing; a full disk still serves reads and is waited out), and
+    /// for a replica that is not on a live broker or not open. Never automatic: it gives up
+    /// whatever only the lost in-sync replicas held, so an operator must ask for it.
+    pub async fn elect_unclean_leader(
+        self: &Arc<Self>,
+        topic: &str,
+        partition: u32,
+        replica: Option<u32>,
+    ) -> Result<UncleanElection> {
+        let snap = self.meta.snapshot();
+        let t = snap.topic(topic)?;
+        let a = t.partitions.get(partition as usize).ok_or_else(|| {
+            BrokerError::InvalidRequest(format!("{topic} has no partition {partition}"))
+        })?;
+        let live = |n: u32| snap.brokers.get(&n).is_some_and(|b| !b.fenced);
+        let problem = |n: u32| self.liveness.problem(n, topic, partition).map(|(s, _)| s);
+        if let Some(n) =
+            a.isr.iter().copied().find(|&n| {
+                live(n) && !matches!(problem(n).as_deref(), Some("offline" | "repairing"))
+            })
+        {
+            return Err(BrokerError::InvalidRequest(format!(
+                "{topic}/{partition} has an in-sync replica that can lead (node {n}): the \
+                 controller elects it without losing anything; an unclean election is only for \
+                 a partition whose every in-sync replica is down or damaged"
+            )));
+        }
+        let why_not = |n: u32| -> Option<String> {
+            if !a.replicas.contains(&n) {
+                Some(format!(
+                    "node {n} holds no replica of it (replicas {:?})",
+                    a.replicas
+                ))
+            } else if !live(n) {
+                Some(format!("node {n} is down"))
+            } else if problem(n).as_deref() == Some("offline") {
+                Some(format!("node {n} could not open its replica"))
+            } else {
+                None
+            }
+        };
+        if let Some(n) = replica
+            && let Some(why) = why_not(n)
+        {
+            return Err(BrokerError::InvalidRequest(format!(
+                "cannot elect node {n} for {topic}/{partition}: {why}"
+            )));
+        }
+        let eligible: Vec<u32> = match replica {
+            Some(n) => vec![n],
+            None => a
+                .replicas
+                .iter()
+                .copied()
+                .filter(|&n| why_not(n).is_none())
+                .collect(),
+        };
+        let mut candidates = Vec::new();
+        for &n in &eligible {
+            candidates.push((n, self.replica_end(n, topic, partition).await));
+        }
+        // The longest log loses least; unknown ends count as shortest, replica order breaks ties.
+        let leader = candidates
+            .iter()
+            .rev()
+            .max_by_key(|(_, end)| end.map_or(0, |e| e + 1))
+            .map(|&(n, _)| n)
+            .ok_or_else(|| {
+                BrokerError::InvalidRequest(format!(
+                    "no replica of {topic}/{partition} is on a live broker with its copy open: nothing to elect"
+                ))
+            })?;
+        let after = self
+            .meta
+            .apply(MetadataCommand::ElectUncleanLeader {
+                topic: topic.to_string(),
+                topic_id: t.id.clone(),
+                partition,
+                expected_partition_epoch: a.partition_epoch,
+                leader,
+            })
+            .await?;
+        tracing::warn!(topic, partition, leader, lost_isr = ?a.isr, "unclean leader election: events only the lost in-sync replicas held are gone");
+        metrics::counter!("cascade_unclean_elections_total").increment(1);
+        self.reconcile().await?;
+        Ok(UncleanElection {
+            topic: after.topic(topic)?.clone(),
+            leader,
+            candidates,
+        })
+    }
+
+    /// The end of `node`'s local copy of the partition: read here for this node, else asked
+    /// of that node (its `DescribeTopic` shows its own copy); `None` if it does not answer
+    /// within 3 s.
+    async fn replica_end(&self, node: u32, topic: &str, partition: u32) -> Option<u64> {
+        if node == self.config.node_id {
+            return self
+                .local_partition(topic, partition)
+                .ok()
+                .map(|p| p.reader().end_offset());
+        }
+        let mut client =
+            cascade_proto::v1::admin_client::AdminClient::new(self.peer_channel(node).ok()?);
+        let req = cascade_proto::v1::DescribeTopicRequest {
+            name: topic.to_string(),
+        };
+        let t = tokio::time::timeout(Duration::from_secs(3), client.describe_topic(req))
+            .await
+            .ok()?
+            .ok()?
+            .into_inner();
+        t.partitions
+            .iter()
+            .find(|p| p.partition == partition)
+            .map(|p| p.log_end_offset)
+    }
+
     async fn controller_tick(self: &Arc<Self>) -> Result<()> {
         if !self.meta.is_controller() {
             self.liveness.lock().since_term = None;
@@ -624,6 +761,7 @@ mod tests {
             leader_epoch: 4,
             isr: isr.to_vec(),
             partition_epoch: 7,
+            unclean_leader_epoch: None,
         }
     }
 

@@ -68,6 +68,11 @@ pub struct PartitionAssignment {
     /// value are stale and refused (compare-and-set).
     #[serde(default)]
     pub partition_epoch: i32,
+    /// The leader epoch an operator's unclean election started (see
+    /// [`MetadataCommand::ElectUncleanLeader`]), while that leader holds it: the replica leads
+    /// with its log as it is, even one cut for damage, because the operator accepted the loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unclean_leader_epoch: Option<i32>,
 }
 
 /// One partition's new leader and in-sync set, proposed against the state it was computed
@@ -230,6 +235,24 @@ pub enum MetadataCommand {
         /// The new factor; larger than the current one.
         replication_factor: u32,
     },
+    /// An operator's unclean leader election (`cascade topic elect-leader --unclean`): makes
+    /// `leader`, a replica on a live broker, the partition's only in-sync replica and its
+    /// leader at a new epoch, accepting that events only the lost in-sync replicas held are
+    /// gone (Kafka's unclean election, here never automatic). For a partition none of whose
+    /// in-sync replicas can serve (their brokers lost for good, or every copy damaged); the
+    /// proposer checks that, this command checks the partition has not changed since.
+    ElectUncleanLeader {
+        /// Topic.
+        topic: String,
+        /// Topic id, so a re-created topic is never changed by a stale proposal.
+        topic_id: String,
+        /// Partition.
+        partition: u32,
+        /// The partition epoch the proposer checked.
+        expected_partition_epoch: i32,
+        /// The new leader.
+        leader: u32,
+    },
     /// Issues an idempotent producer id (`existing` None), or bumps the epoch of an issued
     /// one whose current epoch is `existing`'s (fencing older instances). An id whose epoch
     /// is exhausted gets a fresh id instead, as Kafka does.
@@ -282,6 +305,7 @@ impl ClusterMetadata {
                     isr: replicas.clone(),
                     replicas,
                     partition_epoch: 0,
+                    unclean_leader_epoch: None,
                 }
             })
             .collect()
@@ -405,11 +429,50 @@ impl ClusterMetadata {
                     }
                     if a.leader != u.leader {
                         a.leader_epoch += 1;
+                        a.unclean_leader_epoch = None;
                     }
                     a.leader = u.leader;
                     a.isr = u.isr.clone();
                     a.partition_epoch += 1;
                 }
+            }
+            MetadataCommand::ElectUncleanLeader {
+                topic,
+                topic_id,
+                partition,
+                expected_partition_epoch,
+                leader,
+            } => {
+                let live = self.brokers.get(leader).is_some_and(|b| !b.fenced);
+                let t = self
+                    .topics
+                    .get_mut(topic)
+                    .filter(|t| t.id == *topic_id)
+                    .ok_or_else(|| BrokerError::UnknownTopic(topic.clone()))?;
+                let a = t.partitions.get_mut(*partition as usize).ok_or_else(|| {
+                    BrokerError::InvalidRequest(format!("{topic} has no partition {partition}"))
+                })?;
+                if a.partition_epoch != *expected_partition_epoch {
+                    return Err(BrokerError::InvalidRequest(format!(
+                        "{topic}/{partition} changed while the election was prepared; look again and retry"
+                    )));
+                }
+                if !a.replicas.contains(leader) {
+                    return Err(BrokerError::InvalidRequest(format!(
+                        "node {leader} holds no replica of {topic}/{partition} (replicas {:?})",
+                        a.replicas
+                    )));
+                }
+                if !live {
+                    return Err(BrokerError::InvalidRequest(format!(
+                        "node {leader} is not live: only a replica on a live broker can be elected"
+                    )));
+                }
+                a.leader = *leader;
+                a.isr = vec![*leader];
+                a.leader_epoch += 1;
+                a.partition_epoch += 1;
+                a.unclean_leader_epoch = Some(a.leader_epoch);
             }
             MetadataCommand::CreateTopic {
                 name,
@@ -1343,5 +1406,75 @@ mod tests {
         assert!(m.apply(&create("u", 1, 2)).is_err());
         m.apply(&create("u", 2, 1)).unwrap();
         assert!(m.topics["u"].partitions.iter().all(|p| p.leader == 1));
+    }
+
+    /// An unclean election makes the named live replica the only in-sync one and the leader
+    /// at a new epoch, marked as unclean for that epoch; it is compare-and-set like every
+    /// partition change, and refuses a replica that is not one or whose broker is fenced,
+    /// changing nothing. The next ordinary leader change drops the mark.
+    #[test]
+    fn an_unclean_election_is_checked_and_marks_its_epoch() {
+        let mut m = restart_cluster();
+        let a = m.topics["a"].partitions[0].clone();
+        let elect = |expected, leader| MetadataCommand::ElectUncleanLeader {
+            topic: "a".into(),
+            topic_id: "a-id".into(),
+            partition: 0,
+            expected_partition_epoch: expected,
+            leader,
+        };
+        m.apply(&MetadataCommand::SetFenced {
+            node_id: 3,
+            fenced: true,
+        })
+        .unwrap();
+        let before = m.topics.clone();
+        for (cmd, why) in [
+            (elect(a.partition_epoch + 1, 2), "changed"),
+            (elect(a.partition_epoch, 9), "no replica"),
+            (elect(a.partition_epoch, 3), "not live"),
+        ] {
+            let err = m.apply(&cmd).expect_err(why).to_string();
+            assert!(err.contains(why), "{err}");
+            assert_eq!(m.topics, before, "a refused election changes nothing");
+        }
+        let wrong_id = MetadataCommand::ElectUncleanLeader {
+            topic: "a".into(),
+            topic_id: "older".into(),
+            partition: 0,
+            expected_partition_epoch: a.partition_epoch,
+            leader: 2,
+        };
+        assert!(m.apply(&wrong_id).is_err());
+        m.apply(&elect(a.partition_epoch, 2)).unwrap();
+        let b = m.topics["a"].partitions[0].clone();
+        assert_eq!((b.leader, b.isr.clone()), (2, vec![2]));
+        assert_eq!(b.leader_epoch, a.leader_epoch + 1);
+        assert_eq!(b.partition_epoch, a.partition_epoch + 1);
+        assert_eq!(b.unclean_leader_epoch, Some(b.leader_epoch));
+        // An in-sync-set change keeps it; a new leader drops it.
+        m.apply(&MetadataCommand::UpdatePartitions(vec![PartitionUpdate {
+            topic: "a".into(),
+            topic_id: "a-id".into(),
+            partition: 0,
+            expected_partition_epoch: b.partition_epoch,
+            leader: 2,
+            isr: vec![1, 2],
+        }]))
+        .unwrap();
+        assert_eq!(
+            m.topics["a"].partitions[0].unclean_leader_epoch,
+            Some(b.leader_epoch)
+        );
+        m.apply(&MetadataCommand::UpdatePartitions(vec![PartitionUpdate {
+            topic: "a".into(),
+            topic_id: "a-id".into(),
+            partition: 0,
+            expected_partition_epoch: b.partition_epoch + 1,
+            leader: 1,
+            isr: vec![1, 2],
+        }]))
+        .unwrap();
+        assert_eq!(m.topics["a"].partitions[0].unclean_leader_epoch, None);
     }
 }

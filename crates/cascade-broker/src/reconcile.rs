@@ -192,15 +192,21 @@ impl Broker {
             part.reconfigure(&t.config).await?;
         }
         if part.damaged_at_open().is_some() {
-            if a.isr.contains(&me) {
+            if a.leader == me && a.unclean_leader_epoch == Some(a.leader_epoch) {
+                // An operator elected this replica uncleanly, accepting the loss: it leads with
+                // its log as it is, cut at the damage (the cut bytes stay under `damaged/`).
+                tracing::warn!(topic = %t.name, partition = i, epoch = a.leader_epoch, "leading a damaged replica by an unclean election");
+                part.clear_damage();
+            } else if a.isr.contains(&me) {
                 // Never lead (or count as in sync) with a log cut for damage: leave the
                 // in-sync set first; the next reconciliation gives the role.
                 return self.repair_damaged(part, None).await;
+            } else {
+                // Out of the in-sync set already (an unclean restart takes it out at
+                // registration): the cut log refetches the rest as a follower.
+                part.clear_damage();
+                metrics::counter!("cascade_replica_repairs_total").increment(1);
             }
-            // Out of the in-sync set already (an unclean restart takes it out at
-            // registration): the cut log refetches the rest as a follower.
-            part.clear_damage();
-            metrics::counter!("cascade_replica_repairs_total").increment(1);
         }
         let role = part.role();
         if a.leader == me {

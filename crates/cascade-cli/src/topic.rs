@@ -1,4 +1,4 @@
-//! `cascade topic create|list|describe|delete|alter`.
+//! `cascade topic create|list|describe|delete|alter|elect-leader`.
 
 use crate::Common;
 use crate::output::{Format, json, table};
@@ -59,6 +59,25 @@ pub enum TopicCmd {
         /// New total partition count (can only grow).
         #[arg(long, short = 'p')]
         partitions: Option<u32>,
+    },
+    /// Elect a leader for a partition none of whose in-sync replicas can lead (their brokers
+    /// are down, perhaps for good, or every copy is damaged), giving up whatever only those
+    /// replicas held. The controller elects in-sync replicas itself, without loss; this is the
+    /// operator's last resort and is refused while an in-sync replica could lead.
+    #[command(name = "elect-leader")]
+    ElectLeader {
+        /// Topic name.
+        name: String,
+        /// Partition number.
+        #[arg(long, short = 'p')]
+        partition: u32,
+        /// Required: accept that events only the lost in-sync replicas held are gone.
+        #[arg(long)]
+        unclean: bool,
+        /// The node whose replica to elect (default: the eligible replica whose log is
+        /// longest; each node is asked).
+        #[arg(long)]
+        replica: Option<u32>,
     },
 }
 
@@ -219,6 +238,62 @@ pub async fn run(cmd: TopicCmd, common: &Common) -> Result<()> {
                 t = Some(client.alter_topic_config(&name, set, reset).await?);
             }
             print_describe(&t.expect("something changed"), common.output);
+        }
+        TopicCmd::ElectLeader {
+            name,
+            partition,
+            unclean,
+            replica,
+        } => {
+            if !unclean {
+                bail!(
+                    "only unclean elections are asked for, and they lose data: add --unclean to \
+                     accept that events only the lost in-sync replicas held are gone (in-sync \
+                     replicas are elected by the controller, automatically)"
+                );
+            }
+            let r = client
+                .elect_unclean_leader(&name, partition, replica)
+                .await?;
+            let ends: Vec<serde_json::Value> = r
+                .candidates
+                .iter()
+                .map(|c| json!({"node_id": c.node_id, "log_end_offset": c.known.then_some(c.log_end_offset)}))
+                .collect();
+            if common.output == Format::Json {
+                json(&json!({
+                    "topic": name, "partition": partition, "leader": r.leader,
+                    "candidates": ends,
+                    "described": r.topic.as_ref().map(describe_json),
+                }));
+            } else {
+                let p = r
+                    .topic
+                    .as_ref()
+                    .and_then(|t| t.partitions.iter().find(|p| p.partition == partition));
+                println!(
+                    "Elected node {} leader of {name}/{partition}{} (unclean: events only the \
+                     lost in-sync replicas held are gone).",
+                    r.leader,
+                    p.map(|p| format!(" at epoch {}", p.leader_epoch))
+                        .unwrap_or_default()
+                );
+                let rows: Vec<Vec<String>> = r
+                    .candidates
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            c.node_id.to_string(),
+                            if c.known {
+                                c.log_end_offset.to_string()
+                            } else {
+                                "no answer".into()
+                            },
+                        ]
+                    })
+                    .collect();
+                table(&["CANDIDATE", "LOG-END"], &rows);
+            }
         }
     }
     Ok(())

@@ -101,6 +101,12 @@ impl Admin for Fake {
     ) -> Result<Response<pb::TopicDescription>, Status> {
         none()
     }
+    async fn elect_leader(
+        &self,
+        _: Request<pb::ElectLeaderRequest>,
+    ) -> Result<Response<pb::ElectLeaderResponse>, Status> {
+        none()
+    }
     async fn describe_cluster(
         &self,
         _: Request<pb::DescribeClusterRequest>,

@@ -1662,6 +1662,42 @@ async fn damage_on_every_replica_is_a_loud_refusal_never_reused_offsets() {
             i + 1
         );
     }
+    // The operator's way out, accepting the loss: an unclean election. The elected copy leads
+    // with its log cut at the damage, serves the intact prefix, and takes writes after it.
+    let e = nodes[0]
+        .client()
+        .await
+        .elect_unclean_leader("ruin", 0, None)
+        .await
+        .expect("an unclean election");
+    let cut = e
+        .candidates
+        .iter()
+        .find(|c| c.node_id == e.leader)
+        .map(|c| c.log_end_offset)
+        .expect("the leader's end");
+    assert!(cut < end, "{e:?}");
+    let r = wait_until(
+        "writes after the election",
+        Duration::from_secs(30),
+        async || {
+            let c = Client::connect(&nodes[e.leader as usize - 1].grpc)
+                .await
+                .map_err(|x| x.to_string())?;
+            c.produce_records("ruin", Some(0), vec![record(None, b"after")], Acks::Leader)
+                .await
+                .map_err(|x| x.to_string())
+        },
+    )
+    .await;
+    assert_eq!(r[0].base_offset, cut, "it continues from its cut end");
+    let c = Client::connect(&nodes[e.leader as usize - 1].grpc)
+        .await
+        .expect("connect");
+    let got = read_partition(&c, "ruin", 0).await;
+    for (&off, v) in acked[&0].range(..cut) {
+        assert_eq!(got[off as usize].1, v.as_bytes(), "offset {off}");
+    }
 }
 
 /// The length of a partition directory's newest segment log.
@@ -1747,4 +1783,157 @@ async fn a_replica_that_cannot_take_the_leader_role_is_passed_over() {
     .await;
     produce_all(&nodes, "stuck", 1, "after", 20, &mut acked).await;
     check_acked(&nodes, "stuck", &acked).await;
+}
+
+/// The partition's only in-sync replica is lost for good: its follower was down while it
+/// took more writes alone, then it died. The follower comes back: the partition stays offline,
+/// as it must, since the follower lacks acknowledged events. `cascade topic elect-leader
+/// --unclean` is the operator's way out: refused while the in-sync replica lives, it then
+/// elects the live replica (the one with the longest log, if several), which serves
+/// everything it held and takes writes again. Before, there was no way out short of deleting
+/// the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unclean_election_brings_back_a_partition_whose_in_sync_replicas_are_lost() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = start_cluster(&dirs);
+    wait_for("3 live brokers", Duration::from_secs(20), async || {
+        let d = describe(&nodes).await;
+        (d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive)).then_some(())
+    })
+    .await;
+    let admin = nodes[0].client().await;
+    let configs = [("min.insync.replicas".to_string(), "1".to_string())].into();
+    // Two replicas on three nodes: the third keeps the metadata quorum when two are down.
+    admin
+        .create_topic("u", 1, 2, configs)
+        .await
+        .expect("create");
+    let mut acked = BTreeMap::new();
+    produce_all(&nodes, "u", 1, "all", 50, &mut acked).await;
+    let p = partition(&describe(&nodes).await, "u", 0);
+    let lone = p.leader;
+    let follower = *p.replicas.iter().find(|&&r| r != lone).unwrap();
+    let (li, fi) = (lone as usize - 1, follower as usize - 1);
+    // Wait until the follower holds the 50 events, so it stops with them.
+    wait_until("the follower at 50", Duration::from_secs(20), async || {
+        let end = describe_at(&nodes[fi])
+            .await
+            .map(|d| partition(&d, "u", 0).log_end_offset);
+        if end == Some(50) {
+            Ok(())
+        } else {
+            Err(format!("{end:?}"))
+        }
+    })
+    .await;
+    tokio::task::block_in_place(|| nodes[fi].stop());
+    wait_for(
+        "the leader alone in sync",
+        Duration::from_secs(20),
+        async || (partition(&describe(&nodes).await, "u", 0).isr == vec![lone]).then_some(()),
+    )
+    .await;
+    // More events, acknowledged by the lone in-sync replica only.
+    let mut alone = BTreeMap::new();
+    produce_all(&nodes, "u", 1, "alone", 30, &mut alone).await;
+    assert_eq!(alone[&0].keys().next(), Some(&50));
+    // Refused while it lives: the controller would elect it, losing nothing.
+    let refused = admin_on_live(&nodes)
+        .await
+        .elect_unclean_leader("u", 0, None)
+        .await
+        .expect_err("an in-sync replica can lead");
+    assert!(refused.to_string().contains("can lead"), "{refused}");
+    // It dies for good; the follower comes back.
+    nodes[li].kill9();
+    nodes[fi].restart_same_port();
+    wait_until(
+        "the partition offline, its follower live",
+        Duration::from_secs(30),
+        async || {
+            let d = describe(&nodes).await;
+            let p = partition(&d, "u", 0);
+            let up = d.brokers.iter().any(|b| b.node_id == follower && b.alive);
+            if p.leader == 0 && up {
+                Ok(())
+            } else {
+                Err(format!(
+                    "leader {}, isr {:?}, follower up {up}",
+                    p.leader, p.isr
+                ))
+            }
+        },
+    )
+    .await;
+    // Writes are refused meanwhile: nothing reuses the lost replica's offsets by itself.
+    let c = nodes[fi].client().await;
+    assert!(
+        c.produce_records("u", Some(0), vec![record(None, b"x")], Acks::All)
+            .await
+            .is_err()
+    );
+    // Naming the dead replica is refused, changing nothing.
+    let dead = c
+        .elect_unclean_leader("u", 0, Some(lone))
+        .await
+        .expect_err("the dead replica");
+    assert!(dead.to_string().contains("is down"), "{dead}");
+
+    // Without --unclean the CLI refuses; with it, it elects and says what it chose from.
+    let node = &nodes[fi];
+    let (code, _, err) = tokio::task::block_in_place(|| {
+        node.cli(&["topic", "elect-leader", "u", "--partition", "0"], None)
+    });
+    assert_ne!(code, 0);
+    assert!(err.contains("--unclean"), "{err}");
+    let (code, out, err) = tokio::task::block_in_place(|| {
+        node.cli(
+            &[
+                "topic",
+                "elect-leader",
+                "u",
+                "--partition",
+                "0",
+                "--unclean",
+                "--output",
+                "json",
+            ],
+            None,
+        )
+    });
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(v["leader"].as_u64(), Some(u64::from(follower)), "{v}");
+    assert_eq!(
+        v["candidates"][0]["log_end_offset"].as_u64(),
+        Some(50),
+        "{v}"
+    );
+    // It serves what it held and takes writes again.
+    let p = partition(&describe(&nodes).await, "u", 0);
+    assert_eq!((p.leader, p.isr.clone()), (follower, vec![follower]));
+    let r = c
+        .produce_records("u", Some(0), vec![record(None, b"after")], Acks::All)
+        .await
+        .expect("writes again");
+    assert_eq!(r[0].base_offset, 50, "continues from its own end");
+    let got = read_partition(&c, "u", 0).await;
+    for (&off, v) in &acked[&0] {
+        assert_eq!(got[off as usize].1, v.as_bytes(), "offset {off}");
+    }
+    assert_eq!(got[50].1, b"after");
+    let elections: f64 = [fi, 3 - li - fi]
+        .iter()
+        .map(|&i| metric(&nodes[i], "cascade_unclean_elections_total"))
+        .sum();
+    assert_eq!(elections, 1.0);
+}
+
+/// A client of any running node.
+async fn admin_on_live(nodes: &[Node]) -> Client {
+    let n = nodes
+        .iter()
+        .find(|n| n.child.is_some())
+        .expect("a running node");
+    n.client().await
 }

@@ -231,6 +231,42 @@ impl Admin for AdminService {
         .map(Response::new)
     }
 
+    async fn elect_leader(
+        &self,
+        req: Request<pb::ElectLeaderRequest>,
+    ) -> Result<Response<pb::ElectLeaderResponse>, Status> {
+        let r = req.into_inner();
+        observe("elect_leader", async {
+            if !r.unclean {
+                return Err(BrokerError::InvalidRequest(
+                    "only unclean elections are asked for (set unclean): the controller elects \
+                     in-sync replicas itself, automatically and without loss"
+                        .into(),
+                ));
+            }
+            let replica = (r.replica != 0).then_some(r.replica);
+            let e = self
+                .broker
+                .elect_unclean_leader(&r.topic, r.partition, replica)
+                .await?;
+            Ok(pb::ElectLeaderResponse {
+                leader: e.leader,
+                candidates: e
+                    .candidates
+                    .iter()
+                    .map(|&(node_id, end)| pb::ReplicaEnd {
+                        node_id,
+                        log_end_offset: end.unwrap_or(0),
+                        known: end.is_some(),
+                    })
+                    .collect(),
+                topic: Some(describe_topic(&self.broker, &e.topic)),
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+
     async fn describe_cluster(
         &self,
         _req: Request<pb::DescribeClusterRequest>,

@@ -88,6 +88,29 @@ impl Client {
         .await
     }
 
+    /// An unclean leader election for `topic`/`partition` (see `Admin.ElectLeader`): elects
+    /// `replica`, or with `None` the eligible replica whose log is longest. Sent once: a
+    /// retry after an ambiguous failure would be refused anyway (the partition then has a
+    /// usable in-sync replica, the one just elected).
+    pub async fn elect_unclean_leader(
+        &self,
+        topic: &str,
+        partition: u32,
+        replica: Option<u32>,
+    ) -> Result<pb::ElectLeaderResponse> {
+        let req = pb::ElectLeaderRequest {
+            topic: topic.into(),
+            partition,
+            unclean: true,
+            replica: replica.unwrap_or(0),
+        };
+        self.call(Target::Any, Once, |ch| {
+            let req = req.clone();
+            async move { Ok(admin_on(ch).elect_leader(req).await?.into_inner()) }
+        })
+        .await
+    }
+
     /// Nodes, controller and partition health.
     pub async fn describe_cluster(&self) -> Result<pb::ClusterDescription> {
         self.call(Target::Any, Repeatable, |ch| async move {
