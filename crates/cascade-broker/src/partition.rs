@@ -12,7 +12,9 @@
 //! Roles change through the same channel ([`Command::BecomeLeader`], `BecomeFollower`), so no
 //! leader append can slip in after the replica stopped leading: an append carries the epoch it
 //! was accepted under and the actor refuses it if that is no longer its epoch. The leader
-//! stamps its epoch into every batch it appends.
+//! stamps its epoch into every batch it appends. A cut of the log (truncation, a damage cut)
+//! ends the leader role in the same step: no append is ever acknowledged against a cut log
+//! until the role is given again.
 //!
 //! High watermark (what consumers may read): on the leader, the smallest *acknowledged end*
 //! over the in-sync replicas — its own durable end (or end under `flush=never|interval`) and,
@@ -677,6 +679,9 @@ impl Partition {
 
     /// Like [`Partition::truncate`], for a cut at damage: what it drops is kept under the
     /// log's `damaged/` directory first (it may be the only copy of acknowledged events).
+    /// Like every cut, it ends the leader role in the same step of the actor, so no produce
+    /// queued behind it is acknowledged against the cut log, whenever the role change that
+    /// the metadata decided reaches this replica.
     pub async fn cut_damaged(&self, offset: u64) -> Result<u64> {
         self.call(|reply| Command::Truncate {
             offset,
@@ -990,6 +995,82 @@ mod tests {
         let err = part.append(batch()).await.unwrap_err();
         assert!(matches!(err, BrokerError::NotLeader { .. }), "{err}");
         assert_eq!(part.reader().end_offset(), 1, "nothing was written");
+    }
+
+    /// A damaged leader's log is cut while producers keep appending (the scrub found damage;
+    /// the role change the metadata decided has not reached the replica yet): no append is
+    /// acknowledged after the cut, so none can take an offset the other copies hold another
+    /// event at. Before, the cut left the leader role in place and appends went on at the cut
+    /// end (the broker had to remember to step down first).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_append_is_acknowledged_against_a_cut_log() {
+        for round in 0..20u64 {
+            let dir = tempfile::tempdir().unwrap();
+            let part = Arc::new(
+                Partition::open(
+                    Arc::new(cascade_log::fs::StdFs),
+                    "t".into(),
+                    "id".into(),
+                    0,
+                    1,
+                    dir.path(),
+                    &TopicConfig::default(),
+                    true,
+                )
+                .unwrap(),
+            );
+            part.become_leader(3, vec![1], vec![1]).await.unwrap();
+            let batch = || {
+                let mut b = cascade_record::BatchBuilder::new();
+                b.push(cascade_record::Record {
+                    timestamp: 1,
+                    key: None,
+                    value: Some(b"x"),
+                    headers: &[],
+                });
+                BytesMut::from(b.finish().as_slice())
+            };
+            // Four producers, each appending as fast as it is answered.
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let mut producers = Vec::new();
+            for _ in 0..4 {
+                let (part, stop) = (part.clone(), stop.clone());
+                producers.push(tokio::spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if part.append(batch()).await.is_err() {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                }));
+            }
+            while part.reader().end_offset() < 50 + round {
+                tokio::task::yield_now().await;
+            }
+            let cut_at = 20 + round;
+            let end = part.cut_damaged(cut_at).await.unwrap();
+            assert_eq!(end, cut_at);
+            // The producers keep trying for a while after the cut; then the role change the
+            // metadata decided arrives (as the reconciler gives it), which answers the
+            // appends still waiting for their replication.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            assert_eq!(
+                part.reader().end_offset(),
+                cut_at,
+                "round {round}: appends were acknowledged against the cut log"
+            );
+            part.become_follower(2, 4, vec![1, 2], vec![2])
+                .await
+                .unwrap();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            for p in producers {
+                tokio::time::timeout(Duration::from_secs(10), p)
+                    .await
+                    .expect("a producer answered")
+                    .unwrap();
+            }
+            assert_eq!(part.reader().end_offset(), cut_at, "round {round}");
+            part.close().await.unwrap();
+        }
     }
 
     /// The damage flag outlives the process: a replica cut for damage and then crashed

@@ -80,8 +80,9 @@ pub enum FaultKind {
     /// partition's active segment on each replica, and every node starts again. The right
     /// answer is a loud refusal: the partition stays offline (`cluster status` shows it, each
     /// replica not in sync, with why), and no write ever lands at an offset of a lost event.
-    /// Anything else fails the run. The side topic is deleted afterwards; the workload topic
-    /// only sees a full restart.
+    /// Then an unclean election (the operator accepting the loss) must bring it back serving
+    /// the intact prefix ([`elect_uncleanly`]). Anything else fails the run. The side topic is
+    /// deleted afterwards; the workload topic only sees a full restart.
     CorruptAll,
     /// A partition leader's disk fails: every write and fsync of its partition storage gets
     /// EIO; healing makes the disk work again (the node repairs itself without a restart).
@@ -567,9 +568,10 @@ async fn ruin_a_partition(cluster: &mut Cluster, client: &Client, round: u32) ->
         .iter()
         .map(|r| format!("{} {}", r.node_id, r.state))
         .collect();
+    let elected = elect_uncleanly(client, &topic, &acked, end).await?;
     let deleted = client.delete_topic(&topic).await.is_ok();
     Ok(format!(
-        "{topic}/0 damaged on every replica ({}); offline as it must be ({}), {refused} writes refused, none at a lost offset; side topic {}",
+        "{topic}/0 damaged on every replica ({}); offline as it must be ({}), {refused} writes refused, none at a lost offset; {elected}; side topic {}",
         flipped.join(", "),
         why.join(", "),
         if deleted {
@@ -577,6 +579,93 @@ async fn ruin_a_partition(cluster: &mut Cluster, client: &Client, round: u32) ->
         } else {
             "left (delete failed)"
         }
+    ))
+}
+
+/// The end of `corrupt_all`: the operator's way out of the refusal, an unclean election
+/// (`cascade topic elect-leader --unclean`), accepting the loss. The partition must serve
+/// again from a copy cut at the damage: every event it serves below the cut is the
+/// acknowledged one, and a write lands at the cut or after it (never inside the prefix).
+/// Says what it saw.
+async fn elect_uncleanly(
+    client: &Client,
+    topic: &str,
+    acked: &BTreeMap<u64, Vec<u8>>,
+    end: u64,
+) -> Result<String> {
+    use cascade_client::{Acks, proto::Record};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let e = loop {
+        match client.elect_unclean_leader(topic, 0, None).await {
+            Ok(e) => break e,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e).context("the unclean election"),
+        }
+    };
+    let cut = e
+        .candidates
+        .iter()
+        .find(|c| c.node_id == e.leader && c.known)
+        .map(|c| c.log_end_offset)
+        .context("the elected replica's end is unknown")?;
+    anyhow::ensure!(
+        cut <= end,
+        "elected a copy ending at {cut}, past the acknowledged end {end}"
+    );
+    let probe = vec![Record {
+        value: Some(b"after the election".to_vec().into()),
+        ..Default::default()
+    }];
+    let at = loop {
+        match client
+            .produce_records(topic, Some(0), probe.clone(), Acks::Leader)
+            .await
+        {
+            Ok(r) => break r[0].base_offset,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => return Err(e).context("writing after the unclean election"),
+        }
+    };
+    anyhow::ensure!(
+        at >= cut,
+        "a write after the election landed at {at}, inside the kept prefix (cut at {cut})"
+    );
+    let mut next = 0;
+    while next < cut {
+        let f = client
+            .fetch(topic, 0, next, 1 << 20, Duration::ZERO)
+            .await
+            .context("reading after the unclean election")?;
+        let before = next;
+        for batch in cascade_log::record::Batches::new(&f.batches) {
+            let records = batch.ok().and_then(|b| b.records().ok());
+            for r in records.into_iter().flatten() {
+                let off = r.offset as u64;
+                if off < cut {
+                    anyhow::ensure!(
+                        acked
+                            .get(&off)
+                            .is_some_and(|v| r.value == Some(v.as_slice())),
+                        "{topic}/0 serves something else at acknowledged offset {off} after the unclean election"
+                    );
+                }
+                next = next.max(off + 1);
+            }
+        }
+        anyhow::ensure!(
+            next > before,
+            "{topic}/0 serves nothing at {before} after the unclean election (cut at {cut})"
+        );
+    }
+    Ok(format!(
+        "unclean election: node {} leads from offset {cut} (of {end}), the prefix intact, next write at {at}",
+        e.leader
     ))
 }
 

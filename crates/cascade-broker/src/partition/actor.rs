@@ -279,6 +279,11 @@ impl Actor {
                         keep,
                         reply,
                     } => {
+                        // A cut ends the leader role here, in the same step: a leader's log is
+                        // only ever cut for damage, and an append taken after the cut would be
+                        // acknowledged at offsets the other copies hold other events at. The
+                        // reconciler gives the role back (as follower) from the metadata.
+                        self.leader_epoch = None;
                         let kept = if keep {
                             self.log.keep_from(offset).map(|_| ())
                         } else {
@@ -294,6 +299,7 @@ impl Actor {
                         let _ = reply.send(r);
                     }
                     Command::TruncateFully { start, reply } => {
+                        self.leader_epoch = None; // as for `Truncate`
                         let r = self
                             .log
                             .truncate_fully(start)
