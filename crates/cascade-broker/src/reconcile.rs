@@ -204,6 +204,7 @@ impl Broker {
             } else {
                 // Out of the in-sync set already (an unclean restart takes it out at
                 // registration): the cut log refetches the rest as a follower.
+                tracing::info!(topic = %t.name, partition = i, isr = ?a.isr, "damaged replica is out of the in-sync set: it refetches the rest as a follower");
                 part.clear_damage();
                 metrics::counter!("cascade_replica_repairs_total").increment(1);
             }

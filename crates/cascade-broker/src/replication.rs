@@ -584,6 +584,7 @@ impl Broker {
         let Some(at) = cut_at else {
             // Cut at open already; only the in-sync set has to let go of it.
             if self.leave_isr(part).await? {
+                tracing::info!(topic = %part.topic, partition = part.index, "damaged replica left the in-sync set: it refetches the rest as a follower");
                 part.clear_damage();
                 metrics::counter!("cascade_replica_repairs_total").increment(1);
             }

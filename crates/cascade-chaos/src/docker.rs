@@ -253,7 +253,15 @@ impl Cluster {
             .faketime
             .as_ref()
             .map(|lib| format!("LD_PRELOAD={lib}"));
+        // The nodes' log filter, when one is asked for (`CASCADE_NODE_LOG`, e.g.
+        // `info,cascade_broker=debug`, to see the controller's decisions in `n<id>.log`).
+        let node_log = std::env::var("CASCADE_NODE_LOG")
+            .ok()
+            .map(|f| format!("CASCADE_LOG={f}"));
         let mut env: Vec<&str> = Vec::new();
+        if let Some(f) = &node_log {
+            env.extend(["-e", f.as_str()]);
+        }
         if let Some(p) = &preload {
             env.extend([
                 "-e",

@@ -548,6 +548,20 @@ async fn ruin_a_partition(cluster: &mut Cluster, client: &Client, round: u32) ->
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // Judged by the controller's view: replica states come from heartbeats, and a node that
+    // has not yet heard one from a restarted broker still shows that broker's replicas as
+    // they were before (in sync), while the controller acts on what it heard.
+    let controller = client
+        .describe_cluster()
+        .await
+        .ok()
+        .map(|d| d.controller_id)
+        .filter(|&c| (1..=n).contains(&c));
+    if let Some(c) = controller
+        && let Some(t) = describe_topic_at(&cluster.node(c).grpc_addr(), &topic).await
+    {
+        last = Some(t.partitions[0].clone());
+    }
     let p = last.context("the damaged partition was never described")?;
     // Offline: no leader, or (while the metadata still names the last leader) a leader whose
     // replica is shown damaged; either way nothing was served or written from it (above).
@@ -580,6 +594,30 @@ async fn ruin_a_partition(cluster: &mut Cluster, client: &Client, round: u32) ->
             "left (delete failed)"
         }
     ))
+}
+
+/// `topic` as the node at `addr` itself describes it (a client would route the request to any
+/// node), if it answers.
+async fn describe_topic_at(
+    addr: &str,
+    topic: &str,
+) -> Option<cascade_client::proto::TopicDescription> {
+    use cascade_client::proto::{DescribeTopicRequest, admin_client::AdminClient};
+    let mut c = tokio::time::timeout(
+        Duration::from_secs(5),
+        AdminClient::connect(format!("http://{addr}")),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let req = DescribeTopicRequest {
+        name: topic.to_string(),
+    };
+    tokio::time::timeout(Duration::from_secs(5), c.describe_topic(req))
+        .await
+        .ok()?
+        .ok()
+        .map(|r| r.into_inner())
 }
 
 /// The end of `corrupt_all`: the operator's way out of the refusal, an unclean election
