@@ -533,7 +533,7 @@ impl Broker {
         let end = part.reader().end_offset();
         if end > durable {
             tracing::warn!(topic = %t.name, partition = p, durable, end, "cutting what a failed fsync may never have written to disk; it is fetched again from the leader");
-            part.truncate(durable).await?;
+            part.truncate(durable, None).await?;
         }
         let fs = self.config.log_fs.as_ref();
         match fs.remove_file(&marker) {

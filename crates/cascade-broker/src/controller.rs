@@ -82,6 +82,9 @@ impl Liveness {
     /// replica free of problems. A full replica still holds every acknowledged event and
     /// serves reads; taking it out would leave the partition with no leader at all, while
     /// keeping it costs only the writes, which fail until space returns either way.
+    /// Nor is the leader an operator elected uncleanly, during its epoch, for the damage it
+    /// reported: the operator accepted it (its node clears the report as it takes the role),
+    /// and demoting it would undo the election.
     fn unusable(&self, snap: &ClusterMetadata) -> BTreeSet<(String, u32, u32)> {
         let l = self.lock();
         let troubled: BTreeSet<(String, u32, u32)> = l
@@ -95,8 +98,18 @@ impl Liveness {
                     .any(|x| x.topic == t && x.partition == p && x.state == DISK_FULL)
             })
         };
+        let elected_uncleanly = |t: &str, p: u32, node: u32| {
+            snap.assignment(t, p)
+                .is_some_and(|a| a.leader == node && a.unclean_leader_epoch == Some(a.leader_epoch))
+                && l.problems.get(&node).is_some_and(|v| {
+                    v.iter()
+                        .filter(|x| x.topic == t && x.partition == p)
+                        .all(|x| x.state == "repairing")
+                })
+        };
         troubled
             .iter()
+            .filter(|(t, p, node)| !elected_uncleanly(t, *p, *node))
             .filter(|(t, p, node)| {
                 !full(t, *p, *node)
                     || snap.assignment(t, *p).is_some_and(|a| {
@@ -313,9 +326,21 @@ impl Broker {
                 .filter(|&n| why_not(n).is_none())
                 .collect(),
         };
-        let mut candidates = Vec::new();
-        for &n in &eligible {
-            candidates.push((n, self.replica_end(n, topic, partition).await));
+        let candidates: Vec<(u32, Option<u64>)> = futures::future::join_all(
+            eligible
+                .iter()
+                .map(|&n| async move { (n, self.replica_end(n, topic, partition).await) }),
+        )
+        .await;
+        // Choosing among some of them could elect a shorter copy than one that did not answer,
+        // losing more than needed: without an answer from each, the operator has to choose.
+        if replica.is_none()
+            && let Some((n, _)) = candidates.iter().find(|(_, end)| end.is_none())
+        {
+            return Err(BrokerError::InvalidRequest(format!(
+                "node {n} did not say how long its copy of {topic}/{partition} is, so the longest \
+                 copy is unknown: try again, or name the replica to elect"
+            )));
         }
         // The longest log loses least; unknown ends count as shortest, replica order breaks ties.
         let leader = candidates
@@ -340,7 +365,11 @@ impl Broker {
             .await?;
         tracing::warn!(topic, partition, leader, lost_isr = ?a.isr, "unclean leader election: events only the lost in-sync replicas held are gone");
         metrics::counter!("cascade_unclean_elections_total").increment(1);
-        self.reconcile().await?;
+        // The election is committed; this node's own roles follow on the next pass if this
+        // one fails, so a failure here must not tell the operator it did not happen.
+        if let Err(e) = self.reconcile().await {
+            tracing::warn!(error = %e, "reconciling after an unclean election; retried on the next pass");
+        }
         Ok(UncleanElection {
             topic: after.topic(topic)?.clone(),
             leader,
@@ -873,6 +902,39 @@ mod tests {
             u[1].isr,
             vec![1],
             "the offline replica leaves the in-sync set"
+        );
+    }
+
+    /// The leader an operator elected uncleanly still reports the damage it had (its node
+    /// clears the report only as it takes the role, up to a heartbeat later): the controller
+    /// must not demote it for that damage, or the next tick would undo the election. The same
+    /// damage on a leader elected the ordinary way still takes it out.
+    #[test]
+    fn an_uncleanly_elected_leader_is_not_demoted_for_the_damage_it_was_elected_with() {
+        let mut elected = part(2, &[2]);
+        elected.unclean_leader_epoch = Some(elected.leader_epoch);
+        let stale = PartitionAssignment {
+            unclean_leader_epoch: Some(elected.leader_epoch - 1),
+            ..part(2, &[2])
+        };
+        let m = cluster(&[], vec![elected, stale, part(2, &[2, 3])]);
+        let l = Liveness::default();
+        let repairing = |partition: u32| ReplicaProblem {
+            topic: "t".into(),
+            partition,
+            state: "repairing".into(),
+            reason: "damaged log: valid up to offset 100".into(),
+        };
+        l.heard(2, false, vec![repairing(0), repairing(1), repairing(2)]);
+        let unusable = l.unusable(&m);
+        assert!(!unusable.contains(&("t".to_string(), 0, 2)), "{unusable:?}");
+        assert!(unusable.contains(&("t".to_string(), 1, 2)), "{unusable:?}");
+        assert!(unusable.contains(&("t".to_string(), 2, 2)), "{unusable:?}");
+        let u = plan_partition_updates(&m, &BTreeSet::new(), &unusable);
+        assert!(u.iter().all(|u| u.partition != 0), "{u:?}");
+        assert_eq!(
+            u.iter().find(|u| u.partition == 2).map(|u| u.leader),
+            Some(3)
         );
     }
 }

@@ -429,8 +429,10 @@ impl ClusterMetadata {
                     }
                     if a.leader != u.leader {
                         a.leader_epoch += 1;
-                        a.unclean_leader_epoch = None;
                     }
+                    // An unclean election's mark is used up by the next change: it vouches
+                    // only for the damage the operator saw when electing.
+                    a.unclean_leader_epoch = None;
                     a.leader = u.leader;
                     a.isr = u.isr.clone();
                     a.partition_epoch += 1;
@@ -1411,7 +1413,7 @@ mod tests {
     /// An unclean election makes the named live replica the only in-sync one and the leader
     /// at a new epoch, marked as unclean for that epoch; it is compare-and-set like every
     /// partition change, and refuses a replica that is not one or whose broker is fenced,
-    /// changing nothing. The next ordinary leader change drops the mark.
+    /// changing nothing. The next change of the partition uses the mark up.
     #[test]
     fn an_unclean_election_is_checked_and_marks_its_epoch() {
         let mut m = restart_cluster();
@@ -1452,7 +1454,7 @@ mod tests {
         assert_eq!(b.leader_epoch, a.leader_epoch + 1);
         assert_eq!(b.partition_epoch, a.partition_epoch + 1);
         assert_eq!(b.unclean_leader_epoch, Some(b.leader_epoch));
-        // An in-sync-set change keeps it; a new leader drops it.
+        // The next change, even of the in-sync set alone, uses the mark up.
         m.apply(&MetadataCommand::UpdatePartitions(vec![PartitionUpdate {
             topic: "a".into(),
             topic_id: "a-id".into(),
@@ -1462,19 +1464,10 @@ mod tests {
             isr: vec![1, 2],
         }]))
         .unwrap();
+        let c = &m.topics["a"].partitions[0];
         assert_eq!(
-            m.topics["a"].partitions[0].unclean_leader_epoch,
-            Some(b.leader_epoch)
+            (c.leader_epoch, c.unclean_leader_epoch),
+            (b.leader_epoch, None)
         );
-        m.apply(&MetadataCommand::UpdatePartitions(vec![PartitionUpdate {
-            topic: "a".into(),
-            topic_id: "a-id".into(),
-            partition: 0,
-            expected_partition_epoch: b.partition_epoch + 1,
-            leader: 1,
-            isr: vec![1, 2],
-        }]))
-        .unwrap();
-        assert_eq!(m.topics["a"].partitions[0].unclean_leader_epoch, None);
     }
 }

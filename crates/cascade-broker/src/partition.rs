@@ -667,11 +667,14 @@ impl Partition {
         }
     }
 
-    /// Cuts the log at `offset`; returns the new end.
-    pub async fn truncate(&self, offset: u64) -> Result<u64> {
+    /// Cuts the log at `offset`; returns the new end. `follower_of`: a follower's cut decided
+    /// against the leader of that epoch, refused (`FencedLeaderEpoch`) if the replica no
+    /// longer follows it by the time the cut runs; `None` for a cut before any role.
+    pub async fn truncate(&self, offset: u64, follower_of: Option<i32>) -> Result<u64> {
         self.call(|reply| Command::Truncate {
             offset,
             keep: false,
+            follower_of,
             reply,
         })
         .await
@@ -686,15 +689,21 @@ impl Partition {
         self.call(|reply| Command::Truncate {
             offset,
             keep: true,
+            follower_of: None,
             reply,
         })
         .await
     }
 
-    /// Empties the log, restarting it at `start`.
-    pub async fn truncate_fully(&self, start: u64) -> Result<()> {
-        self.call(|reply| Command::TruncateFully { start, reply })
-            .await
+    /// Empties the log, restarting it at `start`; `follower_of` as for
+    /// [`Partition::truncate`].
+    pub async fn truncate_fully(&self, start: u64, follower_of: Option<i32>) -> Result<()> {
+        self.call(|reply| Command::TruncateFully {
+            start,
+            follower_of,
+            reply,
+        })
+        .await
     }
 
     /// Takes the leader role at `epoch` with the given replicas and in-sync set.
@@ -1071,6 +1080,65 @@ mod tests {
             assert_eq!(part.reader().end_offset(), cut_at, "round {round}");
             part.close().await.unwrap();
         }
+    }
+
+    /// A follower's cut is tied to the leader epoch it was decided against: a fetcher stopped
+    /// too late (its cut queued behind the role change) must not cut the log of a replica
+    /// that now leads, or follows a newer leader. Before, such a cut went through and took
+    /// acknowledged events off a new leader.
+    #[tokio::test]
+    async fn a_stale_followers_cut_never_reaches_a_log_that_changed_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = Partition::open(
+            Arc::new(cascade_log::fs::StdFs),
+            "t".into(),
+            "id".into(),
+            0,
+            1,
+            dir.path(),
+            &TopicConfig::default(),
+            true,
+        )
+        .unwrap();
+        part.become_leader(3, vec![1], vec![1]).await.unwrap();
+        for _ in 0..10 {
+            let mut b = cascade_record::BatchBuilder::new();
+            b.push(cascade_record::Record {
+                timestamp: 1,
+                key: None,
+                value: Some(b"x"),
+                headers: &[],
+            });
+            part.append(BytesMut::from(b.finish().as_slice()))
+                .await
+                .unwrap();
+        }
+        part.become_follower(2, 4, vec![1, 2], vec![1, 2])
+            .await
+            .unwrap();
+        // Following epoch 4: a cut decided against epoch 4 runs.
+        assert_eq!(part.truncate(9, Some(4)).await.unwrap(), 9);
+        // It leads at epoch 5 now: cuts decided against epoch 4 are refused, changing nothing.
+        part.become_leader(5, vec![1, 2], vec![1]).await.unwrap();
+        let err = part.truncate(2, Some(4)).await.unwrap_err();
+        assert!(
+            matches!(err, BrokerError::FencedLeaderEpoch { .. }),
+            "{err}"
+        );
+        assert!(part.truncate_fully(0, Some(4)).await.is_err());
+        assert_eq!(part.reader().end_offset(), 9);
+        // And it still leads: the refused cut did not fence it.
+        let mut b = cascade_record::BatchBuilder::new();
+        b.push(cascade_record::Record {
+            timestamp: 1,
+            key: None,
+            value: Some(b"y"),
+            headers: &[],
+        });
+        part.append(BytesMut::from(b.finish().as_slice()))
+            .await
+            .unwrap();
+        assert_eq!(part.reader().end_offset(), 10);
     }
 
     /// The damage flag outlives the process: a replica cut for damage and then crashed

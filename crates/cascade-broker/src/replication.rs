@@ -258,7 +258,7 @@ impl Broker {
             let has_data = local_end > 0 || part.reader().start_offset() > 0;
             if (has_data && local_end != leader_start) || local_end < leader_start {
                 tracing::warn!(topic = %part.topic, partition = part.index, local_end, leader_start, "no epoch history: restarting the replica from the leader's log start");
-                part.truncate_fully(leader_start).await?;
+                part.truncate_fully(leader_start, Some(epoch)).await?;
             }
             return Ok(());
         }
@@ -267,24 +267,24 @@ impl Broker {
                 // The divergence is below what retention left here: nothing local is shared.
                 let start = c.max(leader_start);
                 tracing::warn!(topic = %part.topic, partition = part.index, cut = c, start, "divergence below this replica's log start: restarting it");
-                part.truncate_fully(start).await?;
+                part.truncate_fully(start, Some(epoch)).await?;
                 return Ok(());
             }
             Divergence::CutAt(c) if c < local_end => {
-                let end = part.truncate(c).await?;
+                let end = part.truncate(c, Some(epoch)).await?;
                 tracing::info!(topic = %part.topic, partition = part.index, from = local_end, to = end, "truncated a divergent suffix");
             }
             Divergence::CutAt(_) => {}
             Divergence::Restart(start) => {
                 tracing::warn!(topic = %part.topic, partition = part.index, "leader holds none of this replica's epochs: restarting from the leader's log start");
-                part.truncate_fully(start).await?;
+                part.truncate_fully(start, Some(epoch)).await?;
                 return Ok(());
             }
         }
         let end = part.reader().end_offset();
         if end < leader_start {
             tracing::warn!(topic = %part.topic, partition = part.index, end, leader_start, "this replica ends before the leader's log start (retention ran meanwhile): restarting it from there");
-            part.truncate_fully(leader_start).await?;
+            part.truncate_fully(leader_start, Some(epoch)).await?;
         }
         Ok(())
     }
@@ -606,8 +606,11 @@ impl Broker {
         tracing::warn!(topic = %part.topic, partition = part.index, end, "cut a damaged replica; fetching the rest from the leader");
         // A fetch sent before the fetches were held may still have readmitted the replica
         // from its uncut end: take it out once more, now that its log is short it cannot
-        // come back before it has fetched everything again.
-        self.leave_isr(part).await?;
+        // come back before it has fetched everything again. If it has become the last live
+        // in-sync copy meanwhile, it stays flagged: with its log cut it must not lead.
+        if !self.leave_isr(part).await? {
+            return Ok(());
+        }
         part.clear_damage();
         metrics::counter!("cascade_replica_repairs_total").increment(1);
         Ok(())

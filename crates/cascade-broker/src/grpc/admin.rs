@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
+/// Marks a request one node forwarded to the controller, so it is not forwarded again.
+const FORWARDED: &str = "cascade-forwarded";
+
 /// The Admin service.
 #[derive(Debug, Clone)]
 pub struct AdminService {
@@ -235,6 +238,24 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ElectLeaderRequest>,
     ) -> Result<Response<pb::ElectLeaderResponse>, Status> {
+        // Decided on the controller: whether an in-sync replica could still lead comes from
+        // heartbeats, and the controller's table is the one its own decisions use (another
+        // node may not have heard a broker for a while and would wrongly think it cannot
+        // lead). Forwarded once; a node that is not the controller by then decides itself.
+        let forwarded = req.metadata().contains_key(FORWARDED);
+        let meta = self.broker.metadata();
+        if !forwarded
+            && !meta.is_controller()
+            && let Some(controller) = meta.controller_id()
+        {
+            let channel = self.broker.peer_channel(controller).map_err(Status::from)?;
+            let mut fwd = Request::new(req.into_inner());
+            fwd.metadata_mut()
+                .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+            return pb::admin_client::AdminClient::new(channel)
+                .elect_leader(fwd)
+                .await;
+        }
         let r = req.into_inner();
         observe("elect_leader", async {
             if !r.unclean {

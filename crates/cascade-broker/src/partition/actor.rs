@@ -67,11 +67,17 @@ pub(crate) enum Command {
         offset: u64,
         /// A cut for damage: what it drops is kept under the log's `damaged/` first.
         keep: bool,
+        /// A follower's cut, decided against the leader of this epoch: refused unless the
+        /// replica still follows that epoch (a fetcher stopped late must not cut a log that
+        /// has since changed role).
+        follower_of: Option<i32>,
         reply: oneshot::Sender<Result<u64>>,
     },
     /// Drop everything and restart empty at `start`.
     TruncateFully {
         start: u64,
+        /// As for `Truncate`.
+        follower_of: Option<i32>,
         reply: oneshot::Sender<Result<()>>,
     },
     /// Look for damage in the segments starting at or after `from` (the sealed ones before
@@ -167,6 +173,40 @@ pub(super) struct Actor {
 impl Actor {
     fn epochs(&self) -> std::sync::MutexGuard<'_, EpochCache> {
         self.epochs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Why a follower's cut decided against the leader of epoch `follower_of` must not run:
+    /// the replica no longer follows that epoch (it leads now, or follows a newer leader), so
+    /// the cut was computed for a log that has since changed role. `None`: go ahead.
+    fn stale_follower_cut(&self, follower_of: Option<i32>) -> Option<BrokerError> {
+        let epoch = follower_of?;
+        (self.follower_epoch != Some(epoch)).then(|| BrokerError::FencedLeaderEpoch {
+            topic: String::new(),
+            partition: 0,
+            got: epoch,
+            current: self.follower_epoch.unwrap_or(-1),
+        })
+    }
+
+    /// Cuts the log at `offset` (keeping what it drops under `damaged/` when `keep`). A cut
+    /// ends the leader role here, in the same step: a leader's log is only ever cut for
+    /// damage, and an append taken after the cut would be acknowledged at offsets the other
+    /// copies hold other events at. The replica takes appends again only once the metadata
+    /// gives it a role under a new epoch (`BecomeLeader`); were it still named leader at the
+    /// same epoch, refusing is right: leading on with the cut log would reuse offsets.
+    fn cut(&mut self, offset: u64, keep: bool) -> Result<u64> {
+        self.leader_epoch = None;
+        let kept = if keep {
+            self.log.keep_from(offset).map(|_| ())
+        } else {
+            Ok(())
+        };
+        kept.and_then(|()| self.log.truncate_to(offset))
+            .map_err(BrokerError::from)
+            .and_then(|end| {
+                self.epochs().truncate_from(end)?;
+                Ok(end)
+            })
     }
 
     fn append_replicated(&mut self, batches: &[u8]) -> Result<AppendInfo> {
@@ -277,34 +317,30 @@ impl Actor {
                     Command::Truncate {
                         offset,
                         keep,
+                        follower_of,
                         reply,
                     } => {
-                        // A cut ends the leader role here, in the same step: a leader's log is
-                        // only ever cut for damage, and an append taken after the cut would be
-                        // acknowledged at offsets the other copies hold other events at. The
-                        // reconciler gives the role back (as follower) from the metadata.
-                        self.leader_epoch = None;
-                        let kept = if keep {
-                            self.log.keep_from(offset).map(|_| ())
-                        } else {
-                            Ok(())
+                        let r = match self.stale_follower_cut(follower_of) {
+                            Some(stale) => Err(stale),
+                            None => self.cut(offset, keep),
                         };
-                        let r = kept
-                            .and_then(|()| self.log.truncate_to(offset))
-                            .map_err(BrokerError::from)
-                            .and_then(|end| {
-                                self.epochs().truncate_from(end)?;
-                                Ok(end)
-                            });
                         let _ = reply.send(r);
                     }
-                    Command::TruncateFully { start, reply } => {
-                        self.leader_epoch = None; // as for `Truncate`
-                        let r = self
-                            .log
-                            .truncate_fully(start)
-                            .map_err(BrokerError::from)
-                            .and_then(|()| self.epochs().clear());
+                    Command::TruncateFully {
+                        start,
+                        follower_of,
+                        reply,
+                    } => {
+                        let r = match self.stale_follower_cut(follower_of) {
+                            Some(stale) => Err(stale),
+                            None => {
+                                self.leader_epoch = None; // as for a cut (see `cut`)
+                                self.log
+                                    .truncate_fully(start)
+                                    .map_err(BrokerError::from)
+                                    .and_then(|()| self.epochs().clear())
+                            }
+                        };
                         let _ = reply.send(r);
                     }
                     Command::FindDamage { from, reply } => {
