@@ -914,37 +914,47 @@ pub(crate) fn note_space(slot: &Mutex<Option<String>>, dir: &Path, r: &Result<Ap
 mod tests {
     use super::*;
 
+    /// Opens the replica of `t`/0 in `dir` on node `node`, as a replicated topic's.
+    fn open_replica(dir: &Path, node: u32) -> Partition {
+        Partition::open(
+            Arc::new(cascade_log::fs::StdFs),
+            "t".into(),
+            "id".into(),
+            0,
+            node,
+            dir,
+            &TopicConfig::default(),
+            true,
+        )
+        .unwrap()
+    }
+
+    /// A batch of one record holding `value`.
+    fn one_record(value: &[u8]) -> Vec<u8> {
+        let mut b = cascade_record::BatchBuilder::new();
+        b.push(cascade_record::Record {
+            timestamp: 1,
+            key: None,
+            value: Some(value),
+            headers: &[],
+        });
+        b.finish()
+    }
+
     /// A fetcher cancelled by a leader change may still deliver its last response: once the
     /// replica follows a newer epoch, that append must be refused, or it could land after the
     /// new fetcher checked for a divergent suffix and stay as a batch no leader has.
     #[tokio::test]
     async fn a_replicated_append_read_under_an_older_epoch_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let part = Partition::open(
-            Arc::new(cascade_log::fs::StdFs),
-            "t".into(),
-            "id".into(),
-            0,
-            3,
-            dir.path(),
-            &TopicConfig::default(),
-            true,
-        )
-        .unwrap();
+        let part = open_replica(dir.path(), 3);
         part.become_follower(1, 4, vec![1, 2, 3], vec![1, 2, 3])
             .await
             .unwrap();
         part.become_follower(2, 5, vec![1, 2, 3], vec![2, 3])
             .await
             .unwrap();
-        let mut b = cascade_record::BatchBuilder::new();
-        b.push(cascade_record::Record {
-            timestamp: 1,
-            key: None,
-            value: Some(b"x"),
-            headers: &[],
-        });
-        let mut batch = b.finish();
+        let mut batch = one_record(b"x");
         stamp_epoch(&mut batch, 4);
         let err = part.append_replicated(batch.clone(), 4).await.unwrap_err();
         assert!(
@@ -976,28 +986,9 @@ mod tests {
     #[tokio::test]
     async fn a_fenced_leader_refuses_appends_before_its_role_changes() {
         let dir = tempfile::tempdir().unwrap();
-        let part = Partition::open(
-            Arc::new(cascade_log::fs::StdFs),
-            "t".into(),
-            "id".into(),
-            0,
-            1,
-            dir.path(),
-            &TopicConfig::default(),
-            true,
-        )
-        .unwrap();
+        let part = open_replica(dir.path(), 1);
         part.become_leader(3, vec![1], vec![1]).await.unwrap();
-        let batch = || {
-            let mut b = cascade_record::BatchBuilder::new();
-            b.push(cascade_record::Record {
-                timestamp: 1,
-                key: None,
-                value: Some(b"x"),
-                headers: &[],
-            });
-            BytesMut::from(b.finish().as_slice())
-        };
+        let batch = || BytesMut::from(one_record(b"x").as_slice());
         part.append(batch()).await.unwrap();
         part.stop_leading_appends().await.unwrap();
         assert_eq!(part.role(), Role::Leader { epoch: 3 });
@@ -1015,30 +1006,9 @@ mod tests {
     async fn no_append_is_acknowledged_against_a_cut_log() {
         for round in 0..20u64 {
             let dir = tempfile::tempdir().unwrap();
-            let part = Arc::new(
-                Partition::open(
-                    Arc::new(cascade_log::fs::StdFs),
-                    "t".into(),
-                    "id".into(),
-                    0,
-                    1,
-                    dir.path(),
-                    &TopicConfig::default(),
-                    true,
-                )
-                .unwrap(),
-            );
+            let part = Arc::new(open_replica(dir.path(), 1));
             part.become_leader(3, vec![1], vec![1]).await.unwrap();
-            let batch = || {
-                let mut b = cascade_record::BatchBuilder::new();
-                b.push(cascade_record::Record {
-                    timestamp: 1,
-                    key: None,
-                    value: Some(b"x"),
-                    headers: &[],
-                });
-                BytesMut::from(b.finish().as_slice())
-            };
+            let batch = || BytesMut::from(one_record(b"x").as_slice());
             // Four producers, each appending as fast as it is answered.
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let mut producers = Vec::new();
@@ -1089,27 +1059,10 @@ mod tests {
     #[tokio::test]
     async fn a_stale_followers_cut_never_reaches_a_log_that_changed_role() {
         let dir = tempfile::tempdir().unwrap();
-        let part = Partition::open(
-            Arc::new(cascade_log::fs::StdFs),
-            "t".into(),
-            "id".into(),
-            0,
-            1,
-            dir.path(),
-            &TopicConfig::default(),
-            true,
-        )
-        .unwrap();
+        let part = open_replica(dir.path(), 1);
         part.become_leader(3, vec![1], vec![1]).await.unwrap();
         for _ in 0..10 {
-            let mut b = cascade_record::BatchBuilder::new();
-            b.push(cascade_record::Record {
-                timestamp: 1,
-                key: None,
-                value: Some(b"x"),
-                headers: &[],
-            });
-            part.append(BytesMut::from(b.finish().as_slice()))
+            part.append(BytesMut::from(one_record(b"x").as_slice()))
                 .await
                 .unwrap();
         }
@@ -1128,14 +1081,7 @@ mod tests {
         assert!(part.truncate_fully(0, Some(4)).await.is_err());
         assert_eq!(part.reader().end_offset(), 9);
         // And it still leads: the refused cut did not fence it.
-        let mut b = cascade_record::BatchBuilder::new();
-        b.push(cascade_record::Record {
-            timestamp: 1,
-            key: None,
-            value: Some(b"y"),
-            headers: &[],
-        });
-        part.append(BytesMut::from(b.finish().as_slice()))
+        part.append(BytesMut::from(one_record(b"y").as_slice()))
             .await
             .unwrap();
         assert_eq!(part.reader().end_offset(), 10);
@@ -1148,19 +1094,7 @@ mod tests {
     async fn a_damage_flag_survives_a_restart_until_it_is_dealt_with() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("0");
-        let open = || {
-            Partition::open(
-                Arc::new(cascade_log::fs::StdFs),
-                "t".into(),
-                "id".into(),
-                0,
-                1,
-                &dir,
-                &TopicConfig::default(),
-                true,
-            )
-            .unwrap()
-        };
+        let open = || open_replica(&dir, 1);
         let part = open();
         assert_eq!(part.damaged_at_open(), None);
         part.close().await.unwrap();
@@ -1196,26 +1130,9 @@ mod tests {
     #[tokio::test]
     async fn a_replica_leading_again_expects_what_its_log_holds() {
         let dir = tempfile::tempdir().unwrap();
-        let part = Partition::open(
-            Arc::new(cascade_log::fs::StdFs),
-            "t".into(),
-            "id".into(),
-            0,
-            1,
-            dir.path(),
-            &TopicConfig::default(),
-            true,
-        )
-        .unwrap();
+        let part = open_replica(dir.path(), 1);
         let batch = |seq: i32, offset: i64, epoch: i32| {
-            let mut b = cascade_record::BatchBuilder::new();
-            b.push(cascade_record::Record {
-                timestamp: 1,
-                key: None,
-                value: Some(b"x"),
-                headers: &[],
-            });
-            let mut bytes = b.finish();
+            let mut bytes = one_record(b"x");
             cascade_record::header::set_producer(&mut bytes, 7, 0, seq);
             cascade_record::header::set_base_offset(&mut bytes, offset);
             stamp_epoch(&mut bytes, epoch);

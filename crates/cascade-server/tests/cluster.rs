@@ -43,6 +43,15 @@ async fn wait_until<T>(
     }
 }
 
+/// Waits (up to 20 s) until three brokers are registered and alive.
+async fn wait_three_live(nodes: &[Node]) {
+    wait_for("3 live brokers", Duration::from_secs(20), async || {
+        let d = describe(nodes).await;
+        (d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive)).then_some(())
+    })
+    .await;
+}
+
 /// The cluster as one node sees it (None if it does not answer).
 async fn describe_at(node: &Node) -> Option<ClusterDescription> {
     let c = Client::connect(&node.grpc).await.ok()?;
@@ -293,11 +302,7 @@ async fn three_nodes_replicate_fail_over_and_catch_up() {
 async fn acks_all_needs_min_insync_replicas() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = start_cluster(&dirs);
-    wait_for("3 live brokers", Duration::from_secs(20), async || {
-        let d = describe(&nodes).await;
-        (d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive)).then_some(())
-    })
-    .await;
+    wait_three_live(&nodes).await;
     let admin = nodes[0].client().await;
     // Every replica must acknowledge (a majority of nodes stays up, so the metadata group
     // keeps working while one is down).
@@ -354,11 +359,7 @@ async fn acks_all_needs_min_insync_replicas() {
 async fn graceful_stop_hands_leadership_over_before_exiting() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = start_cluster(&dirs);
-    wait_for("3 live brokers", Duration::from_secs(20), async || {
-        let d = describe(&nodes).await;
-        (d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive)).then_some(())
-    })
-    .await;
+    wait_three_live(&nodes).await;
     let admin = nodes[2].client().await;
     let configs: BTreeMap<String, String> =
         [("min.insync.replicas".to_string(), "2".to_string())].into();
@@ -461,11 +462,7 @@ fn assert_replicas_identical(dirs: &[tempfile::TempDir], topic: &str) {
 async fn damaged_follower_is_detected_by_checksum_and_repaired_from_the_leader() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = start_cluster(&dirs);
-    wait_for("3 live brokers", Duration::from_secs(20), async || {
-        let d = describe(&nodes).await;
-        (d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive)).then_some(())
-    })
-    .await;
+    wait_three_live(&nodes).await;
     let acked = replicated_topic_with_segments(&nodes, "d").await;
     let p = partition(&describe(&nodes).await, "d", 0);
     let follower = *p.replicas.iter().find(|&&r| r != p.leader).unwrap();
@@ -512,11 +509,7 @@ async fn damaged_follower_is_detected_by_checksum_and_repaired_from_the_leader()
 async fn damaged_leader_never_leads_with_its_damaged_log() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = start_cluster(&dirs);
-    wait_for("3 live brokers", Duration::from_secs(20), async || {
-        let d = describe(&nodes).await;
-        (d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive)).then_some(())
-    })
-    .await;
+    wait_three_live(&nodes).await;
     let acked = replicated_topic_with_segments(&nodes, "e").await;
     let leader = partition(&describe(&nodes).await, "e", 0).leader;
     // Every node stops; the leader's copy is damaged while it is down; all come back.
@@ -595,11 +588,7 @@ fn damage_active_segment(partition_dir: &Path) {
 async fn a_leader_restarted_with_a_flipped_byte_in_its_active_segment_loses_nothing() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = start_cluster(&dirs);
-    wait_for("3 live brokers", Duration::from_secs(20), async || {
-        let d = describe(&nodes).await;
-        (d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive)).then_some(())
-    })
-    .await;
+    wait_three_live(&nodes).await;
     let admin = nodes[0].client().await;
     let configs: BTreeMap<String, String> =
         [("min.insync.replicas".to_string(), "2".to_string())].into();
@@ -672,11 +661,7 @@ async fn clients_follow_leaders_and_groups_survive_a_coordinator_failover() {
 
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = start_cluster(&dirs);
-    wait_for("3 live brokers", Duration::from_secs(20), async || {
-        let d = describe(&nodes).await;
-        (d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive)).then_some(())
-    })
-    .await;
+    wait_three_live(&nodes).await;
     // One client for the whole cluster: it routes every request to the right node itself.
     let seeds: Vec<String> = nodes.iter().map(|n| n.grpc.clone()).collect();
     let client = Client::connect(&seeds.join(",")).await.expect("connect");
@@ -806,11 +791,7 @@ async fn clients_follow_leaders_and_groups_survive_a_coordinator_failover() {
 async fn a_broker_added_later_gets_replicas_and_leadership_of_new_topics() {
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = start_cluster(&dirs[..3]);
-    wait_for("3 live brokers", Duration::from_secs(20), async || {
-        let d = describe(&nodes).await;
-        (d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive)).then_some(())
-    })
-    .await;
+    wait_three_live(&nodes).await;
     let admin = nodes[0].client().await;
     admin
         .create_topic("before", 3, 3, BTreeMap::new())
@@ -911,11 +892,7 @@ async fn a_deposed_coordinator_never_answers_stale_committed_offsets() {
     };
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let nodes = start_cluster(&dirs);
-    wait_for("3 live brokers", Duration::from_secs(20), async || {
-        let d = describe(&nodes).await;
-        (d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive)).then_some(())
-    })
-    .await;
+    wait_three_live(&nodes).await;
     let seeds: Vec<String> = nodes.iter().map(|n| n.grpc.clone()).collect();
     let client = Client::connect(&seeds.join(",")).await.expect("connect");
     client
@@ -1006,11 +983,7 @@ async fn a_deposed_leader_never_tells_a_producer_its_stored_batch_is_missing() {
     use cascade_client::proto::{PartitionRecords, ProduceRequest, records_client::RecordsClient};
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let nodes = start_cluster(&dirs);
-    wait_for("3 live brokers", Duration::from_secs(20), async || {
-        let d = describe(&nodes).await;
-        (d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive)).then_some(())
-    })
-    .await;
+    wait_three_live(&nodes).await;
     let seeds: Vec<String> = nodes.iter().map(|n| n.grpc.clone()).collect();
     let client = Client::connect(&seeds.join(",")).await.expect("connect");
     client
@@ -1177,11 +1150,7 @@ async fn a_deposed_leader_never_tells_a_producer_its_stored_batch_is_missing() {
 async fn a_follower_left_behind_by_retention_restarts_at_the_leaders_log_start() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = start_cluster_with(&dirs, &["--retention-check-secs", "1"]);
-    wait_for("3 live brokers", Duration::from_secs(20), async || {
-        let d = describe(&nodes).await;
-        (d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive)).then_some(())
-    })
-    .await;
+    wait_three_live(&nodes).await;
     let admin = nodes[0].client().await;
     let configs: BTreeMap<String, String> = [
         ("min.insync.replicas".to_string(), "2".to_string()),
@@ -1260,11 +1229,7 @@ async fn a_follower_left_behind_by_retention_restarts_at_the_leaders_log_start()
 async fn a_damaged_metadata_journal_stops_its_node_until_it_is_replaced() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = start_cluster(&dirs);
-    wait_for("3 live brokers", Duration::from_secs(20), async || {
-        let d = describe(&nodes).await;
-        (d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive)).then_some(())
-    })
-    .await;
+    wait_three_live(&nodes).await;
     let admin = nodes[0].client().await;
     for i in 0..8 {
         admin
@@ -1561,11 +1526,7 @@ fn start_long_session_cluster(dirs: &[tempfile::TempDir]) -> Vec<Node> {
 async fn damage_on_every_replica_is_a_loud_refusal_never_reused_offsets() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = start_cluster(&dirs);
-    wait_for("3 live brokers", Duration::from_secs(20), async || {
-        let d = describe(&nodes).await;
-        (d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive)).then_some(())
-    })
-    .await;
+    wait_three_live(&nodes).await;
     let admin = nodes[0].client().await;
     let configs: BTreeMap<String, String> =
         [("min.insync.replicas".to_string(), "2".to_string())].into();
@@ -1796,11 +1757,7 @@ async fn a_replica_that_cannot_take_the_leader_role_is_passed_over() {
 async fn an_unclean_election_brings_back_a_partition_whose_in_sync_replicas_are_lost() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = start_cluster(&dirs);
-    wait_for("3 live brokers", Duration::from_secs(20), async || {
-        let d = describe(&nodes).await;
-        (d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive)).then_some(())
-    })
-    .await;
+    wait_three_live(&nodes).await;
     let admin = nodes[0].client().await;
     let configs = [("min.insync.replicas".to_string(), "1".to_string())].into();
     // Two replicas on three nodes: the third keeps the metadata quorum when two are down.
