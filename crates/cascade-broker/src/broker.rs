@@ -636,7 +636,7 @@ impl Broker {
                     out.push(cascade_proto::internal::ReplicaProblem {
                         topic: name.clone(),
                         partition: i,
-                        state: "repairing".into(),
+                        state: crate::controller::REPAIRING.into(),
                         reason: format!("damaged log: valid up to offset {at}"),
                     });
                 } else if let Some(reason) = p.disk_full() {

@@ -7,8 +7,11 @@
 //! - for every partition, removes fenced (or shutting-down) brokers, and replicas their broker
 //!   reports it cannot serve (offline: not opened; repairing: damaged), from the in-sync set
 //!   and, if the leader is one of them or there is none, elects the first live in-sync replica in
-//!   replica order (the preferred replica first). Only in-sync replicas are ever elected; with
-//!   none alive the partition stays offline, keeping its last in-sync set, until one returns;
+//!   replica order (the preferred replica first). Only in-sync replicas are ever elected, or,
+//!   when none can lead, an eligible leader replica (KIP-966: out of the in-sync set but
+//!   holding every acknowledged event, see `PartitionAssignment::elr`), which becomes the
+//!   in-sync set; with neither alive the partition stays offline, keeping its last in-sync
+//!   set, until one returns. Replicas reported damaged are dropped from the eligible ones;
 //! - moves leadership back to the preferred replica once it is in sync again, so leadership
 //!   stays spread evenly after failures.
 //!
@@ -41,6 +44,9 @@ use tonic::{Request, Response, Status};
 
 /// The state a broker reports for a replica whose disk is full (see `Partition::disk_full`).
 pub(crate) const DISK_FULL: &str = "disk-full";
+/// The state a broker reports for a replica whose log was found damaged (being cut and
+/// fetched again).
+pub(crate) const REPAIRING: &str = "repairing";
 
 /// The controller's view of broker liveness.
 #[derive(Debug, Default)]
@@ -104,7 +110,7 @@ impl Liveness {
                 && l.problems.get(&node).is_some_and(|v| {
                     v.iter()
                         .filter(|x| x.topic == t && x.partition == p)
-                        .all(|x| x.state == "repairing")
+                        .all(|x| x.state == REPAIRING)
                 })
         };
         troubled
@@ -121,6 +127,21 @@ impl Liveness {
                     })
             })
             .cloned()
+            .collect()
+    }
+
+    /// The replicas their brokers reported damaged (being cut and fetched again), as
+    /// (topic, partition, node): they may have lost acknowledged events, so they are no
+    /// eligible leader replicas (see `PartitionAssignment::elr`).
+    fn damaged(&self) -> BTreeSet<(String, u32, u32)> {
+        self.lock()
+            .problems
+            .iter()
+            .flat_map(|(&node, v)| {
+                v.iter()
+                    .filter(|p| p.state == REPAIRING)
+                    .map(move |p| (p.topic.clone(), p.partition, node))
+            })
             .collect()
     }
 
@@ -268,8 +289,8 @@ impl Broker {
     /// order on a live broker with its replica open, as the only in-sync replica; returns the
     /// topic after the change and the node elected.
     ///
-    /// Refused, changing nothing, while an in-sync replica could lead (the controller elects
-    /// those itself, losing nothing; a full disk still serves reads and is waited out), and
+    /// Refused, changing nothing, while an in-sync or eligible leader replica could lead (the
+    /// controller elects those itself, losing nothing; a full disk still serves reads and is waited out), and
     /// for a replica that is not on a live broker or not open. Never automatic: it gives up
     /// whatever only the lost in-sync replicas held, so an operator must ask for it.
     pub async fn elect_unclean_leader(
@@ -285,15 +306,22 @@ impl Broker {
         })?;
         let live = |n: u32| snap.brokers.get(&n).is_some_and(|b| !b.fenced);
         let problem = |n: u32| self.liveness.problem(n, topic, partition).map(|(s, _)| s);
-        if let Some(n) =
-            a.isr.iter().copied().find(|&n| {
-                live(n) && !matches!(problem(n).as_deref(), Some("offline" | "repairing"))
-            })
+        if let Some(n) = a
+            .isr
+            .iter()
+            .chain(&a.elr)
+            .copied()
+            .find(|&n| live(n) && !matches!(problem(n).as_deref(), Some("offline" | REPAIRING)))
         {
+            let what = if a.isr.contains(&n) {
+                "an in-sync replica"
+            } else {
+                "an eligible leader replica"
+            };
             return Err(BrokerError::InvalidRequest(format!(
-                "{topic}/{partition} has an in-sync replica that can lead (node {n}): the \
+                "{topic}/{partition} has {what} that can lead (node {n}): the \
                  controller elects it without losing anything; an unclean election is only for \
-                 a partition whose every in-sync replica is down or damaged"
+                 a partition whose every in-sync and eligible replica is down or damaged"
             )));
         }
         let why_not = |n: u32| -> Option<String> {
@@ -480,7 +508,8 @@ impl Broker {
         }
         let snap = self.meta.snapshot();
         let unusable = self.liveness.unusable(&snap);
-        let updates = plan_partition_updates(&snap, &leaving, &unusable);
+        let damaged = self.liveness.damaged();
+        let updates = plan_partition_updates(&snap, &leaving, &unusable, &damaged);
         if !updates.is_empty() {
             let elections = updates
                 .iter()
@@ -561,28 +590,49 @@ impl Broker {
 }
 
 /// The controller's decision for every partition, given who is fenced (in `snap`), who is
-/// shutting down, and which replicas their brokers reported they cannot serve (`unusable`:
-/// topic, partition, node; offline or under repair). Pure, so it is tested without a cluster.
+/// shutting down, which replicas their brokers reported they cannot serve (`unusable`:
+/// topic, partition, node; offline or under repair) and which of those may have lost events
+/// (`damaged`: they must not stay eligible leader replicas). Pure, so it is tested without a
+/// cluster.
 pub fn plan_partition_updates(
     snap: &ClusterMetadata,
     leaving: &BTreeSet<u32>,
     unusable: &BTreeSet<(String, u32, u32)>,
+    damaged: &BTreeSet<(String, u32, u32)>,
 ) -> Vec<PartitionUpdate> {
     let mut out = Vec::new();
     for t in snap.topics.values() {
         for (i, a) in t.partitions.iter().enumerate() {
+            let key = |id: u32| (t.name.clone(), i as u32, id);
             let usable = |id: &u32| {
                 snap.brokers.get(id).is_some_and(|b| !b.fenced)
                     && !leaving.contains(id)
-                    && !unusable.contains(&(t.name.clone(), i as u32, *id))
+                    && !unusable.contains(&key(*id))
             };
+            let ineligible: Vec<u32> = a
+                .isr
+                .iter()
+                .chain(&a.elr)
+                .copied()
+                .filter(|&id| damaged.contains(&key(id)))
+                .collect();
             let live_isr: Vec<u32> = a.isr.iter().copied().filter(|id| usable(id)).collect();
+            // With no in-sync replica able to lead, an eligible leader replica that can (it
+            // holds every acknowledged event, see `PartitionAssignment::elr`).
+            let from_elr = if live_isr.is_empty() {
+                a.replicas
+                    .iter()
+                    .copied()
+                    .find(|r| a.elr.contains(r) && usable(r) && !ineligible.contains(r))
+            } else {
+                None
+            };
             // Never empty the in-sync set: with no live member it keeps its last members, who
             // alone hold every acknowledged event.
-            let isr = if live_isr.is_empty() {
-                a.isr.clone()
-            } else {
-                live_isr.clone()
+            let isr = match from_elr {
+                Some(r) => vec![r],
+                None if live_isr.is_empty() => a.isr.clone(),
+                None => live_isr.clone(),
             };
             let preferred = a.replicas.iter().copied().find(|r| live_isr.contains(r));
             let leader = if a.leader != 0 && usable(&a.leader) && live_isr.contains(&a.leader) {
@@ -592,9 +642,10 @@ pub fn plan_partition_updates(
                     _ => a.leader,
                 }
             } else {
-                preferred.unwrap_or(0)
+                from_elr.or(preferred).unwrap_or(0)
             };
-            if leader != a.leader || isr != a.isr {
+            let drops_eligible = a.elr.iter().any(|r| ineligible.contains(r));
+            if leader != a.leader || isr != a.isr || drops_eligible {
                 out.push(PartitionUpdate {
                     topic: t.name.clone(),
                     topic_id: t.id.clone(),
@@ -602,6 +653,7 @@ pub fn plan_partition_updates(
                     expected_partition_epoch: a.partition_epoch,
                     leader,
                     isr,
+                    ineligible,
                 });
             }
         }
@@ -791,13 +843,14 @@ mod tests {
             isr: isr.to_vec(),
             partition_epoch: 7,
             unclean_leader_epoch: None,
+            elr: Vec::new(),
         }
     }
 
     #[test]
     fn dead_leader_is_replaced_by_a_live_in_sync_replica() {
         let m = cluster(&[1], vec![part(1, &[1, 2, 3])]);
-        let u = plan_partition_updates(&m, &BTreeSet::new(), &BTreeSet::new());
+        let u = plan_partition_updates(&m, &BTreeSet::new(), &BTreeSet::new(), &BTreeSet::new());
         assert_eq!(u.len(), 1);
         assert_eq!(u[0].leader, 2);
         assert_eq!(u[0].isr, vec![2, 3]);
@@ -808,33 +861,77 @@ mod tests {
     fn only_in_sync_replicas_are_elected() {
         // 3 is alive but out of sync: the partition goes offline rather than lose data.
         let m = cluster(&[1, 2], vec![part(1, &[1, 2])]);
-        let u = plan_partition_updates(&m, &BTreeSet::new(), &BTreeSet::new());
+        let u = plan_partition_updates(&m, &BTreeSet::new(), &BTreeSet::new(), &BTreeSet::new());
         assert_eq!(u[0].leader, 0);
         assert_eq!(u[0].isr, vec![1, 2], "the last in-sync set is kept");
         // When 2 comes back it leads.
         let mut m2 = cluster(&[1], vec![part(0, &[1, 2])]);
         m2.topics.get_mut("t").unwrap().partitions[0].leader = 0;
-        let u = plan_partition_updates(&m2, &BTreeSet::new(), &BTreeSet::new());
+        let u = plan_partition_updates(&m2, &BTreeSet::new(), &BTreeSet::new(), &BTreeSet::new());
         assert_eq!((u[0].leader, u[0].isr.clone()), (2, vec![2]));
     }
 
     #[test]
     fn dead_follower_leaves_the_isr_and_healthy_partitions_are_untouched() {
         let m = cluster(&[3], vec![part(1, &[1, 2, 3]), part(2, &[1, 2])]);
-        let u = plan_partition_updates(&m, &BTreeSet::new(), &BTreeSet::new());
+        let u = plan_partition_updates(&m, &BTreeSet::new(), &BTreeSet::new(), &BTreeSet::new());
         assert_eq!(u.len(), 2);
         assert_eq!((u[0].leader, u[0].isr.clone()), (1, vec![1, 2]));
         // The second moves back to its preferred replica 1, which is in sync.
         assert_eq!((u[1].leader, u[1].isr.clone()), (1, vec![1, 2]));
         let healthy = cluster(&[], vec![part(1, &[1, 2, 3])]);
-        assert!(plan_partition_updates(&healthy, &BTreeSet::new(), &BTreeSet::new()).is_empty());
+        assert!(
+            plan_partition_updates(
+                &healthy,
+                &BTreeSet::new(),
+                &BTreeSet::new(),
+                &BTreeSet::new()
+            )
+            .is_empty()
+        );
+    }
+
+    /// With no in-sync replica able to lead, the controller elects an eligible leader
+    /// replica (in replica order) that is live, open and not damaged, and drops damaged ones
+    /// from the eligible set; with a live in-sync replica it never looks at them.
+    #[test]
+    fn an_eligible_leader_replica_leads_when_no_in_sync_replica_can() {
+        let with_elr = |leader: u32, isr: &[u32], elr: &[u32]| PartitionAssignment {
+            elr: elr.to_vec(),
+            ..part(leader, isr)
+        };
+        let (nobody, none) = (BTreeSet::new(), BTreeSet::new());
+        let key = |node: u32| ("t".to_string(), 0, node);
+        // Leader 1 is fenced; 2 and 3 are eligible: 2 leads alone in sync.
+        let m = cluster(&[1], vec![with_elr(1, &[1], &[2, 3])]);
+        let u = plan_partition_updates(&m, &nobody, &none, &none);
+        assert_eq!((u[0].leader, &u[0].isr[..]), (2, &[2][..]), "{u:?}");
+        assert!(u[0].ineligible.is_empty(), "fenced is not damaged: {u:?}");
+        // 2 cannot serve (offline): 3.
+        let offline: BTreeSet<_> = [key(2)].into();
+        let u = plan_partition_updates(&m, &nobody, &offline, &none);
+        assert_eq!(u[0].leader, 3, "{u:?}");
+        // 2 is damaged: 3 leads and 2 leaves the eligible set.
+        let u = plan_partition_updates(&m, &nobody, &offline, &offline);
+        assert_eq!((u[0].leader, &u[0].ineligible[..]), (3, &[2][..]), "{u:?}");
+        // Every eligible one down: offline, the in-sync set kept.
+        let m = cluster(&[1, 2, 3], vec![with_elr(1, &[1], &[2, 3])]);
+        let u = plan_partition_updates(&m, &nobody, &none, &none);
+        assert_eq!((u[0].leader, &u[0].isr[..]), (0, &[1][..]), "{u:?}");
+        // A live in-sync replica leads; a damaged eligible one is still dropped.
+        let m = cluster(&[], vec![with_elr(1, &[1], &[2, 3])]);
+        assert!(plan_partition_updates(&m, &nobody, &none, &none).is_empty());
+        let damaged: BTreeSet<_> = [key(3)].into();
+        let u = plan_partition_updates(&m, &nobody, &damaged, &damaged);
+        assert_eq!((u[0].leader, &u[0].isr[..]), (1, &[1][..]), "{u:?}");
+        assert_eq!(u[0].ineligible, [3], "{u:?}");
     }
 
     #[test]
     fn a_leaving_broker_hands_over_leadership() {
         let m = cluster(&[], vec![part(1, &[1, 2, 3])]);
         let leaving: BTreeSet<u32> = [1].into();
-        let u = plan_partition_updates(&m, &leaving, &BTreeSet::new());
+        let u = plan_partition_updates(&m, &leaving, &BTreeSet::new(), &BTreeSet::new());
         assert_eq!((u[0].leader, u[0].isr.clone()), (2, vec![2, 3]));
     }
 
@@ -849,7 +946,7 @@ mod tests {
         );
         let unusable: BTreeSet<(String, u32, u32)> =
             [("t".to_string(), 0, 1), ("t".to_string(), 2, 1)].into();
-        let u = plan_partition_updates(&m, &BTreeSet::new(), &unusable);
+        let u = plan_partition_updates(&m, &BTreeSet::new(), &unusable, &BTreeSet::new());
         assert_eq!(u.len(), 2, "{u:?}");
         assert_eq!(
             (u[0].partition, u[0].leader, u[0].isr.clone()),
@@ -895,7 +992,7 @@ mod tests {
         assert!(!unusable.contains(&("t".to_string(), 1, 1)), "{unusable:?}");
         assert!(!unusable.contains(&("t".to_string(), 2, 1)), "{unusable:?}");
         assert!(unusable.contains(&("t".to_string(), 2, 2)), "{unusable:?}");
-        let u = plan_partition_updates(&m, &BTreeSet::new(), &unusable);
+        let u = plan_partition_updates(&m, &BTreeSet::new(), &unusable, &BTreeSet::new());
         let leaders: Vec<(u32, u32)> = u.iter().map(|u| (u.partition, u.leader)).collect();
         assert_eq!(leaders, vec![(0, 2), (2, 1)], "{u:?}");
         assert_eq!(
@@ -930,7 +1027,7 @@ mod tests {
         assert!(!unusable.contains(&("t".to_string(), 0, 2)), "{unusable:?}");
         assert!(unusable.contains(&("t".to_string(), 1, 2)), "{unusable:?}");
         assert!(unusable.contains(&("t".to_string(), 2, 2)), "{unusable:?}");
-        let u = plan_partition_updates(&m, &BTreeSet::new(), &unusable);
+        let u = plan_partition_updates(&m, &BTreeSet::new(), &unusable, &BTreeSet::new());
         assert!(u.iter().all(|u| u.partition != 0), "{u:?}");
         assert_eq!(
             u.iter().find(|u| u.partition == 2).map(|u| u.leader),

@@ -73,6 +73,94 @@ pub struct PartitionAssignment {
     /// with its log as it is, even one cut for damage, because the operator accepted the loss.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unclean_leader_epoch: Option<i32>,
+    /// Eligible leader replicas (KIP-966): replicas outside the in-sync set that still hold
+    /// every acknowledged event. A replica joins when it leaves an in-sync set that shrinks
+    /// below `min.insync.replicas`: from then on nothing more is acknowledged with
+    /// `acks=all` and the leader's high watermark stands still (see
+    /// `ReplState::compute_hw`), so what it held at that moment is all that was promised.
+    /// When no in-sync replica can lead, the controller elects one of these instead of
+    /// leaving the partition to an in-sync replica that may have lost events. A member
+    /// leaves when it rejoins the in-sync set, restarts after an unclean shutdown or reports
+    /// damage; the set empties when the in-sync set is back at `min.insync.replicas` (new
+    /// acknowledgements then need no copy on it). Never holds an in-sync replica.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub elr: Vec<u32>,
+}
+
+impl PartitionAssignment {
+    /// Replaces the in-sync set, keeping the eligible leader replicas true to their rule:
+    /// replicas leaving an in-sync set that ends below `min_insync` join them unless
+    /// `ineligible` (they may have lost events: damage, an unclean restart); members that
+    /// are in sync again or `ineligible` leave; a set back at `min_insync` empties them.
+    fn set_isr(&mut self, isr: Vec<u32>, min_insync: u32, ineligible: &[u32]) {
+        let removed: Vec<u32> = self
+            .isr
+            .iter()
+            .copied()
+            .filter(|r| !isr.contains(r) && !ineligible.contains(r))
+            .collect();
+        if (isr.len() as u32) < min_insync {
+            for r in removed {
+                if !self.elr.contains(&r) {
+                    self.elr.push(r);
+                }
+            }
+            self.elr
+                .retain(|r| !isr.contains(r) && !ineligible.contains(r));
+            // Replica order, so every node lists (and the controller elects) the same way.
+            let order = &self.replicas;
+            self.elr
+                .sort_by_key(|r| order.iter().position(|x| x == r).unwrap_or(usize::MAX));
+        } else {
+            self.elr.clear();
+        }
+        self.isr = isr;
+    }
+
+    /// How `node`, a replica of this partition that may have lost acknowledged events (an
+    /// unclean restart, damage found), leaves the in-sync set: the (leader, in-sync set) to
+    /// move to, or None when it must stay because no other copy can hold more. `live` says
+    /// whether a broker is live.
+    /// - Another live in-sync replica takes over (the current leader stays if it can).
+    /// - Else a live eligible leader replica (it holds every acknowledged event).
+    /// - Else, with eligible leader replicas that are all down, the partition waits for them,
+    ///   leaderless: they become the in-sync set again (they alone hold every acknowledged
+    ///   event), so the first to return leads; `node` may lead again only once it has caught
+    ///   up with one of them, or by an operator's unclean election.
+    /// - Else `node` was the last copy anyone can vouch for: it stays.
+    pub fn handover_from(&self, node: u32, live: impl Fn(u32) -> bool) -> Option<(u32, Vec<u32>)> {
+        if !self.isr.contains(&node) {
+            return None;
+        }
+        let others: Vec<u32> = self
+            .isr
+            .iter()
+            .copied()
+            .filter(|&r| r != node && live(r))
+            .collect();
+        if let Some(&first) = others.first() {
+            let leader = if self.leader == node || self.leader == 0 {
+                first
+            } else {
+                self.leader
+            };
+            // In-sync replicas that are down stay: the controller moves them out as usual.
+            let isr = self.isr.iter().copied().filter(|&r| r != node).collect();
+            return Some((leader, isr));
+        }
+        let eligible: Vec<u32> = self.elr.iter().copied().filter(|&r| r != node).collect();
+        if let Some(&leader) = eligible.iter().find(|&&r| live(r)) {
+            let mut isr: Vec<u32> = self.isr.iter().copied().filter(|&r| r != node).collect();
+            isr.insert(0, leader);
+            return Some((leader, isr));
+        }
+        if !eligible.is_empty() {
+            let mut isr: Vec<u32> = self.isr.iter().copied().filter(|&r| r != node).collect();
+            isr.extend(eligible);
+            return Some((0, isr));
+        }
+        None
+    }
 }
 
 /// One partition's new leader and in-sync set, proposed against the state it was computed
@@ -91,6 +179,11 @@ pub struct PartitionUpdate {
     pub leader: u32,
     /// New in-sync set.
     pub isr: Vec<u32>,
+    /// Replicas leaving the in-sync set that may have lost acknowledged events (damage
+    /// found, storage failing): they do not become eligible leader replicas, and leave that
+    /// set if they are in it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ineligible: Vec<u32>,
 }
 
 /// A topic's metadata.
@@ -306,6 +399,7 @@ impl ClusterMetadata {
                     replicas,
                     partition_epoch: 0,
                     unclean_leader_epoch: None,
+                    elr: Vec::new(),
                 }
             })
             .collect()
@@ -314,51 +408,46 @@ impl ClusterMetadata {
     /// The replicas of a broker that registered a new incarnation (see
     /// [`MetadataCommand::RegisterBroker`]).
     fn restart_replicas(&mut self, node: u32, clean: bool) {
-        let live = |id: &u32| *id != node && self.brokers.get(id).is_some_and(|b| !b.fenced);
-        let mut moves = Vec::new();
-        for (name, t) in &self.topics {
-            // Only a clean shutdown (every log closed and fsynced, then the marker) proves the
-            // replica holds what it acknowledged. After a crash or power loss even
-            // `flush=always` is not proof: a disk that lies about fsync, or a file cut behind
-            // the log's back, leaves a clean-looking short log (KIP-966 removes an uncleanly
-            // shut down replica from the eligible set for the same reason).
-            let trusted = clean;
-            for (i, a) in t.partitions.iter().enumerate() {
-                if !a.isr.contains(&node) {
-                    continue;
-                }
-                let others: Vec<u32> = a
-                    .replicas
-                    .iter()
-                    .copied()
-                    .filter(|r| a.isr.contains(r) && live(r))
-                    .collect();
-                if !trusted && !others.is_empty() {
-                    let leader = if a.leader == node || a.leader == 0 {
-                        others[0]
-                    } else {
-                        a.leader
-                    };
-                    moves.push((name.clone(), i, Some(leader)));
-                } else if a.leader == node {
-                    moves.push((name.clone(), i, None));
-                }
-            }
-        }
-        for (name, i, new_leader) in moves {
-            let a = &mut self.topics.get_mut(&name).expect("listed above").partitions[i];
-            match new_leader {
-                Some(leader) => {
-                    a.isr.retain(|r| *r != node);
-                    if a.leader != leader {
-                        a.leader = leader;
-                        a.leader_epoch += 1;
+        let brokers = &self.brokers;
+        let live = |id: u32| id != node && brokers.get(&id).is_some_and(|b| !b.fenced);
+        for t in self.topics.values_mut() {
+            let min = t.config.min_insync_replicas;
+            for a in &mut t.partitions {
+                // Only a clean shutdown (every log closed and fsynced, then the marker) proves
+                // the replica holds what it acknowledged. After a crash or power loss even
+                // `flush=always` is not proof: a disk that lies about fsync, or a file cut
+                // behind the log's back, leaves a clean-looking short log (KIP-966 removes an
+                // uncleanly shut down replica from the eligible set for the same reason).
+                let handover = if clean {
+                    None
+                } else {
+                    a.handover_from(node, live)
+                };
+                let mut changed = false;
+                match handover {
+                    Some((leader, isr)) => {
+                        if a.leader != leader {
+                            a.leader = leader;
+                            a.leader_epoch += 1;
+                        }
+                        a.set_isr(isr, min, &[node]);
+                        changed = true;
                     }
+                    // It keeps leading, under a new epoch.
+                    None if a.leader == node && a.isr.contains(&node) => {
+                        a.leader_epoch += 1;
+                        changed = true;
+                    }
+                    None => {}
                 }
-                // It keeps leading, under a new epoch.
-                None => a.leader_epoch += 1,
+                if !clean && a.elr.contains(&node) {
+                    a.elr.retain(|&r| r != node);
+                    changed = true;
+                }
+                if changed {
+                    a.partition_epoch += 1;
+                }
             }
-            a.partition_epoch += 1;
         }
     }
 
@@ -434,7 +523,7 @@ impl ClusterMetadata {
                     // only for the damage the operator saw when electing.
                     a.unclean_leader_epoch = None;
                     a.leader = u.leader;
-                    a.isr = u.isr.clone();
+                    a.set_isr(u.isr.clone(), t.config.min_insync_replicas, &u.ineligible);
                     a.partition_epoch += 1;
                 }
             }
@@ -472,6 +561,9 @@ impl ClusterMetadata {
                 }
                 a.leader = *leader;
                 a.isr = vec![*leader];
+                // The operator accepted the loss of what only the lost replicas held; the
+                // others are followers to be cut to the new leader's log like any.
+                a.elr.clear();
                 a.leader_epoch += 1;
                 a.partition_epoch += 1;
                 a.unclean_leader_epoch = Some(a.leader_epoch);
@@ -1181,6 +1273,178 @@ mod tests {
         }
     }
 
+    /// Three brokers and topic `e`: one partition over replicas 1, 2, 3 (led by 1) with
+    /// `min.insync.replicas` `min`.
+    fn elr_cluster(min: u32) -> ClusterMetadata {
+        let mut m = ClusterMetadata::default();
+        for id in 1..=3 {
+            register(&mut m, id, 10 + u64::from(id), false);
+        }
+        m.apply(&MetadataCommand::CreateTopic {
+            name: "e".into(),
+            id: "e-id".into(),
+            partitions: 1,
+            replication_factor: 3,
+            config: TopicConfig {
+                min_insync_replicas: min,
+                ..TopicConfig::default()
+            },
+            internal: false,
+            created_ms: 0,
+        })
+        .unwrap();
+        assert_eq!(m.topics["e"].partitions[0].replicas, [1, 2, 3]);
+        m
+    }
+
+    fn set_isr(m: &mut ClusterMetadata, leader: u32, isr: &[u32], ineligible: &[u32]) {
+        let epoch = m.topics["e"].partitions[0].partition_epoch;
+        m.apply(&MetadataCommand::UpdatePartitions(vec![PartitionUpdate {
+            topic: "e".into(),
+            topic_id: "e-id".into(),
+            partition: 0,
+            expected_partition_epoch: epoch,
+            leader,
+            isr: isr.to_vec(),
+            ineligible: ineligible.to_vec(),
+        }]))
+        .unwrap();
+    }
+
+    fn fence(m: &mut ClusterMetadata, id: u32, fenced: bool) {
+        m.apply(&MetadataCommand::SetFenced {
+            node_id: id,
+            fenced,
+        })
+        .unwrap();
+    }
+
+    /// The "last replica standing" loss KIP-966 fixes, as a 3-node chaos soak found it
+    /// (seed 3131: 4,098 acknowledged events lost): with `min.insync.replicas` 2, node 2
+    /// leaves the in-sync set (full disk), then node 3 (paused), leaving node 1 alone; node 1
+    /// then loses fsynced writes and restarts uncleanly. Node 3 left as the set fell below
+    /// the minimum, after which nothing more was acknowledged: it holds every acknowledged
+    /// event and must lead, or the partition must wait for it; node 1 must not lead with its
+    /// short log (before, it stayed as "the last live in-sync replica" and the others were
+    /// cut to it).
+    #[test]
+    fn the_last_replica_standing_hands_over_to_an_eligible_leader_replica() {
+        let mut m = elr_cluster(2);
+        let p = |m: &ClusterMetadata| m.topics["e"].partitions[0].clone();
+        set_isr(&mut m, 1, &[1, 3], &[]);
+        assert!(p(&m).elr.is_empty(), "still at the minimum: {:?}", p(&m));
+        set_isr(&mut m, 1, &[1], &[]);
+        assert_eq!(p(&m).elr, [3], "left as the set fell below the minimum");
+        let shrunk = m.clone();
+
+        // Node 3 is live when node 1 comes back: it leads at once.
+        let mut live = shrunk.clone();
+        let before = p(&live);
+        register(&mut live, 1, 99, false);
+        let a = p(&live);
+        assert_eq!(
+            (a.leader, &a.isr[..], &a.elr[..]),
+            (3, &[3][..], &[][..]),
+            "{a:?}"
+        );
+        assert_eq!(a.leader_epoch, before.leader_epoch + 1);
+
+        // Node 3 is down (paused) when node 1 comes back: nobody leads, and node 3 is the
+        // in-sync set to wait for; node 1 is in neither set.
+        let mut down = shrunk.clone();
+        fence(&mut down, 3, true);
+        register(&mut down, 1, 99, false);
+        let a = p(&down);
+        assert_eq!(
+            (a.leader, &a.isr[..], &a.elr[..]),
+            (0, &[3][..], &[][..]),
+            "{a:?}"
+        );
+        let plan = |m: &ClusterMetadata| {
+            crate::controller::plan_partition_updates(
+                m,
+                &Default::default(),
+                &Default::default(),
+                &Default::default(),
+            )
+        };
+        assert!(
+            plan(&down).is_empty(),
+            "no one to elect while node 3 is down"
+        );
+        fence(&mut down, 3, false);
+        let u = plan(&down);
+        assert_eq!((u[0].leader, &u[0].isr[..]), (3, &[3][..]), "{u:?}");
+
+        // With node 1 simply gone (fenced, not restarted), the controller elects node 3
+        // from the eligible set; node 1 becomes eligible in turn (it holds everything).
+        let mut gone = shrunk.clone();
+        fence(&mut gone, 1, true);
+        let u = plan(&gone);
+        assert_eq!((u[0].leader, &u[0].isr[..]), (3, &[3][..]), "{u:?}");
+        gone.apply(&MetadataCommand::UpdatePartitions(u)).unwrap();
+        let a = p(&gone);
+        assert_eq!(
+            (a.leader, &a.isr[..], &a.elr[..]),
+            (3, &[3][..], &[1][..]),
+            "{a:?}"
+        );
+        // Its unclean restart then takes it out of the eligible set.
+        register(&mut gone, 1, 99, false);
+        assert!(p(&gone).elr.is_empty(), "{:?}", p(&gone));
+    }
+
+    /// Who enters and leaves the eligible leader replicas.
+    #[test]
+    fn eligible_leader_replicas_follow_their_rule() {
+        let p = |m: &ClusterMetadata| m.topics["e"].partitions[0].clone();
+        let mut m = elr_cluster(2);
+        // Two leave at once below the minimum: both hold everything.
+        set_isr(&mut m, 1, &[1], &[]);
+        assert_eq!(p(&m).elr, [2, 3]);
+        // Back at the minimum: new acknowledgements need no copy on node 3.
+        set_isr(&mut m, 1, &[1, 2], &[]);
+        assert!(p(&m).elr.is_empty());
+        // A replica leaving for damage is not eligible; one that reports damage leaves.
+        set_isr(&mut m, 1, &[1], &[2]);
+        assert!(p(&m).elr.is_empty());
+        let mut m = elr_cluster(2);
+        set_isr(&mut m, 1, &[1], &[]);
+        set_isr(&mut m, 1, &[1], &[3]);
+        assert_eq!(p(&m).elr, [2]);
+        // A clean restart keeps it eligible, an unclean one does not.
+        register(&mut m, 2, 50, true);
+        assert_eq!(p(&m).elr, [2]);
+        register(&mut m, 2, 51, false);
+        assert!(p(&m).elr.is_empty());
+        // Rejoining the in-sync set leaves the eligible set.
+        let mut m = elr_cluster(3);
+        set_isr(&mut m, 1, &[1, 2], &[]);
+        assert_eq!(p(&m).elr, [3]);
+        set_isr(&mut m, 1, &[1, 3], &[]);
+        assert_eq!(p(&m).elr, [2]);
+        // An unclean election gives up on them.
+        let epoch = p(&m).partition_epoch;
+        m.apply(&MetadataCommand::ElectUncleanLeader {
+            topic: "e".into(),
+            topic_id: "e-id".into(),
+            partition: 0,
+            expected_partition_epoch: epoch,
+            leader: 2,
+        })
+        .unwrap();
+        assert!(p(&m).elr.is_empty());
+        // With `min.insync.replicas` 1 there are never any: the last in-sync replica is all
+        // an acknowledgement promised.
+        let mut m = elr_cluster(1);
+        set_isr(&mut m, 1, &[1], &[]);
+        assert!(p(&m).elr.is_empty());
+        fence(&mut m, 2, true);
+        fence(&mut m, 3, true);
+        register(&mut m, 1, 99, false);
+        assert_eq!((p(&m).leader, &p(&m).isr[..]), (1, &[1][..]));
+    }
+
     fn two_brokers() -> ClusterMetadata {
         let mut m = ClusterMetadata::default();
         for id in [1, 2] {
@@ -1379,6 +1643,7 @@ mod tests {
                 expected_partition_epoch: expected,
                 leader,
                 isr,
+                ineligible: Vec::new(),
             }])
         };
         let other = if a.leader == 1 { 2 } else { 1 };
@@ -1462,6 +1727,7 @@ mod tests {
             expected_partition_epoch: b.partition_epoch,
             leader: 2,
             isr: vec![1, 2],
+            ineligible: Vec::new(),
         }]))
         .unwrap();
         let c = &m.topics["a"].partitions[0];

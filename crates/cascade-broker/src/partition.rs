@@ -129,12 +129,25 @@ pub struct ReplState {
     /// it, while the high watermark a new leader inherits can lag; so a follower rejoins the
     /// in-sync set only once it has reached both (Kafka's `leaderEpochStartOffset` check).
     pub epoch_start: u64,
+    /// The topic's `min.insync.replicas`: below it the leader's high watermark stands still
+    /// (see [`ReplState::compute_hw`]).
+    pub min_insync: u32,
 }
 
 impl ReplState {
     /// The high watermark these facts allow.
     pub fn compute_hw(&self) -> u64 {
         match self.role {
+            // Below `min.insync.replicas` nothing more is committed (KIP-966): the replicas
+            // that left the in-sync set as it shrank below it stay eligible to lead (see
+            // `PartitionAssignment::elr`) only because they hold everything consumers may have
+            // seen. 0 leaves the published value where it is (it never goes down).
+            Role::Leader { .. }
+                if (self.isr.len() + usize::from(self.pending_isr_add.is_some()))
+                    < self.min_insync as usize =>
+            {
+                0
+            }
             Role::Leader { .. } => self
                 .isr
                 .iter()
@@ -182,7 +195,6 @@ pub struct Partition {
     role_tx: watch::Sender<Role>,
     repl: Arc<Mutex<ReplState>>,
     epochs: Arc<Mutex<EpochCache>>,
-    min_insync: Mutex<u32>,
     thread: Mutex<Option<JoinHandle<()>>>,
     damaged: Mutex<Option<u64>>,
     /// Why the last append failed for want of space (ENOSPC), until an append succeeds: the
@@ -310,6 +322,7 @@ impl Partition {
             isr_change_pending: false,
             pending_isr_add: None,
             epoch_start: 0,
+            min_insync: config.min_insync_replicas,
         }));
         let (tx, rx) = mpsc::channel(QUEUE);
         let name = format!("p-{topic}-{index}");
@@ -343,7 +356,6 @@ impl Partition {
             role_tx,
             repl,
             epochs,
-            min_insync: Mutex::new(config.min_insync_replicas),
             thread: Mutex::new(Some(thread)),
             damaged: Mutex::new(damaged_at_open),
             disk_full,
@@ -500,7 +512,7 @@ impl Partition {
 
     /// The topic's `min.insync.replicas`.
     pub fn min_insync(&self) -> u32 {
-        *self.min_insync.lock().unwrap_or_else(|e| e.into_inner())
+        self.lock_repl().min_insync
     }
 
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command) -> Result<T> {
@@ -817,7 +829,9 @@ impl Partition {
 
     /// Applies new settings.
     pub async fn reconfigure(&self, config: &TopicConfig) -> Result<()> {
-        *self.min_insync.lock().unwrap_or_else(|e| e.into_inner()) = config.min_insync_replicas;
+        self.lock_repl().min_insync = config.min_insync_replicas;
+        // A lower minimum may let a standing high watermark move again.
+        self.update_hw();
         let config = log_config(config);
         self.call(|reply| Command::Reconfigure { config, reply })
             .await
@@ -1210,6 +1224,7 @@ mod tests {
             isr_change_pending: false,
             pending_isr_add: None,
             epoch_start: 0,
+            min_insync: 1,
         }
     }
 
@@ -1240,6 +1255,36 @@ mod tests {
         assert_eq!(s.compute_hw(), 60);
         // Alone in the ISR: its own durable end.
         assert_eq!(state(leader, &[1], &[(2, 5)], 100).compute_hw(), 100);
+    }
+
+    /// Below `min.insync.replicas` the leader's high watermark stands still (KIP-966): the
+    /// replicas that left as the set shrank stay eligible to lead only because they hold
+    /// everything consumers may have seen. A pending addition counts towards the minimum.
+    #[test]
+    fn the_high_watermark_stands_still_below_the_minimum() {
+        let leader = Role::Leader { epoch: 3 };
+        let mut s = state(leader, &[1], &[(2, 60)], 100);
+        assert_eq!(s.compute_hw(), 100, "minimum 1: alone is enough");
+        s.min_insync = 2;
+        assert_eq!(s.compute_hw(), 0, "0 publishes nothing: it stands still");
+        s.pending_isr_add = Some(2);
+        assert_eq!(s.compute_hw(), 60);
+        let mut s = state(leader, &[1, 2], &[(2, 90)], 100);
+        s.min_insync = 2;
+        assert_eq!(s.compute_hw(), 90);
+        // A follower's view is the leader's, whatever the minimum.
+        let mut s = state(
+            Role::Follower {
+                leader: 2,
+                epoch: 3,
+            },
+            &[2],
+            &[],
+            50,
+        );
+        s.min_insync = 3;
+        s.leader_hw = 40;
+        assert_eq!(s.compute_hw(), 40);
     }
 
     #[test]

@@ -425,6 +425,9 @@ impl Broker {
                 expected_partition_epoch: a.partition_epoch,
                 leader: broker.config.node_id,
                 isr: isr.clone(),
+                // A follower dropped for lagging holds what it held: if the set ends below
+                // `min.insync.replicas` it stays eligible to lead.
+                ineligible: Vec::new(),
             };
             if a.leader != broker.config.node_id {
                 let mut r = part.lock_repl();
@@ -671,9 +674,12 @@ impl Broker {
     }
 
     /// Takes this replica out of the partition's in-sync set, handing leadership to another
-    /// live in-sync replica if it leads. Ok(false): it is the only live in-sync copy, so it
-    /// stays (cutting it would lose acknowledged events for good). An error: the metadata
-    /// update kept failing and the replica is still counted in sync.
+    /// live in-sync replica if it leads, else to a live eligible leader replica, else leaving
+    /// the partition to wait for the eligible ones that are down (see
+    /// `PartitionAssignment::handover_from`); it leaves the eligible leader replicas too.
+    /// Ok(false): it is the only copy anyone can vouch for, so it stays (cutting it would
+    /// lose acknowledged events for good). An error: the metadata update kept failing and the
+    /// replica is still counted in sync.
     async fn leave_isr(self: &Arc<Self>, part: &Arc<Partition>) -> Result<bool> {
         let me = self.config.node_id;
         for _ in 0..50 {
@@ -681,23 +687,20 @@ impl Broker {
             let Some(a) = snap.assignment(&part.topic, part.index) else {
                 return Ok(true);
             };
-            if !a.isr.contains(&me) {
+            if !a.isr.contains(&me) && !a.elr.contains(&me) {
                 return Ok(true);
             }
-            let others: Vec<u32> = a
-                .isr
-                .iter()
-                .copied()
-                .filter(|&r| r != me && snap.brokers.get(&r).is_some_and(|b| !b.fenced))
-                .collect();
-            if others.is_empty() {
-                tracing::error!(topic = %part.topic, partition = part.index, "damaged replica is the only live in-sync copy: keeping its data");
-                return Ok(false);
-            }
-            let leader = if a.leader == me || a.leader == 0 {
-                others[0]
+            let live = |r: u32| r != me && snap.brokers.get(&r).is_some_and(|b| !b.fenced);
+            let (leader, isr) = if a.isr.contains(&me) {
+                match a.handover_from(me, live) {
+                    Some(to) => to,
+                    None => {
+                        tracing::error!(topic = %part.topic, partition = part.index, "damaged replica is the only copy that holds every acknowledged event: keeping its data");
+                        return Ok(false);
+                    }
+                }
             } else {
-                a.leader
+                (a.leader, a.isr.clone())
             };
             let update = PartitionUpdate {
                 topic: part.topic.to_string(),
@@ -705,7 +708,8 @@ impl Broker {
                 partition: part.index,
                 expected_partition_epoch: a.partition_epoch,
                 leader,
-                isr: others,
+                isr,
+                ineligible: vec![me],
             };
             if let Err(e) = self
                 .meta

@@ -42,6 +42,11 @@ fn replica_status(
                 problem
             } else if a.isr.contains(&node) {
                 ("in-sync".to_string(), String::new())
+            } else if a.elr.contains(&node) {
+                (
+                    "eligible".to_string(),
+                    "out of the in-sync set but holding every acknowledged event: may lead if no in-sync replica can".to_string(),
+                )
             } else {
                 (
                     "catching-up".to_string(),
@@ -87,6 +92,7 @@ pub fn describe_topic(broker: &Broker, t: &TopicMeta) -> pb::TopicDescription {
                 log_end_offset: end,
                 size_bytes: size,
                 replica_status: replica_status(broker, &snap, t, i as u32),
+                eligible_leader_replicas: a.elr.clone(),
             }
         })
         .collect();
