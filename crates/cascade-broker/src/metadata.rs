@@ -697,7 +697,16 @@ impl ClusterMetadata {
                         },
                     ));
                 }
-                self.topics.get_mut(name).expect("checked").config = config.clone();
+                let t = self.topics.get_mut(name).expect("checked");
+                t.config = config.clone();
+                // An in-sync set at the (new) minimum commits again without the eligible
+                // leader replicas, which then no longer hold everything acknowledged.
+                for a in &mut t.partitions {
+                    if !a.elr.is_empty() && a.isr.len() as u32 >= config.min_insync_replicas {
+                        a.elr.clear();
+                        a.partition_epoch += 1;
+                    }
+                }
             }
             MetadataCommand::InitProducer { existing } => {
                 let ids = &mut self.producers;
@@ -1423,6 +1432,34 @@ mod tests {
         assert_eq!(p(&m).elr, [3]);
         set_isr(&mut m, 1, &[1, 3], &[]);
         assert_eq!(p(&m).elr, [2]);
+        // Lowering `min.insync.replicas` to the in-sync set's size lets it commit alone:
+        // they no longer hold everything acknowledged.
+        let config = m.topics["e"].config.clone();
+        m.apply(&MetadataCommand::AlterConfig {
+            name: "e".into(),
+            config: TopicConfig {
+                min_insync_replicas: 3,
+                ..config.clone()
+            },
+        })
+        .unwrap();
+        assert_eq!(p(&m).elr, [2], "still below the minimum");
+        m.apply(&MetadataCommand::AlterConfig {
+            name: "e".into(),
+            config: TopicConfig {
+                min_insync_replicas: 2,
+                ..config.clone()
+            },
+        })
+        .unwrap();
+        assert!(p(&m).elr.is_empty(), "{:?}", p(&m));
+        m.apply(&MetadataCommand::AlterConfig {
+            name: "e".into(),
+            config,
+        })
+        .unwrap();
+        set_isr(&mut m, 1, &[1], &[]);
+        assert_eq!(p(&m).elr, [3]);
         // An unclean election gives up on them.
         let epoch = p(&m).partition_epoch;
         m.apply(&MetadataCommand::ElectUncleanLeader {
