@@ -129,9 +129,12 @@ pub struct ReplState {
     /// it, while the high watermark a new leader inherits can lag; so a follower rejoins the
     /// in-sync set only once it has reached both (Kafka's `leaderEpochStartOffset` check).
     pub epoch_start: u64,
-    /// The topic's `min.insync.replicas`: below it the leader's high watermark stands still
-    /// (see [`ReplState::compute_hw`]).
+    /// The topic's `min.insync.replicas` (see [`ReplState::compute_hw`]).
     pub min_insync: u32,
+    /// Eligible leader replicas (from the metadata, with the in-sync set): while there are
+    /// any and the in-sync set is below the minimum, the high watermark stands still (see
+    /// [`ReplState::compute_hw`]).
+    pub elr: Vec<u32>,
 }
 
 impl ReplState {
@@ -141,10 +144,13 @@ impl ReplState {
             // Below `min.insync.replicas` nothing more is committed (KIP-966): the replicas
             // that left the in-sync set as it shrank below it stay eligible to lead (see
             // `PartitionAssignment::elr`) only because they hold everything consumers may have
-            // seen. 0 leaves the published value where it is (it never goes down).
+            // seen. 0 leaves the published value where it is (it never goes down). With no
+            // eligible replica (none left that way, or an operator's unclean election gave
+            // them up) nobody relies on it, and the in-sync replicas serve what they hold.
             Role::Leader { .. }
-                if (self.isr.len() + usize::from(self.pending_isr_add.is_some()))
-                    < self.min_insync as usize =>
+                if !self.elr.is_empty()
+                    && (self.isr.len() + usize::from(self.pending_isr_add.is_some()))
+                        < self.min_insync as usize =>
             {
                 0
             }
@@ -323,6 +329,7 @@ impl Partition {
             pending_isr_add: None,
             epoch_start: 0,
             min_insync: config.min_insync_replicas,
+            elr: Vec::new(),
         }));
         let (tx, rx) = mpsc::channel(QUEUE);
         let name = format!("p-{topic}-{index}");
@@ -718,8 +725,15 @@ impl Partition {
         .await
     }
 
-    /// Takes the leader role at `epoch` with the given replicas and in-sync set.
-    pub async fn become_leader(&self, epoch: i32, replicas: Vec<u32>, isr: Vec<u32>) -> Result<()> {
+    /// Takes the leader role at `epoch` with the given replicas, in-sync set and eligible
+    /// leader replicas.
+    pub async fn become_leader(
+        &self,
+        epoch: i32,
+        replicas: Vec<u32>,
+        isr: Vec<u32>,
+        elr: Vec<u32>,
+    ) -> Result<()> {
         let epoch_start = self
             .call(|reply| Command::BecomeLeader { epoch, reply })
             .await?;
@@ -748,6 +762,7 @@ impl Partition {
             r.role = Role::Leader { epoch };
             r.replicas = replicas;
             r.isr = isr;
+            r.elr = elr;
             r.isr_change_pending = false;
             r.pending_isr_add = None;
         }
@@ -779,6 +794,7 @@ impl Partition {
         epoch: i32,
         replicas: Vec<u32>,
         isr: Vec<u32>,
+        elr: Vec<u32>,
     ) -> Result<()> {
         let followed = (leader != 0).then_some(epoch);
         self.call(|reply| Command::BecomeFollower {
@@ -797,6 +813,7 @@ impl Partition {
             r.role = role;
             r.replicas = replicas;
             r.isr = isr;
+            r.elr = elr;
             r.followers.clear();
             r.pending_isr_add = None;
         }
@@ -804,8 +821,9 @@ impl Partition {
         Ok(())
     }
 
-    /// Takes a new in-sync set or replica list from the metadata without a role change.
-    pub fn set_isr(&self, replicas: Vec<u32>, isr: Vec<u32>) {
+    /// Takes a new in-sync set, replica list or eligible leader replicas from the metadata
+    /// without a role change (together: the high watermark depends on all three).
+    pub fn set_isr(&self, replicas: Vec<u32>, isr: Vec<u32>, elr: Vec<u32>) {
         {
             let mut r = self.lock_repl();
             if r.pending_isr_add.is_some_and(|f| isr.contains(&f)) {
@@ -818,6 +836,7 @@ impl Partition {
             }
             r.replicas = replicas;
             r.isr = isr;
+            r.elr = elr;
         }
         self.update_hw();
     }
@@ -962,10 +981,10 @@ mod tests {
     async fn a_replicated_append_read_under_an_older_epoch_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let part = open_replica(dir.path(), 3);
-        part.become_follower(1, 4, vec![1, 2, 3], vec![1, 2, 3])
+        part.become_follower(1, 4, vec![1, 2, 3], vec![1, 2, 3], vec![])
             .await
             .unwrap();
-        part.become_follower(2, 5, vec![1, 2, 3], vec![2, 3])
+        part.become_follower(2, 5, vec![1, 2, 3], vec![2, 3], vec![])
             .await
             .unwrap();
         let mut batch = one_record(b"x");
@@ -988,7 +1007,7 @@ mod tests {
         part.append_replicated(batch.clone(), 5).await.unwrap();
         assert_eq!(part.reader().end_offset(), 1);
         // Without a leader nothing is followed, so nothing is accepted.
-        part.become_follower(0, 6, vec![1, 2, 3], vec![])
+        part.become_follower(0, 6, vec![1, 2, 3], vec![], vec![])
             .await
             .unwrap();
         assert!(part.append_replicated(batch, 5).await.is_err());
@@ -1001,7 +1020,9 @@ mod tests {
     async fn a_fenced_leader_refuses_appends_before_its_role_changes() {
         let dir = tempfile::tempdir().unwrap();
         let part = open_replica(dir.path(), 1);
-        part.become_leader(3, vec![1], vec![1]).await.unwrap();
+        part.become_leader(3, vec![1], vec![1], vec![])
+            .await
+            .unwrap();
         let batch = || BytesMut::from(one_record(b"x").as_slice());
         part.append(batch()).await.unwrap();
         part.stop_leading_appends().await.unwrap();
@@ -1021,7 +1042,9 @@ mod tests {
         for round in 0..20u64 {
             let dir = tempfile::tempdir().unwrap();
             let part = Arc::new(open_replica(dir.path(), 1));
-            part.become_leader(3, vec![1], vec![1]).await.unwrap();
+            part.become_leader(3, vec![1], vec![1], vec![])
+                .await
+                .unwrap();
             let batch = || BytesMut::from(one_record(b"x").as_slice());
             // Four producers, each appending as fast as it is answered.
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1051,7 +1074,7 @@ mod tests {
                 cut_at,
                 "round {round}: appends were acknowledged against the cut log"
             );
-            part.become_follower(2, 4, vec![1, 2], vec![2])
+            part.become_follower(2, 4, vec![1, 2], vec![2], vec![])
                 .await
                 .unwrap();
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -1074,19 +1097,23 @@ mod tests {
     async fn a_stale_followers_cut_never_reaches_a_log_that_changed_role() {
         let dir = tempfile::tempdir().unwrap();
         let part = open_replica(dir.path(), 1);
-        part.become_leader(3, vec![1], vec![1]).await.unwrap();
+        part.become_leader(3, vec![1], vec![1], vec![])
+            .await
+            .unwrap();
         for _ in 0..10 {
             part.append(BytesMut::from(one_record(b"x").as_slice()))
                 .await
                 .unwrap();
         }
-        part.become_follower(2, 4, vec![1, 2], vec![1, 2])
+        part.become_follower(2, 4, vec![1, 2], vec![1, 2], vec![])
             .await
             .unwrap();
         // Following epoch 4: a cut decided against epoch 4 runs.
         assert_eq!(part.truncate(9, Some(4)).await.unwrap(), 9);
         // It leads at epoch 5 now: cuts decided against epoch 4 are refused, changing nothing.
-        part.become_leader(5, vec![1, 2], vec![1]).await.unwrap();
+        part.become_leader(5, vec![1, 2], vec![1], vec![])
+            .await
+            .unwrap();
         let err = part.truncate(2, Some(4)).await.unwrap_err();
         assert!(
             matches!(err, BrokerError::FencedLeaderEpoch { .. }),
@@ -1152,7 +1179,9 @@ mod tests {
             stamp_epoch(&mut bytes, epoch);
             bytes
         };
-        part.become_leader(1, vec![1, 2], vec![1]).await.unwrap();
+        part.become_leader(1, vec![1, 2], vec![1], vec![])
+            .await
+            .unwrap();
         for seq in 0..3 {
             let info = part
                 .append_local(BytesMut::from(&batch(seq, 0, 1)[..]))
@@ -1162,7 +1191,7 @@ mod tests {
         }
         assert!(part.sequencer.knows(7).await);
         // Another node leads and stores sequences 3 and 4; this replica copies them.
-        part.become_follower(2, 2, vec![1, 2], vec![1, 2])
+        part.become_follower(2, 2, vec![1, 2], vec![1, 2], vec![])
             .await
             .unwrap();
         assert!(
@@ -1174,7 +1203,9 @@ mod tests {
                 .await
                 .unwrap();
         }
-        part.become_leader(3, vec![1, 2], vec![1]).await.unwrap();
+        part.become_leader(3, vec![1, 2], vec![1], vec![])
+            .await
+            .unwrap();
         assert!(
             !part.sequencer.knows(7).await,
             "forgotten on taking the lead"
@@ -1225,6 +1256,7 @@ mod tests {
             pending_isr_add: None,
             epoch_start: 0,
             min_insync: 1,
+            elr: Vec::new(),
         }
     }
 
@@ -1266,11 +1298,13 @@ mod tests {
         let mut s = state(leader, &[1], &[(2, 60)], 100);
         assert_eq!(s.compute_hw(), 100, "minimum 1: alone is enough");
         s.min_insync = 2;
+        assert_eq!(s.compute_hw(), 100, "no eligible replica relies on it");
+        s.elr = vec![3];
         assert_eq!(s.compute_hw(), 0, "0 publishes nothing: it stands still");
         s.pending_isr_add = Some(2);
         assert_eq!(s.compute_hw(), 60);
         let mut s = state(leader, &[1, 2], &[(2, 90)], 100);
-        s.min_insync = 2;
+        (s.min_insync, s.elr) = (2, vec![3]);
         assert_eq!(s.compute_hw(), 90);
         // A follower's view is the leader's, whatever the minimum.
         let mut s = state(
@@ -1282,7 +1316,7 @@ mod tests {
             &[],
             50,
         );
-        s.min_insync = 3;
+        (s.min_insync, s.elr) = (3, vec![1]);
         s.leader_hw = 40;
         assert_eq!(s.compute_hw(), 40);
     }

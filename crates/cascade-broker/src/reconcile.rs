@@ -217,14 +217,19 @@ impl Broker {
                 })
             {
                 self.stop_fetcher(&t.name, i);
-                part.become_leader(a.leader_epoch, a.replicas.clone(), a.isr.clone())
-                    .await?;
+                part.become_leader(
+                    a.leader_epoch,
+                    a.replicas.clone(),
+                    a.isr.clone(),
+                    a.elr.clone(),
+                )
+                .await?;
                 tracing::info!(topic = %t.name, partition = i, epoch = a.leader_epoch, "leading");
                 if t.name == OFFSETS_TOPIC {
                     self.groups().load_partition(i, part.clone()).await?;
                 }
             } else {
-                part.set_isr(a.replicas.clone(), a.isr.clone());
+                part.set_isr(a.replicas.clone(), a.isr.clone(), a.elr.clone());
             }
         } else {
             let want = if a.leader == 0 {
@@ -240,13 +245,19 @@ impl Broker {
                     self.groups().unload_partition(i);
                 }
                 self.stop_fetcher(&t.name, i);
-                part.become_follower(a.leader, a.leader_epoch, a.replicas.clone(), a.isr.clone())
-                    .await?;
+                part.become_follower(
+                    a.leader,
+                    a.leader_epoch,
+                    a.replicas.clone(),
+                    a.isr.clone(),
+                    a.elr.clone(),
+                )
+                .await?;
                 if a.leader != 0 {
                     self.start_fetcher(part.clone(), a.leader, a.leader_epoch);
                 }
             } else {
-                part.set_isr(a.replicas.clone(), a.isr.clone());
+                part.set_isr(a.replicas.clone(), a.isr.clone(), a.elr.clone());
             }
         }
         Ok(())
