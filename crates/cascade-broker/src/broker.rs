@@ -219,49 +219,51 @@ impl Broker {
         Ok(b)
     }
 
-    /// Joins the cluster (bootstrapping a new one when this node has no Raft state and no
-    /// seeds), registers this broker, opens its partitions in the roles the metadata gives
+    /// Forms a new cluster with this node as its only voter; refused when the data directory
+    /// holds partition data (see below).
+    async fn bootstrap_cluster(&self) -> Result<()> {
+        let me = self.config.node_id;
+        // Partition data with no metadata: this node belonged to a cluster and lost (or had
+        // moved aside) its journal. A new cluster here would know none of those topics, and
+        // the start-up cleanup would delete their data as a deleted topic's.
+        let topics = self.config.data_dir.join("topics");
+        let held: Vec<String> = std::fs::read_dir(&topics)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !held.is_empty() {
+            return Err(BrokerError::Metadata(format!(
+                "refusing to bootstrap a new cluster: {} holds the data of {} topic(s) ({}…) \
+                 but there is no metadata journal (meta/raft is missing or was moved \
+                 aside); a new cluster would delete that data. Start this node with \
+                 --seeds naming the other members to rejoin its cluster, or restore \
+                 meta/ from a backup (docs/operations.md, \"A damaged metadata journal\")",
+                topics.display(),
+                held.len(),
+                held.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        tracing::info!(node = me, "no Raft state: bootstrapping a new cluster");
+        self.meta.bootstrap(&self.config.advertised_grpc_addr).await
+    }
+
+    /// Joins the cluster (with no Raft state: bootstrapping a new one without seeds, else
+    /// joining or forming the seeds' cluster, see `crate::formation`), registers this broker, opens its partitions in the roles the metadata gives
     /// them, and starts the background loops: reconciler, controller duties, heartbeats,
     /// housekeeping.
     pub async fn start(self: &Arc<Self>) -> Result<()> {
         let me = self.config.node_id;
         if !self.meta.is_member().await? {
             if self.config.seeds.is_empty() {
-                // Partition data with no metadata: this node belonged to a cluster and lost (or
-                // had moved aside) its journal. A new cluster here would know none of those
-                // topics, and the start-up cleanup would delete their data as a deleted
-                // topic's.
-                let topics = self.config.data_dir.join("topics");
-                let held: Vec<String> = std::fs::read_dir(&topics)
-                    .map(|d| {
-                        d.flatten()
-                            .filter(|e| e.path().is_dir())
-                            .map(|e| e.file_name().to_string_lossy().to_string())
-                            .filter(|n| !n.starts_with('.'))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if !held.is_empty() {
-                    return Err(BrokerError::Metadata(format!(
-                        "refusing to bootstrap a new cluster: {} holds the data of {} topic(s) ({}…) \
-                         but there is no metadata journal (meta/raft is missing or was moved \
-                         aside); a new cluster would delete that data. Start this node with \
-                         --seeds naming the other members to rejoin its cluster, or restore \
-                         meta/ from a backup (docs/operations.md, \"A damaged metadata journal\")",
-                        topics.display(),
-                        held.len(),
-                        held.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
-                    )));
-                }
-                tracing::info!(
-                    node = me,
-                    "no Raft state and no seeds: bootstrapping a new cluster"
-                );
-                self.meta
-                    .bootstrap(&self.config.advertised_grpc_addr)
-                    .await?;
+                self.bootstrap_cluster().await?;
             } else {
-                crate::controller::join(self, &self.config.seeds).await?;
+                let seeds = self.config.seeds.clone();
+                crate::formation::join_or_form(self, &seeds, || self.bootstrap_cluster()).await?;
             }
         } else if self
             .meta
@@ -737,6 +739,11 @@ impl Broker {
     /// This node's settings.
     pub fn config(&self) -> &BrokerConfig {
         &self.config
+    }
+
+    /// This process's incarnation (random per start, never 0).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// Cancelled when the broker stops; long-running streams end on it.

@@ -33,8 +33,9 @@ use crate::metadata::{ClusterMetadata, MetadataCommand, PartitionUpdate};
 use cascade_proto::internal::controller_client::ControllerClient;
 use cascade_proto::internal::controller_server::Controller;
 use cascade_proto::internal::{
-    BrokerHeartbeatRequest, BrokerHeartbeatResponse, JoinRequest, JoinResponse, ProposeRequest,
-    ProposeResponse, ReadVersionRequest, ReadVersionResponse, ReplicaProblem,
+    BrokerHeartbeatRequest, BrokerHeartbeatResponse, IdentifyRequest, IdentifyResponse,
+    JoinRequest, JoinResponse, ProposeRequest, ProposeResponse, ReadVersionRequest,
+    ReadVersionResponse, ReplicaProblem,
 };
 use openraft::BasicNode;
 use std::collections::{BTreeSet, HashMap};
@@ -237,37 +238,45 @@ pub(crate) async fn send_heartbeat(b: &Arc<Broker>) -> Result<()> {
 /// only needs its new address recorded), retrying until it succeeds (a stop cancels the
 /// caller).
 pub(crate) async fn join(b: &Arc<Broker>, contacts: &[String]) -> Result<()> {
+    if contacts.is_empty() {
+        return Err(BrokerError::NoController("no seeds to join through".into()));
+    }
     let mut attempts = 0u32;
+    loop {
+        if join_once(b, contacts, attempts.is_multiple_of(10)).await {
+            return Ok(());
+        }
+        attempts += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Asks each contact in turn to add this node to its cluster; true once one did. `log`:
+/// warn about the failures.
+pub(crate) async fn join_once(b: &Arc<Broker>, contacts: &[String], log: bool) -> bool {
     let req = JoinRequest {
         node_id: b.config.node_id,
         grpc_addr: b.config.advertised_grpc_addr.clone(),
         http_addr: b.config.advertised_http_addr.clone(),
     };
-    loop {
-        for seed in contacts {
-            let Ok(channel) = crate::raft::network::channel(seed) else {
-                continue;
-            };
-            let mut r = Request::new(req.clone());
-            r.set_timeout(Duration::from_secs(30));
-            match ControllerClient::new(channel).join(r).await {
-                Ok(_) => {
-                    tracing::info!(seed = %seed, "joined the cluster");
-                    return Ok(());
-                }
-                Err(s) => {
-                    if attempts.is_multiple_of(10) {
-                        tracing::warn!(seed = %seed, error = %s.message(), "join failed; retrying");
-                    }
-                }
+    for seed in contacts {
+        let Ok(channel) = crate::raft::network::channel(seed) else {
+            continue;
+        };
+        let mut r = Request::new(req.clone());
+        r.set_timeout(Duration::from_secs(30));
+        match ControllerClient::new(channel).join(r).await {
+            Ok(_) => {
+                tracing::info!(seed = %seed, "joined the cluster");
+                return true;
             }
+            Err(s) if log => {
+                tracing::warn!(seed = %seed, error = %s.message(), "join failed; retrying");
+            }
+            Err(_) => {}
         }
-        attempts += 1;
-        if contacts.is_empty() {
-            return Err(BrokerError::NoController("no seeds to join through".into()));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    false
 }
 
 /// What [`Broker::elect_unclean_leader`] did.
@@ -784,6 +793,19 @@ impl Controller for ControllerService {
             version: applied.version,
             producer_id: applied.producer.map(|(id, _)| id),
             producer_epoch: applied.producer.map(|(_, e)| i32::from(e)),
+        }))
+    }
+
+    async fn identify(
+        &self,
+        _req: Request<IdentifyRequest>,
+    ) -> Result<Response<IdentifyResponse>, Status> {
+        let b = &self.broker;
+        Ok(Response::new(IdentifyResponse {
+            node_id: b.config.node_id,
+            member: b.meta.is_member().await.map_err(Status::from)?,
+            cluster_id: b.meta.snapshot().cluster_id.clone(),
+            incarnation: b.incarnation(),
         }))
     }
 

@@ -21,6 +21,7 @@ pub mod controller;
 pub mod epochs;
 pub mod error;
 pub mod fetch;
+mod formation;
 mod forward;
 pub mod group;
 pub mod grpc;

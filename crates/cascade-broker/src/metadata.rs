@@ -76,8 +76,9 @@ pub struct PartitionAssignment {
     /// Eligible leader replicas (KIP-966): replicas outside the in-sync set that still hold
     /// every acknowledged event. A replica joins when it leaves an in-sync set that shrinks
     /// below `min.insync.replicas`: from then on nothing more is acknowledged with
-    /// `acks=all` and the leader's high watermark stands still (see
-    /// `ReplState::compute_hw`), so what it held at that moment is all that was promised.
+    /// `acks=all` and the leader's high watermark stands still while this set is not empty
+    /// (see `ReplState::compute_hw`), so what it held at that moment is all that was
+    /// promised.
     /// When no in-sync replica can lead, the controller elects one of these instead of
     /// leaving the partition to an in-sync replica that may have lost events. A member
     /// leaves when it rejoins the in-sync set, restarts after an unclean shutdown or reports
@@ -119,47 +120,41 @@ impl PartitionAssignment {
 
     /// How `node`, a replica of this partition that may have lost acknowledged events (an
     /// unclean restart, damage found), leaves the in-sync set: the (leader, in-sync set) to
-    /// move to, or None when it must stay because no other copy can hold more. `live` says
-    /// whether a broker is live.
+    /// move to, or None when it stays. `live` says whether a broker is live.
     /// - Another live in-sync replica takes over (the current leader stays if it can).
     /// - Else a live eligible leader replica (it holds every acknowledged event).
-    /// - Else, with eligible leader replicas that are all down, the partition waits for them,
-    ///   leaderless: they become the in-sync set again (they alone hold every acknowledged
-    ///   event), so the first to return leads; `node` may lead again only once it has caught
-    ///   up with one of them, or by an operator's unclean election.
-    /// - Else `node` was the last copy anyone can vouch for: it stays.
+    /// - Else, with other in-sync or eligible replicas that are all down, the partition waits
+    ///   for them, leaderless, with them as its in-sync set (they hold every acknowledged
+    ///   event; `node` may not), so the first to return leads; `node` leads again only once it
+    ///   has caught up with one of them, or by an operator's unclean election.
+    /// - Else `node` is the only copy anyone can vouch for: it stays.
     pub fn handover_from(&self, node: u32, live: impl Fn(u32) -> bool) -> Option<(u32, Vec<u32>)> {
         if !self.isr.contains(&node) {
             return None;
         }
-        let others: Vec<u32> = self
-            .isr
-            .iter()
-            .copied()
-            .filter(|&r| r != node && live(r))
-            .collect();
-        if let Some(&first) = others.first() {
+        // In-sync replicas that are down stay in the set: the controller moves them out as
+        // usual once another leads.
+        let rest: Vec<u32> = self.isr.iter().copied().filter(|&r| r != node).collect();
+        if let Some(&first) = rest.iter().find(|&&r| live(r)) {
             let leader = if self.leader == node || self.leader == 0 {
                 first
             } else {
                 self.leader
             };
-            // In-sync replicas that are down stay: the controller moves them out as usual.
-            let isr = self.isr.iter().copied().filter(|&r| r != node).collect();
-            return Some((leader, isr));
+            return Some((leader, rest));
         }
         let eligible: Vec<u32> = self.elr.iter().copied().filter(|&r| r != node).collect();
         if let Some(&leader) = eligible.iter().find(|&&r| live(r)) {
-            let mut isr: Vec<u32> = self.isr.iter().copied().filter(|&r| r != node).collect();
+            let mut isr = rest;
             isr.insert(0, leader);
             return Some((leader, isr));
         }
-        if !eligible.is_empty() {
-            let mut isr: Vec<u32> = self.isr.iter().copied().filter(|&r| r != node).collect();
-            isr.extend(eligible);
-            return Some((0, isr));
+        if rest.is_empty() && eligible.is_empty() {
+            return None;
         }
-        None
+        let mut isr = rest;
+        isr.extend(eligible);
+        Some((0, isr))
     }
 }
 
@@ -266,8 +261,10 @@ pub enum MetadataCommand {
     /// - a replica that may have lost acknowledged events is not eligible to lead until it has
     ///   caught up: after an unclean shutdown (whatever the flush policy: a disk can lose
     ///   fsynced writes) it leaves the in-sync set and its leaderships move to a live in-sync
-    ///   replica (KIP-966's idea). When it is the only live in-sync replica it stays: no other
-    ///   copy can hold more.
+    ///   replica, else to a live eligible leader replica, else the partition waits for the
+    ///   in-sync and eligible replicas that are down (KIP-966; see
+    ///   [`PartitionAssignment::handover_from`]). Only when no other replica is in sync or
+    ///   eligible does it stay: no other copy can hold more.
     RegisterBroker(BrokerInfo),
     /// Fences or unfences a broker (the controller's liveness verdict).
     SetFenced {
@@ -1256,10 +1253,12 @@ mod tests {
         }
     }
 
-    /// The only live in-sync replica keeps its data and leads, even after an unclean
-    /// shutdown: no other copy can hold more.
+    /// The only live in-sync replica, back from an unclean restart while the other in-sync
+    /// replicas are down, does not lead: they may hold events it lost, so the partition waits,
+    /// leaderless, for the first of them (before, it led, and the others truncated to it when
+    /// they returned). Alone in the in-sync set, with nobody else to vouch for more, it stays.
     #[test]
-    fn the_last_live_in_sync_replica_keeps_leading_after_an_unclean_restart() {
+    fn an_uncleanly_restarted_replica_waits_for_the_in_sync_replicas_that_are_down() {
         let mut m = restart_cluster();
         for id in [2, 3] {
             m.apply(&MetadataCommand::SetFenced {
@@ -1276,10 +1275,36 @@ mod tests {
                 .iter()
                 .zip(&before.topics[t].partitions)
             {
-                assert!(p.isr.contains(&1), "{p:?}");
-                assert_eq!(p.isr, p0.isr);
+                assert_eq!(p.leader, 0, "{p:?}");
+                assert!(!p.isr.contains(&1), "{p:?}");
+                assert_eq!(p.isr.len(), p0.isr.len() - 1, "{p:?}");
             }
         }
+        // Node 2 back: the controller elects it.
+        m.apply(&MetadataCommand::SetFenced {
+            node_id: 2,
+            fenced: false,
+        })
+        .unwrap();
+        let plan = crate::controller::plan_partition_updates(
+            &m,
+            &Default::default(),
+            &Default::default(),
+            &Default::default(),
+        );
+        assert_eq!(plan.len(), 6);
+        assert!(
+            plan.iter().all(|u| u.leader == 2 && u.isr == [2]),
+            "{plan:?}"
+        );
+        // Alone in the in-sync set with no eligible replica: it stays and leads again.
+        let mut m = elr_cluster(1);
+        set_isr(&mut m, 1, &[1], &[]);
+        fence(&mut m, 2, true);
+        fence(&mut m, 3, true);
+        register(&mut m, 1, 99, false);
+        let a = &m.topics["e"].partitions[0];
+        assert_eq!((a.leader, &a.isr[..]), (1, &[1][..]));
     }
 
     /// Three brokers and topic `e`: one partition over replicas 1, 2, 3 (led by 1) with

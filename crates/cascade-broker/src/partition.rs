@@ -141,19 +141,17 @@ impl ReplState {
     /// The high watermark these facts allow.
     pub fn compute_hw(&self) -> u64 {
         match self.role {
-            // Below `min.insync.replicas` nothing more is committed (KIP-966): the replicas
-            // that left the in-sync set as it shrank below it stay eligible to lead (see
-            // `PartitionAssignment::elr`) only because they hold everything consumers may have
-            // seen. 0 leaves the published value where it is (it never goes down). With no
-            // eligible replica (none left that way, or an operator's unclean election gave
-            // them up) nobody relies on it, and the in-sync replicas serve what they hold.
-            Role::Leader { .. }
-                if !self.elr.is_empty()
-                    && (self.isr.len() + usize::from(self.pending_isr_add.is_some()))
-                        < self.min_insync as usize =>
-            {
-                0
-            }
+            // While the partition has eligible leader replicas (KIP-966: they left the
+            // in-sync set as it fell below `min.insync.replicas`), nothing more is committed:
+            // they may lead only because they hold everything consumers may have seen. 0
+            // leaves the published value where it is (it never goes down). Judged by the
+            // eligible set rather than the in-sync set's size: both come from the same
+            // metadata, while this replica's `min_insync` may lag a raised one, and a follower
+            // being added is not in sync yet (if its addition fails, an eligible replica may
+            // still have to lead). With none (nobody left that way, or an operator's unclean
+            // election gave them up) nobody relies on it, and the in-sync replicas serve what
+            // they hold.
+            Role::Leader { .. } if !self.elr.is_empty() => 0,
             Role::Leader { .. } => self
                 .isr
                 .iter()
@@ -1289,24 +1287,27 @@ mod tests {
         assert_eq!(state(leader, &[1], &[(2, 5)], 100).compute_hw(), 100);
     }
 
-    /// Below `min.insync.replicas` the leader's high watermark stands still (KIP-966): the
-    /// replicas that left as the set shrank stay eligible to lead only because they hold
-    /// everything consumers may have seen. A pending addition counts towards the minimum.
+    /// While the partition has eligible leader replicas the leader's high watermark stands
+    /// still (KIP-966): they may lead only because they hold everything consumers may have
+    /// seen. A pending addition does not count, nor does a stale minimum.
     #[test]
     fn the_high_watermark_stands_still_below_the_minimum() {
         let leader = Role::Leader { epoch: 3 };
         let mut s = state(leader, &[1], &[(2, 60)], 100);
-        assert_eq!(s.compute_hw(), 100, "minimum 1: alone is enough");
         s.min_insync = 2;
         assert_eq!(s.compute_hw(), 100, "no eligible replica relies on it");
         s.elr = vec![3];
         assert_eq!(s.compute_hw(), 0, "0 publishes nothing: it stands still");
+        // A follower being added does not count until the metadata has it.
         s.pending_isr_add = Some(2);
-        assert_eq!(s.compute_hw(), 60);
+        assert_eq!(s.compute_hw(), 0);
+        // Nor does a minimum this replica has not heard was raised.
         let mut s = state(leader, &[1, 2], &[(2, 90)], 100);
         (s.min_insync, s.elr) = (2, vec![3]);
+        assert_eq!(s.compute_hw(), 0);
+        s.elr.clear();
         assert_eq!(s.compute_hw(), 90);
-        // A follower's view is the leader's, whatever the minimum.
+        // A follower's view is the leader's, whatever the sets.
         let mut s = state(
             Role::Follower {
                 leader: 2,

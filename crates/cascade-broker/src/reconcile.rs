@@ -197,13 +197,14 @@ impl Broker {
                 // its log as it is, cut at the damage (the cut bytes stay under `damaged/`).
                 tracing::warn!(topic = %t.name, partition = i, epoch = a.leader_epoch, "leading a damaged replica by an unclean election");
                 part.clear_damage();
-            } else if a.isr.contains(&me) {
-                // Never lead (or count as in sync) with a log cut for damage: leave the
-                // in-sync set first; the next reconciliation gives the role.
+            } else if a.isr.contains(&me) || a.elr.contains(&me) {
+                // Never lead (or count as in sync, or as eligible to lead) with a log cut for
+                // damage: leave the in-sync and eligible sets first; the next reconciliation
+                // gives the role.
                 return self.repair_damaged(part, None).await;
             } else {
-                // Out of the in-sync set already (an unclean restart takes it out at
-                // registration): the cut log refetches the rest as a follower.
+                // Out of the in-sync and eligible sets already (an unclean restart takes it
+                // out at registration): the cut log refetches the rest as a follower.
                 tracing::info!(topic = %t.name, partition = i, isr = ?a.isr, "damaged replica is out of the in-sync set: it refetches the rest as a follower");
                 part.clear_damage();
                 metrics::counter!("cascade_replica_repairs_total").increment(1);

@@ -403,21 +403,38 @@ impl Broker {
         };
         part.update_hw();
         if expand {
-            let mut isr = part.lock_repl().isr.clone();
+            let base = part.lock_repl().isr.clone();
+            let mut isr = base.clone();
             isr.push(follower);
             isr.sort_unstable();
-            self.propose_isr(part.clone(), isr);
+            self.propose_isr(part.clone(), base, isr);
         }
     }
 
-    /// Proposes a new in-sync set for a partition this node leads (in the background).
-    fn propose_isr(self: &Arc<Self>, part: Arc<Partition>, isr: Vec<u32>) {
+    /// Proposes a new in-sync set for a partition this node leads (in the background), computed
+    /// from `base`, this replica's view of the current one. Dropped unless the metadata's set
+    /// is still `base`: the compare-and-set is against the partition epoch read here, and a
+    /// proposal computed from a lagging view would otherwise put back a member the controller
+    /// just removed (a damaged or eligible-only replica made in sync again).
+    fn propose_isr(self: &Arc<Self>, part: Arc<Partition>, base: Vec<u32>, isr: Vec<u32>) {
         let broker = self.clone();
         tokio::spawn(async move {
             let snap = broker.meta.snapshot();
             let Some(a) = snap.assignment(&part.topic, part.index) else {
                 return;
             };
+            let sorted = |v: &[u32]| {
+                let mut v = v.to_vec();
+                v.sort_unstable();
+                v
+            };
+            if sorted(&a.isr) != sorted(&base) {
+                tracing::debug!(topic = %part.topic, partition = part.index, ?base, now = ?a.isr, "in-sync set change computed from a stale view; dropped");
+                let mut r = part.lock_repl();
+                r.isr_change_pending = false;
+                r.pending_isr_add = None;
+                return;
+            }
             let update = PartitionUpdate {
                 topic: part.topic.to_string(),
                 topic_id: part.topic_id.to_string(),
@@ -509,9 +526,9 @@ impl Broker {
                         .filter(|id| !lagging.contains(id))
                         .collect();
                     tracing::warn!(topic = %part.topic, partition = part.index, ?lagging, "followers fell behind: shrinking the in-sync set");
-                    isr
+                    (r.isr.clone(), isr)
                 };
-                self.propose_isr(part.clone(), shrink);
+                self.propose_isr(part.clone(), shrink.0, shrink.1);
             }
         }
     }

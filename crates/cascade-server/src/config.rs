@@ -33,9 +33,19 @@ pub struct ServerArgs {
     #[arg(long, env = "CASCADE_GRPC_ADDR")]
     pub grpc_addr: Option<SocketAddr>,
 
-    /// This node's id in the cluster. [default: 1]
-    #[arg(long, env = "CASCADE_NODE_ID")]
-    pub node_id: Option<u32>,
+    /// This node's id in the cluster (1 or more), or `auto`: the ordinal at the end of the
+    /// host name plus one, as a Kubernetes StatefulSet names its pods (`cascade-0` → 1,
+    /// `cascade-2` → 3). [default: 1]
+    #[arg(long, env = "CASCADE_NODE_ID", value_parser = parse_node_id)]
+    pub node_id: Option<NodeIdSpec>,
+
+    /// Same as `--node-id auto`.
+    #[arg(
+        long,
+        env = "CASCADE_NODE_ID_FROM_HOSTNAME",
+        conflicts_with = "node_id"
+    )]
+    pub node_id_from_hostname: bool,
 
     /// gRPC address other nodes and clients use to reach this node. [default: the gRPC
     /// listener's address, with 127.0.0.1 for an unspecified host]
@@ -98,6 +108,61 @@ pub struct ServerArgs {
     /// (power-loss tests). Never set it in production.
     #[arg(long, env = "CASCADE_UNSYNCED_WRITES_IN_MEMORY")]
     pub unsynced_writes_in_memory: bool,
+}
+
+/// How `--node-id` names this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeIdSpec {
+    /// A fixed id.
+    Fixed(u32),
+    /// From the host name's ordinal (see [`node_id_from_hostname`]).
+    Auto,
+}
+
+fn parse_node_id(s: &str) -> std::result::Result<NodeIdSpec, String> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(NodeIdSpec::Auto);
+    }
+    match s.parse::<u32>() {
+        Ok(0) => Err("node ids start at 1".into()),
+        Ok(n) => Ok(NodeIdSpec::Fixed(n)),
+        Err(_) => Err(format!(
+            "expected a number (1 or more) or `auto`, got {s:?}"
+        )),
+    }
+}
+
+/// The node id a host name gives: its trailing ordinal plus one (`cascade-0` → 1,
+/// `cascade-12.cascade-headless` → 13: only the first label counts).
+pub fn node_id_from_hostname(host: &str) -> Result<u32> {
+    let label = host.split('.').next().unwrap_or_default();
+    let ordinal = label
+        .rsplit_once('-')
+        .map(|(_, n)| n)
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .with_context(|| {
+            format!(
+                "--node-id auto: the host name {host:?} does not end in -<ordinal> \
+                 (as a StatefulSet's pods do: cascade-0, cascade-1, ...); give --node-id a number"
+            )
+        })?;
+    let n: u32 = ordinal
+        .parse()
+        .with_context(|| format!("--node-id auto: ordinal {ordinal:?} of {host:?} is too large"))?;
+    n.checked_add(1)
+        .with_context(|| format!("--node-id auto: ordinal {n} of {host:?} is too large"))
+}
+
+/// This machine's host name: `$HOSTNAME` (set in every container), else the kernel's.
+fn hostname() -> Result<String> {
+    if let Ok(h) = std::env::var("HOSTNAME")
+        && !h.trim().is_empty()
+    {
+        return Ok(h.trim().to_string());
+    }
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("--node-id auto: reading the host name")?;
+    Ok(h.trim().to_string())
 }
 
 /// The same settings as read from a TOML file.
@@ -200,7 +265,14 @@ impl ServerArgs {
         if !matches!(log_format.as_str(), "text" | "json") {
             bail!("--log-format must be text or json, got {log_format:?}");
         }
-        let node_id = self.node_id.or(file.node_id).unwrap_or(1);
+        let node_id = match (self.node_id, self.node_id_from_hostname) {
+            (Some(NodeIdSpec::Auto), _) | (None, true) => node_id_from_hostname(&hostname()?)?,
+            (Some(NodeIdSpec::Fixed(n)), _) => n,
+            (None, false) => file.node_id.unwrap_or(1),
+        };
+        if node_id == 0 {
+            bail!("node ids start at 1 (node_id = 0 in the config file)");
+        }
         let offsets_partitions = self
             .offsets_partitions
             .or(file.offsets_partitions)
@@ -302,7 +374,7 @@ mod tests {
         std::fs::write(&f, "data_dir = \"/x\"\nnode_id = 7\nno_http = true\n").unwrap();
         let args = ServerArgs {
             config: Some(f.clone()),
-            node_id: Some(9),
+            node_id: Some(NodeIdSpec::Fixed(9)),
             ..Default::default()
         };
         let c = args.resolve().unwrap();
@@ -324,5 +396,31 @@ mod tests {
         }
         .resolve();
         assert!(err.is_err());
+    }
+
+    /// A StatefulSet's pod names give the node ids; anything else is refused with a way out.
+    #[test]
+    fn node_ids_come_from_the_pod_ordinal() {
+        assert_eq!(node_id_from_hostname("cascade-0").unwrap(), 1);
+        assert_eq!(node_id_from_hostname("cascade-2").unwrap(), 3);
+        assert_eq!(
+            node_id_from_hostname("my-events-12.cascade.ns.svc").unwrap(),
+            13
+        );
+        for bad in [
+            "cascade",
+            "cascade-",
+            "cascade-x1",
+            "node-4294967295",
+            "",
+            "a.b-1",
+        ] {
+            let e = node_id_from_hostname(bad).expect_err(bad).to_string();
+            assert!(e.contains("--node-id"), "{bad}: {e}");
+        }
+        assert_eq!(parse_node_id("auto"), Ok(NodeIdSpec::Auto));
+        assert_eq!(parse_node_id("7"), Ok(NodeIdSpec::Fixed(7)));
+        assert!(parse_node_id("0").is_err());
+        assert!(parse_node_id("seven").is_err());
     }
 }

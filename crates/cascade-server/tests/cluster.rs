@@ -2004,8 +2004,7 @@ async fn the_last_in_sync_replica_losing_fsynced_writes_waits_for_an_eligible_on
     .await;
     // Consumers see everything once the in-sync set is back at the minimum (below it the
     // high watermark stood still), whichever replica leads by then.
-    wait_visible(&nodes, "lrs", 100).await;
-    check_acked(&nodes, "lrs", &acked).await;
+    wait_acked(&nodes, "lrs", &acked).await;
     produce_all(&nodes, "lrs", 1, "b", 20, &mut acked).await;
     assert_eq!(
         acked[&0].len(),
@@ -2013,23 +2012,29 @@ async fn the_last_in_sync_replica_losing_fsynced_writes_waits_for_an_eligible_on
         "offsets reused: {:?}",
         acked[&0].keys()
     );
-    wait_visible(&nodes, "lrs", 120).await;
-    check_acked(&nodes, "lrs", &acked).await;
+    wait_acked(&nodes, "lrs", &acked).await;
 }
 
-/// Waits until the leader of `topic`/0 lets consumers read `n` events (a new leader's high
-/// watermark can lag its predecessor's for a fetch round).
-async fn wait_visible(nodes: &[Node], topic: &str, n: u64) {
-    wait_until("the events visible", Duration::from_secs(20), async || {
-        let (leader, c) = leader_client(nodes, topic, 0).await;
-        let hw = c
-            .describe_topic(topic)
-            .await
-            .map(|t| t.partitions[0].high_watermark);
-        (hw.as_ref().is_ok_and(|&hw| hw >= n))
-            .then_some(())
-            .ok_or(format!("leader {leader}: high watermark {hw:?}"))
-    })
+/// Waits until partition 0's leader serves every acknowledged event of `topic` at its offset
+/// (a leader just elected, back on the preferred replica say, serves only up to the high
+/// watermark it last heard as a follower until its followers fetch again); a different event
+/// at an acknowledged offset fails at once.
+async fn wait_acked(nodes: &[Node], topic: &str, acked: &BTreeMap<u32, BTreeMap<u64, String>>) {
+    wait_until(
+        "every acknowledged event served",
+        Duration::from_secs(30),
+        async || {
+            let (leader, c) = leader_client(nodes, topic, 0).await;
+            let got = read_partition(&c, topic, 0).await;
+            for (&off, v) in &acked[&0] {
+                match got.get(off as usize) {
+                    Some(at) => assert_eq!(at.1, v.as_bytes(), "{topic}/0 offset {off}"),
+                    None => return Err(format!("leader {leader} serves {} events", got.len())),
+                }
+            }
+            Ok(())
+        },
+    )
     .await;
 }
 
@@ -2054,4 +2059,92 @@ fn lose_last_batches(log: &Path, n: usize) {
     let f = std::fs::OpenOptions::new().write(true).open(log).unwrap();
     f.set_len(starts[starts.len() - n] as u64).unwrap();
     f.sync_all().unwrap();
+}
+
+/// Kubernetes' StatefulSet contract: every node gets the same flags (the same seed list,
+/// itself included; its id from its host name), and they start in any order at any time.
+/// Two of three started first must not form a cluster (the third might be a member, or have
+/// a lower id); once all three answer, node 1 (the lowest id) forms it and the others join:
+/// one cluster, one id. Restarted with the same flags, they rejoin it from their state.
+/// Before, each waited forever to join a cluster nobody bootstrapped.
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_started_with_the_same_seed_list_form_one_cluster() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ports: Vec<u16> = (0..3)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let seeds = ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let start = |i: usize| {
+        let dir = dirs[i].path().to_path_buf();
+        let port = ports[i];
+        let seeds = seeds.clone();
+        std::thread::spawn(move || {
+            let host = format!("cascade-{i}");
+            let mut args = vec!["--node-id", "auto", "--seeds", seeds.as_str()];
+            args.extend_from_slice(FAST);
+            Node::start_on_port_with_env(&dir, port, &args, &[("HOSTNAME", host.as_str())])
+        })
+    };
+    // Pods 2 and 1 (node ids 3 and 2) first: they wait for pod 0.
+    let late = [start(2), start(1)];
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        late.iter().all(|t| !t.is_finished()),
+        "a node became ready before every seed answered"
+    );
+    for p in &ports[1..] {
+        let c = Client::connect(&format!("127.0.0.1:{p}")).await.unwrap();
+        assert!(c.describe_cluster().await.is_err(), "not ready yet");
+    }
+    let first = start(0);
+    let mut nodes = vec![first.join().unwrap()];
+    for t in late.into_iter().rev() {
+        nodes.push(t.join().unwrap());
+    }
+    wait_three_live(&nodes).await;
+    let mut ids = std::collections::BTreeSet::new();
+    for n in &nodes {
+        let d = describe_at(n).await.expect("answers");
+        ids.insert(d.cluster_id.clone());
+        let mut brokers: Vec<u32> = d.brokers.iter().map(|b| b.node_id).collect();
+        brokers.sort_unstable();
+        assert_eq!(brokers, [1, 2, 3], "ids from the host names");
+    }
+    assert_eq!(ids.len(), 1, "one cluster: {ids:?}");
+    let admin = nodes[1].client().await;
+    admin
+        .create_topic("formed", 1, 3, Default::default())
+        .await
+        .expect("create");
+    let mut acked = BTreeMap::new();
+    produce_all(&nodes, "formed", 1, "f", 30, &mut acked).await;
+
+    // All three restarted at once with the same flags: the same cluster.
+    for n in nodes.iter_mut() {
+        n.kill9();
+    }
+    let back: Vec<_> = std::mem::take(&mut nodes)
+        .into_iter()
+        .map(|mut n| {
+            std::thread::spawn(move || {
+                n.restart_same_port();
+                n
+            })
+        })
+        .collect();
+    nodes = back.into_iter().map(|t| t.join().unwrap()).collect();
+    wait_three_live(&nodes).await;
+    let d = describe_at(&nodes[2]).await.expect("answers");
+    assert_eq!(Some(&d.cluster_id), ids.first(), "the same cluster");
+    check_acked(&nodes, "formed", &acked).await;
 }

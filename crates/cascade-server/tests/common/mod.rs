@@ -63,6 +63,30 @@ impl Node {
         node
     }
 
+    /// Starts a node on `dir` whose gRPC listener is on `port`, with extra flags and
+    /// environment variables.
+    pub fn start_on_port_with_env(
+        dir: &Path,
+        port: u16,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Node {
+        let mut node = Node {
+            child: None,
+            dir: dir.to_path_buf(),
+            grpc: String::new(),
+            http: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            grpc_port: port,
+        };
+        node.spawn();
+        node
+    }
+
     /// Starts a node on `dir` whose gRPC listener is on `port`.
     pub fn start_on_port(dir: &Path, port: u16, extra: &[&str]) -> Node {
         let mut node = Node {
