@@ -130,6 +130,9 @@ pub struct ClusterSpec {
     pub keep: bool,
     /// Prefix of names and label value (unique per run).
     pub run_id: String,
+    /// Run the pods of this rendered StatefulSet instead (see [`crate::pod`]): their names,
+    /// headless DNS names, arguments and environment, all started at once.
+    pub pod: Option<crate::pod::PodTemplate>,
 }
 
 /// A running cluster; see the module docs.
@@ -149,6 +152,8 @@ pub struct Cluster {
     /// Where the image holds libfaketime (its `cascade.faketime` label), if it does: then
     /// every node preloads it, reading its wall clock's offset from `/data/clock`.
     pub faketime: Option<String>,
+    /// The StatefulSet whose pods the nodes are, if any.
+    pub pod: Option<crate::pod::PodTemplate>,
 }
 
 /// What a node's clock file holds when its clock is right.
@@ -168,6 +173,7 @@ impl Cluster {
             run_id: spec.run_id.clone(),
             removed: false,
             faketime: None,
+            pod: spec.pod.clone(),
         };
         let label = docker(&[
             "image",
@@ -184,6 +190,17 @@ impl Cluster {
         c.create_network().await?;
         for id in 1..=spec.nodes {
             c.create_node(id).await?;
+        }
+        if c.pod.is_some() {
+            // A StatefulSet with `podManagementPolicy: Parallel`: every pod at once, and the
+            // cluster forms once they all answer.
+            for id in 1..=spec.nodes {
+                c.start_node(id).await?;
+            }
+            for id in 1..=spec.nodes {
+                c.wait_ready(id, Duration::from_secs(90)).await?;
+            }
+            return Ok(c);
         }
         c.start_node(1).await?;
         c.wait_ready(1, Duration::from_secs(60)).await?;
@@ -230,6 +247,9 @@ impl Cluster {
     }
 
     async fn create_node(&mut self, id: u32) -> Result<()> {
+        if let Some(t) = self.pod.clone() {
+            return self.create_pod(id, &t).await;
+        }
         let name = format!("{}-n{id}", self.run_id);
         let ip = format!("{}.{}", self.subnet, 10 + id);
         let data = self.data_dir(id);
@@ -318,7 +338,7 @@ impl Cluster {
             args.extend(["--seeds", &seeds]);
         }
         docker(&args).await?;
-        self.nodes.push(Node {
+        let node = Node {
             id,
             name,
             ip,
@@ -326,8 +346,135 @@ impl Cluster {
             disk: DISK_HEALTHY.into(),
             dropping_to: Vec::new(),
             clock: CLOCK_RIGHT.into(),
-        });
+        };
+        match self.nodes.get_mut(id as usize - 1) {
+            Some(n) => *n = node,
+            None => self.nodes.push(node),
+        }
         Ok(())
+    }
+
+    /// Creates node `id` as the StatefulSet's pod `id - 1`: its host name, its headless DNS
+    /// names as network aliases, its expanded arguments and environment, a read-only root
+    /// file system with a `/tmp` of its own and no capabilities, as the manifest asks. The
+    /// data directory is a bind mount like every node's (so the checker reads the replicas
+    /// afterwards), and the container runs as the invoking user for the same reason, not as
+    /// the manifest's user 65532.
+    async fn create_pod(&mut self, id: u32, t: &crate::pod::PodTemplate) -> Result<()> {
+        let pod = t.pod(id - 1);
+        let name = format!("{}-{}", self.run_id, pod.name);
+        let ip = format!("{}.{}", self.subnet, 10 + id);
+        let data = self.data_dir(id);
+        std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+        let meta = std::fs::metadata(&self.data_root)
+            .with_context(|| format!("reading {}", self.data_root.display()))?;
+        let mut args: Vec<String> = [
+            "create",
+            "--name",
+            &name,
+            "--hostname",
+            &pod.name,
+            "--network",
+            &self.network,
+            "--ip",
+            &ip,
+            "--label",
+            &format!("cascade-chaos={}", self.run_id),
+            "--user",
+            &format!("{}:{}", meta.uid(), meta.gid()),
+            "-v",
+            &format!("{}:/data", data.display()),
+            "--read-only",
+            "--tmpfs",
+            "/tmp",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "--no-healthcheck",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for a in &pod.aliases {
+            args.extend(["--network-alias".into(), a.clone()]);
+        }
+        let node_log = std::env::var("CASCADE_NODE_LOG").ok();
+        for (k, v) in &pod.env {
+            let v = match (k.as_str(), &node_log) {
+                ("CASCADE_LOG", Some(f)) => f.clone(),
+                _ => v.clone(),
+            };
+            args.extend(["-e".into(), format!("{k}={v}")]);
+        }
+        args.push(self.image.clone());
+        args.extend(pod.args.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        docker(&args).await?;
+        let node = Node {
+            id,
+            name,
+            ip,
+            state: NodeState::Down,
+            disk: DISK_HEALTHY.into(),
+            dropping_to: Vec::new(),
+            clock: CLOCK_RIGHT.into(),
+        };
+        match self.nodes.get_mut(id as usize - 1) {
+            Some(n) => *n = node,
+            None => self.nodes.push(node),
+        }
+        Ok(())
+    }
+
+    /// The name node `id` advertises (a pod's `<pod>.<service>.<ns>.svc:50051`), mapped to the
+    /// address the host reaches it at, for a client on the host (see
+    /// `Client::with_address_overrides`); empty unless the nodes are a StatefulSet's pods.
+    pub fn advertised_overrides(&self) -> std::collections::HashMap<String, String> {
+        let Some(t) = &self.pod else {
+            return Default::default();
+        };
+        self.nodes
+            .iter()
+            .flat_map(|n| {
+                let pod = t.pod(n.id - 1);
+                let advertised = pod
+                    .args
+                    .iter()
+                    .find_map(|a| {
+                        a.strip_prefix("--advertised-grpc-addr=")
+                            .map(str::to_string)
+                    })
+                    .or_else(|| {
+                        pod.env
+                            .iter()
+                            .find(|(k, _)| k == "CASCADE_ADVERTISED_GRPC_ADDR")
+                            .map(|(_, v)| v.clone())
+                    });
+                advertised.map(|a| (a, n.grpc_addr()))
+            })
+            .collect()
+    }
+
+    /// Stops node `id` as Kubernetes stops a pod: SIGTERM, then SIGKILL after the grace
+    /// period (the manifest's, else 30 s). Returns whether it exited within the grace period.
+    pub async fn stop_graceful(&mut self, id: u32) -> Result<bool> {
+        let grace = self.pod.as_ref().map_or(30, |t| t.grace_secs);
+        let name = self.node(id).name.clone();
+        let started = Instant::now();
+        docker(&["stop", "-t", &grace.to_string(), &name]).await?;
+        self.set(id, NodeState::Down);
+        Ok(started.elapsed() < Duration::from_secs(grace))
+    }
+
+    /// Replaces node `id`'s container with one of `image` (same name, address, data and
+    /// arguments), as a StatefulSet's rolling update does; the node must be stopped. Nodes
+    /// created later use `image` too.
+    pub async fn replace_image(&mut self, id: u32, image: &str) -> Result<()> {
+        let name = self.node(id).name.clone();
+        docker(&["rm", "-f", &name]).await?;
+        self.image = image.to_string();
+        self.create_node(id).await
     }
 
     /// The host directory mounted as node `id`'s `/data`.

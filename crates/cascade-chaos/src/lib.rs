@@ -14,7 +14,9 @@
 pub mod checker;
 pub mod docker;
 pub mod faults;
+pub mod pod;
 pub mod replica;
 pub mod report;
+pub mod rollout;
 pub mod run;
 pub mod workload;

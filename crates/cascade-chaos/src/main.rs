@@ -43,6 +43,20 @@ struct Args {
     /// Members of the consumer group.
     #[arg(long, default_value_t = 2)]
     consumers: u32,
+    /// Instead of faults, run the pods of the StatefulSet in this rendered manifest (a JSON
+    /// list of objects: `kubectl kustomize deploy/kubernetes/overlays/eks` converted, as
+    /// `.ci/kubernetes` does) and roll them as Kubernetes does, under the same workload and
+    /// checks; `--nodes` is then the StatefulSet's replica count.
+    #[arg(long)]
+    statefulset: Option<std::path::PathBuf>,
+    /// With --statefulset: rolling restarts (SIGTERM each pod, highest ordinal first, the next
+    /// once it is ready again).
+    #[arg(long, default_value_t = 1)]
+    restarts: u32,
+    /// With --statefulset: start the pods on this image, then upgrade them to --image in a
+    /// rolling update.
+    #[arg(long)]
+    upgrade_from: Option<String>,
     /// Report format on standard output (progress always goes to standard error).
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
@@ -63,8 +77,26 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    if !matches!(args.nodes, 1 | 3 | 5) {
-        eprintln!("--nodes must be 1, 3 or 5");
+    let rollout = match &args.statefulset {
+        None => None,
+        Some(path) => {
+            let pod = std::fs::read_to_string(path)
+                .map_err(anyhow::Error::from)
+                .and_then(|j| cascade_chaos::pod::PodTemplate::from_rendered(&j))
+                .unwrap_or_else(|e| {
+                    eprintln!("cascade-chaos: --statefulset {}: {e:#}", path.display());
+                    std::process::exit(2);
+                });
+            Some(cascade_chaos::rollout::Rollout {
+                pod,
+                from_image: args.upgrade_from.clone(),
+                restarts: args.restarts,
+            })
+        }
+    };
+    let nodes = rollout.as_ref().map_or(args.nodes, |r| r.pod.replicas);
+    if !matches!(nodes, 1 | 3 | 5) {
+        eprintln!("--nodes (or the StatefulSet's replicas) must be 1, 3 or 5");
         std::process::exit(2);
     }
     let seed = args.seed.unwrap_or_else(|| {
@@ -74,7 +106,7 @@ fn main() {
             ^ u64::from(std::process::id())
     });
     let opts = Options {
-        nodes: args.nodes,
+        nodes,
         duration: Duration::from_secs(args.duration.unwrap_or(if args.soak { 1800 } else { 60 })),
         seed,
         image: args.image,
@@ -84,6 +116,7 @@ fn main() {
         consumers: args.consumers,
         quiet_ms: (1000, 3000),
         hold_ms: (2000, 5000),
+        rollout,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -112,6 +112,9 @@ pub struct RunReport {
     pub check: CheckReport,
     /// Where the nodes' data (and container logs) were left, if kept.
     pub data_dir: Option<String>,
+    /// A StatefulSet's rolling restart or upgrade, when that is what ran instead of faults.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutReport>,
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -152,6 +155,27 @@ impl RunReport {
                 kinds.join(", ")
             }
         );
+        if let Some(r) = &self.rollout {
+            let _ = writeln!(
+                s,
+                "  rollout: {} pod turn(s), {} graceful; longest stop {:.0} ms, longest start-to-ready {:.0} ms",
+                r.steps.len(),
+                r.steps.iter().filter(|t| t.graceful).count(),
+                r.steps.iter().map(|t| t.stop_ms).fold(0.0, f64::max),
+                r.steps.iter().map(|t| t.ready_ms).fold(0.0, f64::max),
+            );
+            let per: Vec<String> = r
+                .stall_ms
+                .iter()
+                .map(|(p, v)| format!("{p}: {v:.0}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "  longest time without an acknowledgement per partition while rolling: max {:.0} ms ({})",
+                r.max_stall_ms(),
+                per.join(", ")
+            );
+        }
         let f = &self.failover;
         let _ = writeln!(
             s,
@@ -316,6 +340,7 @@ mod tests {
             problems: vec![],
             check: check.clone(),
             data_dir: None,
+            rollout: None,
         };
         let s = report.summary();
         assert!(

@@ -46,6 +46,9 @@ pub struct Options {
     pub quiet_ms: (u64, u64),
     /// Fault hold time, ms.
     pub hold_ms: (u64, u64),
+    /// Run a StatefulSet's pods and roll them instead of injecting faults (`nodes` is then
+    /// its replica count).
+    pub rollout: Option<crate::rollout::Rollout>,
 }
 
 const TOPIC: &str = "chaos";
@@ -76,12 +79,18 @@ pub async fn run(opts: &Options) -> Result<RunReport> {
         opts.image,
         data.path().display()
     );
+    let first_image = opts
+        .rollout
+        .as_ref()
+        .and_then(|r| r.from_image.clone())
+        .unwrap_or_else(|| opts.image.clone());
     let mut cluster = Cluster::start(&ClusterSpec {
         nodes: opts.nodes,
-        image: opts.image.clone(),
+        image: first_image,
         data_root: data.path().to_path_buf(),
         keep: opts.keep,
         run_id: run_id.clone(),
+        pod: opts.rollout.as_ref().map(|r| r.pod.clone()),
     })
     .await?;
     eprintln!(
@@ -90,7 +99,9 @@ pub async fn run(opts: &Options) -> Result<RunReport> {
         cluster.subnet,
         cluster.brokers()
     );
-    let client = Client::connect_lazy(&cluster.brokers())?;
+    // Pods advertise their headless DNS names, which only resolve inside the network.
+    let client = Client::connect_lazy(&cluster.brokers())?
+        .with_address_overrides(cluster.advertised_overrides());
     wait_members(&client, opts.nodes, Duration::from_secs(90)).await?;
     create_topic(&client, opts.partitions, rf, min_isr).await?;
 
@@ -143,20 +154,30 @@ pub async fn run(opts: &Options) -> Result<RunReport> {
         quiet_ms: opts.quiet_ms,
         hold_ms: opts.hold_ms,
     };
-    let mut faults = match faults::run(
-        &mut cluster,
-        &client,
-        &fcfg,
-        &mut rng,
-        &rec,
-        started + opts.duration,
-    )
-    .await
-    {
-        Ok(f) => f,
-        Err(e) => {
-            problems.push(format!("fault injection failed: {e:#}"));
-            Vec::new()
+    let mut rollout_report = None;
+    let mut faults = if let Some(ro) = &opts.rollout {
+        let r = rec.clone();
+        match crate::rollout::run(&mut cluster, ro, &opts.image, move || r.now()).await {
+            Ok(report) => rollout_report = Some(report),
+            Err(e) => problems.push(format!("rolling the pods failed: {e:#}")),
+        }
+        Vec::new()
+    } else {
+        match faults::run(
+            &mut cluster,
+            &client,
+            &fcfg,
+            &mut rng,
+            &rec,
+            started + opts.duration,
+        )
+        .await
+        {
+            Ok(f) => f,
+            Err(e) => {
+                problems.push(format!("fault injection failed: {e:#}"));
+                Vec::new()
+            }
         }
     };
     let duration_secs = started.elapsed().as_secs_f64();
@@ -268,6 +289,9 @@ pub async fn run(opts: &Options) -> Result<RunReport> {
         reads: rec.reads(),
     };
     let check = checker::check(&history);
+    if let Some(r) = &mut rollout_report {
+        r.stall_ms = crate::rollout::stalls(&history.sent, r.window);
+    }
     faults::measure_failover(&mut faults, &acks);
     // Keep the commit history, every sent record and the read-back beside the nodes' logs,
     // for a run that fails or is kept.
@@ -320,6 +344,7 @@ pub async fn run(opts: &Options) -> Result<RunReport> {
         problems,
         check,
         data_dir,
+        rollout: rollout_report,
     })
 }
 

@@ -67,6 +67,8 @@ const MIN_ON_DEMAND_REFRESH: Duration = Duration::from_millis(100);
 pub struct Client {
     inner: Arc<Inner>,
     budget: Duration,
+    /// Broker addresses reached at another address (see [`Client::with_address_overrides`]).
+    overrides: Arc<HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -215,7 +217,19 @@ impl Client {
                 leader_epochs: Mutex::new(HashMap::new()),
             }),
             budget: DEFAULT_RETRY_BUDGET,
+            overrides: Arc::default(),
         }
+    }
+
+    /// This client, reaching the brokers named in `overrides` (their advertised `host:port`)
+    /// at the address each maps to instead, as `curl --resolve` does: for a client outside the
+    /// network whose names the brokers advertise (Kubernetes' `pod.headless.ns.svc`, a
+    /// Compose service name), through an address it can reach (a port-forward, a container
+    /// IP). Other addresses are used as they are. The clone shares connections and metadata
+    /// with `self`.
+    pub fn with_address_overrides(mut self, overrides: HashMap<String, String>) -> Self {
+        self.overrides = Arc::new(overrides);
+        self
     }
 
     /// Connects to the first reachable broker of a comma-separated list (`host:port,...`).
@@ -397,6 +411,7 @@ impl Client {
 
     /// The channel to `addr`, made (lazily connecting) on first use.
     fn channel_to(&self, addr: &str) -> Channel {
+        let addr = self.overrides.get(addr).map_or(addr, String::as_str);
         let mut channels = self
             .inner
             .channels
