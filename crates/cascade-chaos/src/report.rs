@@ -140,21 +140,6 @@ impl RunReport {
             "  topic {}: {} partitions, RF {}, min.insync.replicas {}",
             self.topic, self.partitions, self.replication_factor, self.min_insync_replicas
         );
-        let kinds: Vec<String> = self
-            .faults_by_kind
-            .iter()
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect();
-        let _ = writeln!(
-            s,
-            "  faults: {} ({})",
-            self.faults.len(),
-            if kinds.is_empty() {
-                "none".into()
-            } else {
-                kinds.join(", ")
-            }
-        );
         if let Some(r) = &self.rollout {
             let _ = writeln!(
                 s,
@@ -175,37 +160,53 @@ impl RunReport {
                 r.max_stall_ms(),
                 per.join(", ")
             );
-        }
-        let f = &self.failover;
-        let _ = writeln!(
-            s,
-            "  failover (fault → first acks=all write to a partition the node led): min {} / p50 {} / max {} over {} fault(s){}",
-            ms(f.min_ms),
-            ms(f.p50_ms),
-            ms(f.max_ms),
-            f.measured,
-            if f.unrecovered > 0 {
-                format!(", {} never recovered", f.unrecovered)
-            } else {
-                String::new()
-            }
-        );
-        for (kind, f) in &self.failover_by_kind {
+        } else {
+            let kinds: Vec<String> = self
+                .faults_by_kind
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
             let _ = writeln!(
                 s,
-                "    {kind}: min {} / p50 {} / max {} over {}",
+                "  faults: {} ({})",
+                self.faults.len(),
+                if kinds.is_empty() {
+                    "none".into()
+                } else {
+                    kinds.join(", ")
+                }
+            );
+            let f = &self.failover;
+            let _ = writeln!(
+                s,
+                "  failover (fault → first acks=all write to a partition the node led): min {} / p50 {} / max {} over {} fault(s){}",
                 ms(f.min_ms),
                 ms(f.p50_ms),
                 ms(f.max_ms),
-                f.measured
+                f.measured,
+                if f.unrecovered > 0 {
+                    format!(", {} never recovered", f.unrecovered)
+                } else {
+                    String::new()
+                }
+            );
+            for (kind, f) in &self.failover_by_kind {
+                let _ = writeln!(
+                    s,
+                    "    {kind}: min {} / p50 {} / max {} over {}",
+                    ms(f.min_ms),
+                    ms(f.p50_ms),
+                    ms(f.max_ms),
+                    f.measured
+                );
+            }
+            let _ = writeln!(
+                s,
+                "  after healing, the first such write came: p50 {} / max {}",
+                ms(f.after_heal_p50_ms),
+                ms(f.after_heal_max_ms)
             );
         }
-        let _ = writeln!(
-            s,
-            "  after healing, the first such write came: p50 {} / max {}",
-            ms(f.after_heal_p50_ms),
-            ms(f.after_heal_max_ms)
-        );
         let _ = writeln!(
             s,
             "  produced: {} records sent, {} acknowledged, {} failed, {} unanswered ({} producer session(s), {} failed producer inits, {} sends skipped on a full partition backlog)",

@@ -315,6 +315,14 @@ pub async fn run(opts: &Options) -> Result<RunReport> {
     for f in &faults {
         *faults_by_kind.entry(f.kind.name().into()).or_default() += 1;
     }
+    // A rolling restart is a controlled shutdown, one broker at a time: every write must get
+    // through within the client's retries (a fault run allows failed writes, not this).
+    if opts.rollout.is_some() && workload_stats.records_failed > 0 {
+        problems.push(format!(
+            "{} record(s) failed after the client's retries during the rolling restart",
+            workload_stats.records_failed
+        ));
+    }
     if check.acknowledged == 0 {
         problems.push("no event was acknowledged: the workload never worked".into());
     }
