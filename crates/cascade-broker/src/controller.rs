@@ -150,6 +150,12 @@ impl Liveness {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether `node` said in its last heartbeat that it is shutting down (every node hears
+    /// every broker's heartbeats, not only the controller).
+    pub(crate) fn is_leaving(&self, node: u32) -> bool {
+        self.lock().leaving.contains(&node)
+    }
+
     fn heard(&self, node: u32, leaving: bool, problems: Vec<ReplicaProblem>) {
         let mut l = self.lock();
         l.last.insert(node, Instant::now());

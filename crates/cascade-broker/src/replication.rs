@@ -374,6 +374,10 @@ impl Broker {
             .map_or(i32::MAX, |a| a.partition_epoch);
         let fresh = partition_epoch >= current;
         let published_hw = part.high_watermark();
+        // A broker shutting down keeps fetching until it stops, but the controller has just
+        // taken it out of the in-sync set: adding it back would leave a member that is about
+        // to exit, and every acks=all write would wait for it until its session timed out.
+        let leaving = self.liveness.is_leaving(follower);
         let expand = {
             let mut r = part.lock_repl();
             if !r.replicas.contains(&follower) {
@@ -394,7 +398,7 @@ impl Broker {
             f.end = end;
             f.last_fetch = now;
             f.leader_end_at_last_fetch = leader_end;
-            let expand = fresh && r.may_rejoin_isr(follower, end, published_hw);
+            let expand = fresh && !leaving && r.may_rejoin_isr(follower, end, published_hw);
             if expand {
                 r.isr_change_pending = true;
                 r.pending_isr_add = Some(follower);
