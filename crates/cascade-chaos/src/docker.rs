@@ -472,6 +472,13 @@ impl Cluster {
     /// created later use `image` too.
     pub async fn replace_image(&mut self, id: u32, image: &str) -> Result<()> {
         let name = self.node(id).name.clone();
+        // The old container's log goes with it: keep it beside the others.
+        let old = self.logs(id).await.unwrap_or_default();
+        let path = self.data_root.join(format!(
+            "n{id}-before-{}.log",
+            image.replace([':', '/'], "_")
+        ));
+        std::fs::write(&path, old).with_context(|| format!("writing {}", path.display()))?;
         docker(&["rm", "-f", &name]).await?;
         self.image = image.to_string();
         self.create_node(id).await
