@@ -1,14 +1,7 @@
 //! `cascade server`: lock the data directory, start the HTTP listener (health and metrics
 //! first, so orchestrators can watch recovery; the REST API of [`cascade_rest`] answers 503
-//! until the broker is open), open the broker, serve gRPC, and on SIGTERM or Ctrl-C stop in
-//! this order (a controlled shutdown, as Kafka's):
-//! 1. hand every leadership to another in-sync replica (up to 5 s), still serving everything;
-//! 2. refuse new client requests (`UNAVAILABLE`, retriable; `/readyz` 503) and give those
-//!    already admitted a moment to finish;
-//! 3. close every log cleanly and leave the metadata Raft group, still answering the other
-//!    nodes meanwhile (a node that stopped serving them first would stop hearing the Raft
-//!    leader and call an election the cluster does not need);
-//! 4. stop the listeners (connections still open after a grace period are closed).
+//! until the broker is open), open the broker, serve gRPC, and on SIGTERM or Ctrl-C stop
+//! accepting, let in-flight requests finish, and close every log cleanly.
 
 use crate::config::ServerConfig;
 use anyhow::{Context, Result};
@@ -40,11 +33,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// How long client requests admitted before the node stopped admitting them get to finish
-/// (their partitions have moved to other leaders by then, so they end quickly).
-const REQUEST_DRAIN: Duration = Duration::from_millis(500);
-
-/// How long connections may stay open once the listeners stop.
+/// How long in-flight requests may take to finish after a stop signal.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Holds the data directory's lock for the life of the process.
@@ -309,8 +298,6 @@ pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
         .with_context(|| format!("binding the gRPC listener to {}", cfg.grpc_addr))?;
     let grpc_local = grpc_listener.local_addr()?;
     let ready = Arc::new(AtomicBool::new(false));
-    // The listeners stop after the broker (see the module docs), not at the signal.
-    let serving = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     let mut http_local = None;
     if let Some(addr) = cfg.http_addr {
@@ -337,10 +324,10 @@ pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
             ready.clone(),
             ready_gate,
         ));
-        let serving = serving.clone();
+        let stop = stop.clone();
         tasks.spawn(async move {
             axum::serve(listener, router)
-                .with_graceful_shutdown(serving.cancelled_owned())
+                .with_graceful_shutdown(stop.cancelled_owned())
                 .await
                 .context("HTTP server")
         });
@@ -380,7 +367,7 @@ pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
     .await
     .context("opening the broker")?;
     let grpc = grpc_router(&broker, cfg.max_request_bytes, ready.clone());
-    let grpc_stop = serving.clone();
+    let grpc_stop = stop.clone();
     tasks.spawn(async move {
         // Our own listener (bound before the broker starts, so port conflicts fail fast) means
         // tonic's `tcp_nodelay` does not apply: set it per connection, or Nagle's algorithm
@@ -399,7 +386,6 @@ pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
         r = broker.start() => r.context("starting the broker")?,
         _ = stop.cancelled() => {
             broker.shutdown().await;
-            serving.cancel();
             return Ok(());
         }
     }
@@ -431,11 +417,9 @@ pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
         .hand_off_leadership(std::time::Duration::from_secs(5))
         .await;
     ready.store(false, Ordering::SeqCst);
-    tokio::time::sleep(REQUEST_DRAIN).await;
     broker.begin_shutdown();
-    broker.shutdown().await;
-    serving.cancel();
-    // A client that keeps a connection open must not keep the node from exiting.
+    // In-flight requests get a bounded grace period: a client that keeps a connection open
+    // must not keep the node from stopping (and from closing its logs cleanly).
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while let Some(r) = tasks.join_next().await {
             if let Ok(Err(e)) = r
@@ -453,6 +437,7 @@ pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
         );
         tasks.abort_all();
     }
+    broker.shutdown().await;
     tracing::info!("stopped cleanly");
     result
 }
