@@ -338,19 +338,7 @@ impl Cluster {
             args.extend(["--seeds", &seeds]);
         }
         docker(&args).await?;
-        let node = Node {
-            id,
-            name,
-            ip,
-            state: NodeState::Down,
-            disk: DISK_HEALTHY.into(),
-            dropping_to: Vec::new(),
-            clock: CLOCK_RIGHT.into(),
-        };
-        match self.nodes.get_mut(id as usize - 1) {
-            Some(n) => *n = node,
-            None => self.nodes.push(node),
-        }
+        self.record_node(id, name, ip);
         Ok(())
     }
 
@@ -411,19 +399,7 @@ impl Cluster {
         args.extend(pod.args.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         docker(&args).await?;
-        let node = Node {
-            id,
-            name,
-            ip,
-            state: NodeState::Down,
-            disk: DISK_HEALTHY.into(),
-            dropping_to: Vec::new(),
-            clock: CLOCK_RIGHT.into(),
-        };
-        match self.nodes.get_mut(id as usize - 1) {
-            Some(n) => *n = node,
-            None => self.nodes.push(node),
-        }
+        self.record_node(id, name, ip);
         Ok(())
     }
 
@@ -482,6 +458,23 @@ impl Cluster {
         docker(&["rm", "-f", &name]).await?;
         self.image = image.to_string();
         self.create_node(id).await
+    }
+
+    /// Records node `id`'s new container (replacing the old record, as after an upgrade).
+    fn record_node(&mut self, id: u32, name: String, ip: String) {
+        let node = Node {
+            id,
+            name,
+            ip,
+            state: NodeState::Down,
+            disk: DISK_HEALTHY.into(),
+            dropping_to: Vec::new(),
+            clock: CLOCK_RIGHT.into(),
+        };
+        match self.nodes.get_mut(id as usize - 1) {
+            Some(n) => *n = node,
+            None => self.nodes.push(node),
+        }
     }
 
     /// The host directory mounted as node `id`'s `/data`.

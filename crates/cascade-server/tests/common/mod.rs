@@ -32,38 +32,15 @@ pub struct Node {
 impl Node {
     /// Starts a node on `dir` with extra flags.
     pub fn start_with(dir: &Path, extra: &[&str]) -> Node {
-        let mut node = Node {
-            child: None,
-            dir: dir.to_path_buf(),
-            grpc: String::new(),
-            http: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            env: Vec::new(),
-            grpc_port: 0,
-        };
-        node.spawn();
-        node
+        Self::start_on_port_with_env(dir, 0, extra, &[])
     }
 
     /// Starts a node on `dir` with extra flags and environment variables.
     pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Node {
-        let mut node = Node {
-            child: None,
-            dir: dir.to_path_buf(),
-            grpc: String::new(),
-            http: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            grpc_port: 0,
-        };
-        node.spawn();
-        node
+        Self::start_on_port_with_env(dir, 0, extra, env)
     }
 
-    /// Starts a node on `dir` whose gRPC listener is on `port`, with extra flags and
+    /// Starts a node on `dir` whose gRPC listener is on `port` (0: any), with extra flags and
     /// environment variables.
     pub fn start_on_port_with_env(
         dir: &Path,
@@ -89,17 +66,7 @@ impl Node {
 
     /// Starts a node on `dir` whose gRPC listener is on `port`.
     pub fn start_on_port(dir: &Path, port: u16, extra: &[&str]) -> Node {
-        let mut node = Node {
-            child: None,
-            dir: dir.to_path_buf(),
-            grpc: String::new(),
-            http: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            env: Vec::new(),
-            grpc_port: port,
-        };
-        node.spawn();
-        node
+        Self::start_on_port_with_env(dir, port, extra, &[])
     }
 
     /// Starts a node on `dir`.
