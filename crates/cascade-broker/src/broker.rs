@@ -336,18 +336,14 @@ impl Broker {
             let node = openraft::BasicNode {
                 addr: self.config.advertised_grpc_addr.clone(),
             };
-            self.meta
+            let nodes = [(u64::from(me), node)].into_iter().collect();
+            let change = self
+                .meta
                 .raft()
-                .change_membership(
-                    openraft::ChangeMembers::SetNodes(
-                        [(u64::from(me), node)].into_iter().collect(),
-                    ),
-                    true,
-                )
-                .await
-                .map_err(|e| {
-                    BrokerError::Metadata(format!("recording this node's new address: {e}"))
-                })?;
+                .change_membership(openraft::ChangeMembers::SetNodes(nodes), true);
+            self.meta.raft_call(change).await?.map_err(|e| {
+                BrokerError::Metadata(format!("recording this node's new address: {e}"))
+            })?;
         }
         if self.meta.snapshot().cluster_id.is_empty() {
             self.meta

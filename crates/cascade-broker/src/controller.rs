@@ -734,21 +734,22 @@ impl Controller for ControllerService {
         let id = u64::from(r.node_id);
         tracing::info!(node = r.node_id, addr = %r.grpc_addr, "node joining");
         let raft = b.meta.raft();
-        raft.add_learner(
-            id,
-            BasicNode {
-                addr: r.grpc_addr.clone(),
-            },
-            true,
-        )
-        .await
-        .map_err(|e| Status::unavailable(format!("adding learner: {e}")))?;
+        let learner = BasicNode {
+            addr: r.grpc_addr.clone(),
+        };
+        b.meta
+            .raft_call(raft.add_learner(id, learner, true))
+            .await
+            .map_err(Status::from)?
+            .map_err(|e| Status::unavailable(format!("adding learner: {e}")))?;
         let voters: BTreeSet<u64> = b.meta.voters().into_iter().map(u64::from).collect();
         if !voters.contains(&id) {
             let mut all = voters;
             all.insert(id);
-            raft.change_membership(all, false)
+            b.meta
+                .raft_call(raft.change_membership(all, false))
                 .await
+                .map_err(Status::from)?
                 .map_err(|e| Status::unavailable(format!("adding voter: {e}")))?;
         }
         // Heard before it is registered unfenced: the liveness check runs beside this call and,

@@ -763,7 +763,9 @@ pub struct Metadata {
     sm: StateMachine,
     /// Serializes local proposals so each is validated against the state its predecessors left.
     propose: Mutex<()>,
-    /// Cancelled by [`Metadata::shutdown`]: a proposal still waiting for a quorum gives up.
+    /// Cancelled by [`Metadata::shutdown`] before it stops Raft: every call into the Raft core
+    /// (local proposals, reads, membership changes, peers' messages) gives up (see
+    /// [`crate::raft::gated`]).
     stopping: CancellationToken,
     /// Linearizable reads in flight, shared (see [`Metadata::read_linearizable`]).
     reads: ReadCoalescer,
@@ -824,9 +826,25 @@ impl Metadata {
         self.raft.shutdown().await.map_err(raft_err)
     }
 
+    /// The internal `Raft` gRPC service for this node's Raft node, refusing peers' messages
+    /// once [`Metadata::shutdown`] has begun.
+    pub fn raft_service(&self) -> crate::raft::RaftService {
+        crate::raft::RaftService::new(self.raft.clone(), self.stopping.clone())
+    }
+
+    /// Runs `call`, a call into this node's Raft core, unless the node is stopping (see
+    /// [`crate::raft::gated`]).
+    pub async fn raft_call<T>(&self, call: impl std::future::Future<Output = T>) -> Result<T> {
+        crate::raft::gated(&self.stopping, call)
+            .await
+            .ok_or(BrokerError::ShuttingDown)
+    }
+
     /// True if this node already belongs to a cluster (it has Raft state).
     pub async fn is_member(&self) -> Result<bool> {
-        self.raft.is_initialized().await.map_err(raft_err)
+        self.raft_call(self.raft.is_initialized())
+            .await?
+            .map_err(raft_err)
     }
 
     /// Starts a new cluster with this node as its only voter.
@@ -838,7 +856,7 @@ impl Metadata {
                 addr: grpc_addr.to_string(),
             },
         );
-        match self.raft.initialize(members).await {
+        match self.raft_call(self.raft.initialize(members)).await? {
             Ok(()) => Ok(()),
             Err(openraft::error::RaftError::APIError(
                 openraft::error::InitializeError::NotAllowed(_),
@@ -917,9 +935,17 @@ impl Metadata {
     /// returns the metadata version it has then applied. Any metadata change that completed
     /// before this call began is at or below that version.
     pub async fn confirmed_version(&self) -> Result<u64> {
-        self.raft
-            .ensure_linearizable()
-            .await
+        // As `raft_call`, written out: the generic wrapper nests this future (which produce
+        // paths await) deeper than the compiler's layout query depth allows.
+        if self.stopping.is_cancelled() {
+            return Err(BrokerError::ShuttingDown);
+        }
+        let confirmed = tokio::select! {
+            biased;
+            _ = self.stopping.cancelled() => return Err(BrokerError::ShuttingDown),
+            r = self.raft.ensure_linearizable() => r,
+        };
+        confirmed
             .map_err(|e| BrokerError::NoController(format!("confirming the controller: {e}")))?;
         Ok(self.snapshot().version)
     }

@@ -1,7 +1,15 @@
 //! `cascade server`: lock the data directory, start the HTTP listener (health and metrics
 //! first, so orchestrators can watch recovery; the REST API of [`cascade_rest`] answers 503
-//! until the broker is open), open the broker, serve gRPC, and on SIGTERM or Ctrl-C stop
-//! accepting, let in-flight requests finish, and close every log cleanly.
+//! until the broker is open), open the broker, serve gRPC, and on SIGTERM or Ctrl-C stop in
+//! this order (a controlled shutdown, as Kafka's):
+//! 1. hand every leadership to another in-sync replica (up to 5 s), still serving everything;
+//! 2. refuse new client requests (`UNAVAILABLE`, retriable; `/readyz` 503) and give those
+//!    already admitted a moment to finish;
+//! 3. close every log cleanly and leave the metadata Raft group, still answering the other
+//!    nodes meanwhile (a node that stopped serving them first would stop hearing the Raft
+//!    leader and call an election the cluster does not need); once Raft begins stopping,
+//!    peers' Raft messages get `UNAVAILABLE` (see `cascade_broker::raft::gated`);
+//! 4. stop the listeners (connections still open after a grace period are closed).
 
 use crate::config::ServerConfig;
 use anyhow::{Context, Result};
@@ -12,7 +20,6 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use cascade_broker::controller::ControllerService;
 use cascade_broker::grpc::{AdminService, ConsumersService, GroupsService, RecordsService};
-use cascade_broker::raft::RaftService;
 use cascade_broker::replication::ReplicationService;
 use cascade_broker::{Broker, BrokerConfig};
 use cascade_log::fs::FileSystem;
@@ -33,7 +40,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// How long in-flight requests may take to finish after a stop signal.
+/// How long client requests admitted before the node stopped admitting them get to finish
+/// (their partitions have moved to other leaders by then, so they end quickly).
+const REQUEST_DRAIN: Duration = Duration::from_millis(500);
+
+/// How long connections may stay open once the listeners stop.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Holds the data directory's lock for the life of the process.
@@ -207,7 +218,7 @@ pub fn grpc_router(
             gate,
         ))
         .add_service(
-            RaftServer::new(RaftService::new(broker.metadata().raft().clone()))
+            RaftServer::new(broker.metadata().raft_service())
                 .max_decoding_message_size(256 << 20)
                 .max_encoding_message_size(256 << 20),
         )
@@ -298,6 +309,8 @@ pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
         .with_context(|| format!("binding the gRPC listener to {}", cfg.grpc_addr))?;
     let grpc_local = grpc_listener.local_addr()?;
     let ready = Arc::new(AtomicBool::new(false));
+    // The listeners stop after the broker (see the module docs), not at the signal.
+    let serving = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     let mut http_local = None;
     if let Some(addr) = cfg.http_addr {
@@ -324,10 +337,10 @@ pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
             ready.clone(),
             ready_gate,
         ));
-        let stop = stop.clone();
+        let serving = serving.clone();
         tasks.spawn(async move {
             axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
+                .with_graceful_shutdown(serving.cancelled_owned())
                 .await
                 .context("HTTP server")
         });
@@ -367,7 +380,7 @@ pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
     .await
     .context("opening the broker")?;
     let grpc = grpc_router(&broker, cfg.max_request_bytes, ready.clone());
-    let grpc_stop = stop.clone();
+    let grpc_stop = serving.clone();
     tasks.spawn(async move {
         // Our own listener (bound before the broker starts, so port conflicts fail fast) means
         // tonic's `tcp_nodelay` does not apply: set it per connection, or Nagle's algorithm
@@ -386,6 +399,7 @@ pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
         r = broker.start() => r.context("starting the broker")?,
         _ = stop.cancelled() => {
             broker.shutdown().await;
+            serving.cancel();
             return Ok(());
         }
     }
@@ -417,9 +431,11 @@ pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
         .hand_off_leadership(std::time::Duration::from_secs(5))
         .await;
     ready.store(false, Ordering::SeqCst);
+    tokio::time::sleep(REQUEST_DRAIN).await;
     broker.begin_shutdown();
-    // In-flight requests get a bounded grace period: a client that keeps a connection open
-    // must not keep the node from stopping (and from closing its logs cleanly).
+    broker.shutdown().await;
+    serving.cancel();
+    // A client that keeps a connection open must not keep the node from exiting.
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while let Some(r) = tasks.join_next().await {
             if let Ok(Err(e)) = r
@@ -437,7 +453,6 @@ pub async fn run(cfg: ServerConfig, stop: CancellationToken) -> Result<()> {
         );
         tasks.abort_all();
     }
-    broker.shutdown().await;
     tracing::info!("stopped cleanly");
     result
 }

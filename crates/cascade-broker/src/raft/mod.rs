@@ -56,16 +56,45 @@ pub fn raft_config() -> Arc<openraft::Config> {
 /// How long a metadata proposal may take before it is reported as failed.
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The internal `Raft` gRPC service: hands peers' messages to the local Raft node.
+/// Runs `call`, a call into the Raft core, unless `stopping` is (or becomes) cancelled first;
+/// `None` then.
+///
+/// Why: openraft logs an error when a caller is still waiting for the core's answer as the
+/// core stops, which an ordinary stop must not do. The stop cancels `stopping` before it stops
+/// the core, and the select is biased towards it, so a call woken by the stopped core's
+/// dropped answer sees the cancellation first and is dropped before it can notice.
+pub async fn gated<T>(
+    stopping: &tokio_util::sync::CancellationToken,
+    call: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    if stopping.is_cancelled() {
+        return None;
+    }
+    tokio::select! {
+        biased;
+        _ = stopping.cancelled() => None,
+        r = call => Some(r),
+    }
+}
+
+/// The internal `Raft` gRPC service: hands peers' messages to the local Raft node, and answers
+/// `UNAVAILABLE` (peers retry) once this node has begun stopping its Raft node.
 #[derive(Clone)]
 pub struct RaftService {
     raft: MetaRaft,
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 impl RaftService {
-    /// Serves `raft`.
-    pub fn new(raft: MetaRaft) -> Self {
-        Self { raft }
+    /// Serves `raft` until `stopping` is cancelled (see [`gated`]).
+    pub fn new(raft: MetaRaft, stopping: tokio_util::sync::CancellationToken) -> Self {
+        Self { raft, stopping }
+    }
+
+    async fn call<T>(&self, call: impl std::future::Future<Output = T>) -> Result<T, Status> {
+        gated(&self.stopping, call)
+            .await
+            .ok_or_else(|| Status::unavailable("this node is stopping its metadata Raft node"))
     }
 }
 
@@ -86,12 +115,12 @@ impl RaftRpc for RaftService {
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(req.get_ref())?;
-        encode(&self.raft.append_entries(rpc).await)
+        encode(&self.call(self.raft.append_entries(rpc)).await?)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(req.get_ref())?;
-        encode(&self.raft.vote(rpc).await)
+        encode(&self.call(self.raft.vote(rpc)).await?)
     }
 
     async fn install_snapshot(
@@ -99,7 +128,7 @@ impl RaftRpc for RaftService {
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(req.get_ref())?;
-        encode(&self.raft.install_snapshot(rpc).await)
+        encode(&self.call(self.raft.install_snapshot(rpc)).await?)
     }
 }
 
