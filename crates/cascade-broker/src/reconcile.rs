@@ -254,6 +254,7 @@ impl Broker {
                     a.elr.clone(),
                 )
                 .await?;
+                tracing::debug!(topic = %t.name, partition = i, leader = a.leader, epoch = a.leader_epoch, from = ?role, "following");
                 if a.leader != 0 {
                     self.start_fetcher(part.clone(), a.leader, a.leader_epoch);
                 }

@@ -8,11 +8,28 @@
 //!    epochs kept; fsync'd by the actor's group commit under `flush=always`), then take the
 //!    leader's high watermark (capped by the local end). Fetching from offset N tells the
 //!    leader "everything below N is durable here": that is the follower's acknowledgement.
+//!    Each fetch names the epoch of the local last batch; a leader that answers `diverging`
+//!    (or an append that no longer fits the local end) sends the fetcher back to step 1.
 //!
-//! Leader side — [`Broker::replica_fetch`]: checks the epoch, records the follower's progress,
+//! Invariant: what a follower appends, and what a leader credits it with, is the log of the
+//! epoch the fetch named. Truncating once per leader is not enough for that:
+//! - a fetch waits at the leader; a leader that hands over meanwhile copies its successor's
+//!   batches into the very log the wait reads, so the leader reads first, then checks that
+//!   it still leads the epoch (a replica leads an epoch once), and answers not-leader if not;
+//! - the follower refuses batches of an epoch newer than the one it follows, and a response
+//!   that no longer starts at its log end records no epoch and sends it back to step 1;
+//! - each fetch names the epoch of the follower's last batch, and the leader answers
+//!   `diverging` (crediting nothing) unless its own batch below the fetch offset is of that
+//!   epoch (Kafka's last-fetched-epoch check), which also sends the follower back to step 1.
+//!
+//! (Found by the StatefulSet rolling-restart run: an in-sync follower held an old leader's
+//! batches under its new leader's, at offsets where the leader held others.)
+//!
+//! Leader side — [`Broker::replica_fetch`]: checks the epoch and that the follower's log
+//! agrees with its own below the fetch offset, records the follower's progress,
 //! recomputes the high watermark, proposes adding the follower back to the in-sync set once it
 //! has caught up to the high watermark, and answers with the batches from the fetch offset
-//! (long-polling the log end). [`Broker::check_isr`] (periodic) proposes removing followers
+//! (long-polling the log end, then checking it still leads the fetch's epoch). [`Broker::check_isr`] (periodic) proposes removing followers
 //! that have not caught up for `replica_lag_max`. In-sync set changes go through the
 //! controller as compare-and-set updates on the partition epoch.
 
@@ -40,6 +57,15 @@ const FETCH_BYTES: u32 = 4 << 20;
 const FETCH_WAIT: Duration = Duration::from_millis(500);
 /// How often a follower whose local storage failed (a full disk) tries again.
 const STORAGE_RETRY: Duration = Duration::from_secs(2);
+
+/// How one round of a follower's fetch loop ended.
+enum Fetched {
+    /// Batches appended (or none were new).
+    Done,
+    /// The leader found the local log diverging, or the batches no longer fit the local end:
+    /// truncate against the leader again before the next fetch.
+    TruncateAgain,
+}
 
 /// Running fetchers and channels to peers.
 #[derive(Debug, Default)]
@@ -110,6 +136,8 @@ impl Broker {
     async fn follow(self: &Arc<Self>, part: Arc<Partition>, leader: u32, epoch: i32) {
         let me = self.config.node_id;
         let mut truncated = false;
+        // Truncation rounds asked for in a row (see `Fetched::TruncateAgain`).
+        let mut again = 0u32;
         let mut backoff = Duration::from_millis(50);
         let mut storage_failing: Option<String> = None;
         loop {
@@ -137,6 +165,11 @@ impl Broker {
                     truncated = true;
                 }
                 let fetch_offset = part.reader().end_offset();
+                // The epoch of the last batch: the latest entry that starts below the end.
+                // Not simply the latest entry: a replica that took the leader role and wrote
+                // nothing in it keeps an entry at its end, an epoch its successor may never
+                // have had, and naming it would be answered `diverging` on every fetch.
+                let last_fetched_epoch = last_batch_epoch(part.epochs().entries(), fetch_offset);
                 let partition_epoch = self
                     .meta
                     .snapshot()
@@ -152,6 +185,7 @@ impl Broker {
                     fetch_offset,
                     max_bytes: FETCH_BYTES,
                     max_wait_ms: FETCH_WAIT.as_millis() as u32,
+                    last_fetched_epoch,
                 });
                 req.set_timeout(FETCH_WAIT + Duration::from_secs(5));
                 let resp = match client.fetch(req).await {
@@ -166,23 +200,56 @@ impl Broker {
                         return Err(BrokerError::from_remote(&s));
                     }
                 };
+                if resp.diverging {
+                    tracing::info!(topic = %part.topic, partition = part.index, leader, epoch, fetch_offset, ?last_fetched_epoch, "the leader finds this replica's log diverging from its own: truncating again");
+                    truncated = false;
+                    return Ok(Fetched::TruncateAgain);
+                }
                 if !resp.records.is_empty() {
-                    part.append_replicated(resp.records.to_vec(), epoch).await?;
+                    match part.append_replicated(resp.records.to_vec(), epoch).await {
+                        Err(BrokerError::Storage(cascade_log::LogError::NonContiguous {
+                            expected,
+                            got,
+                        })) => {
+                            // The local end moved since this fetch was sent (only a cut or
+                            // another append can move it): check against the leader again.
+                            tracing::info!(topic = %part.topic, partition = part.index, leader, epoch, expected, got, "fetched batches no longer fit the local log end: truncating again");
+                            truncated = false;
+                            return Ok(Fetched::TruncateAgain);
+                        }
+                        r => {
+                            r?;
+                        }
+                    }
                 }
                 {
                     let mut r = part.lock_repl();
                     r.leader_hw = r.leader_hw.max(resp.high_watermark);
                 }
                 part.update_hw();
-                Ok::<(), BrokerError>(())
+                Ok::<Fetched, BrokerError>(Fetched::Done)
             }
             .await;
             match r {
-                Ok(()) => {
+                Ok(Fetched::Done) => {
                     if storage_failing.take().is_some() {
                         tracing::warn!(topic = %part.topic, partition = part.index, "follower storage works again; replicating");
                     }
                     backoff = Duration::from_millis(50);
+                    again = 0;
+                }
+                Ok(Fetched::TruncateAgain) => {
+                    // Once is the normal case (the log moved, or a suffix slipped through);
+                    // over and over means this replica and the leader disagree about where
+                    // their logs part: back off rather than spin, and say so.
+                    again += 1;
+                    if again > 1 {
+                        if again == 5 {
+                            tracing::warn!(topic = %part.topic, partition = part.index, leader, epoch, "the leader keeps finding this replica's log diverging after truncation; retrying with back-off");
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
                 }
                 Err(BrokerError::Storage(e)) => {
                     // A full disk (ENOSPC) is often transient: the failed append was rolled
@@ -262,7 +329,9 @@ impl Broker {
             }
             return Ok(());
         }
-        match find_divergence(&entries, local_end, ask).await? {
+        let divergence = find_divergence(&entries, local_end, ask).await?;
+        tracing::debug!(topic = %part.topic, partition = part.index, epoch, local_end, ?entries, ?divergence, "truncation point against the leader");
+        match divergence {
             Divergence::CutAt(c) if c < part.reader().start_offset() => {
                 // The divergence is below what retention left here: nothing local is shared.
                 let start = c.max(leader_start);
@@ -328,17 +397,38 @@ impl Broker {
                 end,
             });
         }
+        if let Some(last) = r.last_fetched_epoch
+            && diverges(&part.epochs(), last, r.fetch_offset, start, end)
+        {
+            tracing::info!(topic = %r.topic, partition = r.partition, follower = r.replica_id, last_fetched_epoch = last, fetch_offset = r.fetch_offset, "a follower's log diverges from this leader's: it truncates before fetching");
+            return Ok(ReplicaFetchResponse {
+                records: Default::default(),
+                high_watermark: part.high_watermark(),
+                log_start_offset: start,
+                log_end_offset: end,
+                diverging: true,
+            });
+        }
         self.record_follower(&part, r.replica_id, r.fetch_offset, r.partition_epoch);
-        // Long-poll until something past the fetch offset is acknowledged locally.
+        // Long-poll until something past the fetch offset is acknowledged locally, or the
+        // role changes (the follower then hears at once that this replica stopped leading).
         let mut end_rx = part.watch_end();
+        let mut role_rx = part.watch_role();
         let wait = Duration::from_millis(u64::from(r.max_wait_ms).min(5_000));
         let _ = tokio::time::timeout(wait, async {
             loop {
-                if *end_rx.borrow_and_update() > r.fetch_offset || self.shutdown.is_cancelled() {
+                if *end_rx.borrow_and_update() > r.fetch_offset
+                    || *role_rx.borrow_and_update()
+                        != (Role::Leader {
+                            epoch: r.leader_epoch,
+                        })
+                    || self.shutdown.is_cancelled()
+                {
                     return;
                 }
-                if end_rx.changed().await.is_err() {
-                    return;
+                tokio::select! {
+                    r = end_rx.changed() => if r.is_err() { return },
+                    r = role_rx.changed() => if r.is_err() { return },
                 }
             }
         })
@@ -349,11 +439,20 @@ impl Broker {
             tokio::task::spawn_blocking(move || reader.read_until(r.fetch_offset, max, limit))
                 .await
                 .map_err(|e| BrokerError::Metadata(format!("read panicked: {e}")))??;
+        // Only what was read while this replica still led `leader_epoch` is that leader's log.
+        // A leader that stepped down during the wait cuts its log and copies its new leader's
+        // batches, possibly at the very offsets asked for: sent as this epoch's, they would sit
+        // above the follower's own batches of this epoch, a mix no truncation finds (the
+        // rolling-restart run found followers holding one leader's batches followed by
+        // another's, in sync). A replica leads an epoch once, so the role being unchanged
+        // now means it was unchanged during the read.
+        self.still_leading(&part, &r.topic, r.partition, r.leader_epoch)?;
         Ok(ReplicaFetchResponse {
             records: fetched.data,
             high_watermark: part.high_watermark(),
             log_start_offset: fetched.start_offset,
             log_end_offset: limit,
+            diverging: false,
         })
     }
 
@@ -541,20 +640,85 @@ impl Broker {
     pub fn epoch_end_offset(&self, r: &EpochEndOffsetRequest) -> Result<EpochEndOffsetResponse> {
         let part = self.leading(&r.topic, r.partition, r.leader_epoch)?;
         let end = part.reader().end_offset();
-        if r.requested_epoch < 0 {
-            return Ok(EpochEndOffsetResponse {
+        let answer = if r.requested_epoch < 0 {
+            EpochEndOffsetResponse {
                 epoch: -1,
                 end_offset: part.reader().start_offset(),
-            });
-        }
-        Ok(match part.epochs().end_offset_for(r.requested_epoch, end) {
-            Some((epoch, end_offset)) => EpochEndOffsetResponse { epoch, end_offset },
-            None => EpochEndOffsetResponse {
-                epoch: -1,
-                end_offset: part.reader().start_offset(),
-            },
-        })
+            }
+        } else {
+            match part.epochs().end_offset_for(r.requested_epoch, end) {
+                Some((epoch, end_offset)) => EpochEndOffsetResponse { epoch, end_offset },
+                None => EpochEndOffsetResponse {
+                    epoch: -1,
+                    end_offset: part.reader().start_offset(),
+                },
+            }
+        };
+        // As for a fetch: an answer read from a log that changed hands is not this epoch's.
+        self.still_leading(&part, &r.topic, r.partition, r.leader_epoch)?;
+        Ok(answer)
     }
+
+    /// Ok if `part` is still this node's replica of the partition and still leads `epoch`
+    /// (the error is what a request arriving now would get).
+    fn still_leading(
+        &self,
+        part: &Arc<Partition>,
+        topic: &str,
+        partition: u32,
+        epoch: i32,
+    ) -> Result<()> {
+        let now = self.leading(topic, partition, epoch)?;
+        if Arc::ptr_eq(&now, part) {
+            Ok(())
+        } else {
+            Err(BrokerError::NotLeader {
+                node: self.config.node_id,
+                topic: topic.to_string(),
+                partition,
+                leader: None,
+            })
+        }
+    }
+}
+
+/// The leader epoch of the batch just below `end` in a log with these epoch entries: the
+/// latest entry starting below it (entries at or past the end name epochs with no batches
+/// here yet); `None` for an empty log.
+fn last_batch_epoch(entries: &[(i32, u64)], end: u64) -> Option<i32> {
+    entries
+        .iter()
+        .rev()
+        .find(|&&(_, start)| start < end)
+        .map(|&(e, _)| e)
+}
+
+/// Whether a follower whose last batch has leader epoch `last` and whose log ends at
+/// `fetch_offset` diverges from a leader with these epochs and log range `[start, end)`: the
+/// leader's batch at `fetch_offset - 1` is not of epoch `last` (the leader never had that
+/// epoch, or its epoch `last` ends before `fetch_offset` or starts after that batch), so the
+/// follower holds batches below `fetch_offset` that the leader does not (KIP-279's check,
+/// done on every fetch as Kafka does with a fetch's last fetched epoch). A follower at the
+/// leader's log start is never diverging: nothing below it can be compared.
+fn diverges(
+    epochs: &crate::epochs::EpochCache,
+    last: i32,
+    fetch_offset: u64,
+    start: u64,
+    end: u64,
+) -> bool {
+    if fetch_offset <= start {
+        return false;
+    }
+    let entries = epochs.entries();
+    // The leader's latest epoch at or before `last`; none: every epoch here is newer, so the
+    // follower's last batch is of an epoch this log never had, at an offset it holds.
+    let Some(i) = entries.iter().rposition(|&(e, _)| e <= last) else {
+        return true;
+    };
+    let (epoch, epoch_start) = entries[i];
+    let epoch_end = entries.get(i + 1).map_or(end, |&(_, s)| s);
+    epoch != last || epoch_start >= fetch_offset || epoch_end < fetch_offset
 }
 
 /// The internal `Replication` gRPC service.
@@ -799,5 +963,86 @@ impl Broker {
                 tracing::warn!(topic = %part.topic, partition = part.index, error = %e, "scrub failed")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::diverges;
+    use crate::epochs::EpochCache;
+
+    /// Epochs 1@0, 3@10, 4@20 (2 never existed here), log [0, 30).
+    fn leader() -> (tempfile::TempDir, EpochCache) {
+        let root = tempfile::tempdir().unwrap();
+        let mut c = EpochCache::empty(&root.path().join("0"));
+        for (e, s) in [(1, 0), (3, 10), (4, 20)] {
+            c.assign(e, s).unwrap();
+        }
+        (root, c)
+    }
+
+    #[test]
+    fn a_follower_that_agrees_with_the_leader_is_not_diverging() {
+        let (_root, c) = leader();
+        for (last, at) in [(1, 10), (1, 5), (3, 20), (3, 11), (4, 30), (4, 21)] {
+            assert!(
+                !diverges(&c, last, at, 0, 30),
+                "epoch {last} ending at {at}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_follower_with_batches_the_leader_does_not_have_is_diverging() {
+        let (_root, c) = leader();
+        for (last, at, why) in [
+            (1, 11, "epoch 1 ends at 10 here"),
+            (2, 12, "epoch 2 never existed here"),
+            (3, 21, "epoch 3 ends at 20 here"),
+            (3, 10, "epoch 3 starts at 10: the batch at 9 is epoch 1"),
+            (5, 30, "a newer epoch than any here"),
+            (0, 5, "an epoch older than any here"),
+        ] {
+            assert!(diverges(&c, last, at, 0, 30), "{why}");
+        }
+    }
+
+    /// A replica that led an epoch without writing in it keeps that epoch's entry at its
+    /// end; its last batch is of the epoch before, and that is the one it names (naming the
+    /// empty one had a follower answered `diverging` on every fetch, truncating to the same
+    /// place each time, found by the StatefulSet rolling-restart run).
+    #[test]
+    fn the_last_batchs_epoch_skips_epochs_without_batches() {
+        use super::last_batch_epoch;
+        let entries = [(1, 0), (3, 10), (4, 20)];
+        assert_eq!(
+            last_batch_epoch(&entries, 20),
+            Some(3),
+            "epoch 4 has no batch yet"
+        );
+        assert_eq!(last_batch_epoch(&entries, 21), Some(4));
+        assert_eq!(last_batch_epoch(&entries, 10), Some(1));
+        assert_eq!(last_batch_epoch(&entries, 0), None, "an empty log");
+        assert_eq!(last_batch_epoch(&[], 5), None);
+        let (_root, c) = leader();
+        // A follower that led epoch 5 (its entry at its end, 30) without writing, fetching
+        // from a leader that never had epoch 5: it names 4, which agrees.
+        assert!(!diverges(
+            &c,
+            last_batch_epoch(&[(1, 0), (3, 10), (4, 20), (5, 30)], 30).unwrap(),
+            30,
+            0,
+            30
+        ));
+    }
+
+    #[test]
+    fn nothing_below_the_leaders_log_start_is_judged() {
+        let (_root, c) = leader();
+        assert!(
+            !diverges(&c, 0, 15, 15, 30),
+            "a follower restarting at the log start"
+        );
+        assert!(!diverges(&c, 7, 0, 0, 30), "an empty follower");
     }
 }

@@ -41,7 +41,8 @@ pub(crate) enum Command {
         batches: Vec<u8>,
         /// The leader epoch the fetcher that read them follows: refused unless it is still
         /// the one this replica follows (a cancelled fetcher's last append can arrive after
-        /// the role changed, and after the new fetcher checked for a divergent suffix).
+        /// the role changed, and after the new fetcher checked for a divergent suffix), and
+        /// refused if a batch is stamped with a newer epoch (no leader of `epoch` holds one).
         epoch: i32,
         reply: oneshot::Sender<Result<AppendInfo>>,
     },
@@ -209,11 +210,32 @@ impl Actor {
             })
     }
 
+    /// Appends a leader's batches, recording each new epoch they start first (the cache
+    /// invariant). A first batch that does not start at the log end is refused before any
+    /// epoch is recorded for it, and a failed append forgets the epochs it recorded: an entry
+    /// left behind would name batches already in the log as the new epoch's, and truncation,
+    /// which trusts the cache, would keep them.
     fn append_replicated(&mut self, batches: &[u8]) -> Result<AppendInfo> {
-        for (epoch, start) in epochs_in(batches) {
-            self.epochs().assign(epoch, start)?;
+        let end = self.log.end_offset();
+        if let Ok(h) = BatchHeader::parse(batches)
+            && u64::try_from(h.base_offset).ok() != Some(end)
+        {
+            return Err(BrokerError::Storage(LogError::NonContiguous {
+                expected: end,
+                got: h.base_offset.max(0) as u64,
+            }));
         }
-        Ok(self.log.append_replicated(batches)?)
+        let appended = epochs_in(batches)
+            .into_iter()
+            .try_for_each(|(epoch, start)| self.epochs().assign(epoch, start))
+            .and_then(|()| Ok(self.log.append_replicated(batches)?));
+        if appended.is_err() {
+            let end = self.log.end_offset();
+            if let Err(e) = self.epochs().truncate_from(end) {
+                tracing::error!(dir = %self.dir.display(), error = %e, "forgetting the epochs of a failed append");
+            }
+        }
+        appended
     }
 
     fn publish(&self) {
@@ -271,15 +293,27 @@ impl Actor {
                         epoch,
                         reply,
                     } => {
-                        let r = if self.follower_epoch == Some(epoch) {
-                            self.append_replicated(&batches)
-                        } else {
-                            Err(BrokerError::FencedLeaderEpoch {
+                        // The leader of `epoch` can only hold batches of `epoch` or older: a
+                        // newer one means the log that answered had changed hands (a deposed
+                        // leader copying its successor) and the batches are not that leader's.
+                        let newer = epochs_in(&batches)
+                            .into_iter()
+                            .map(|(e, _)| e)
+                            .find(|&e| e > epoch);
+                        let r = match (self.follower_epoch == Some(epoch), newer) {
+                            (true, None) => self.append_replicated(&batches),
+                            (true, Some(newer)) => Err(BrokerError::FencedLeaderEpoch {
+                                topic: String::new(),
+                                partition: 0,
+                                got: epoch,
+                                current: newer,
+                            }),
+                            (false, _) => Err(BrokerError::FencedLeaderEpoch {
                                 topic: String::new(),
                                 partition: 0,
                                 got: epoch,
                                 current: self.follower_epoch.unwrap_or(-1),
-                            })
+                            }),
                         };
                         super::note_space(&self.disk_full, &self.dir, &r);
                         replies.push((reply, r));
