@@ -972,6 +972,75 @@ mod tests {
         b.finish()
     }
 
+    /// The leader of epoch E holds no batch of a newer epoch: batches stamped newer come from
+    /// a log that changed hands while the fetch waited (a deposed leader copying its
+    /// successor), and are refused, writing nothing and recording no epoch.
+    #[tokio::test]
+    async fn a_follower_refuses_batches_newer_than_the_epoch_it_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = open_replica(dir.path(), 3);
+        part.become_follower(1, 4, vec![1, 2, 3], vec![1, 2, 3], vec![])
+            .await
+            .unwrap();
+        let mut batch = one_record(b"x");
+        stamp_epoch(&mut batch, 5);
+        let err = part.append_replicated(batch.clone(), 4).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BrokerError::FencedLeaderEpoch {
+                    got: 4,
+                    current: 5,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(part.reader().end_offset(), 0, "nothing was written");
+        assert!(part.epochs().entries().is_empty(), "no epoch was recorded");
+        stamp_epoch(&mut batch, 4);
+        part.append_replicated(batch, 4).await.unwrap();
+        assert_eq!(part.epochs().entries(), &[(4, 0)]);
+    }
+
+    /// A fetched response that does not start at the log end (the log moved since the fetch
+    /// was sent) is refused before its epochs are recorded: an entry left behind would name
+    /// the batches already there as the new epoch's, and truncation, which trusts the cache,
+    /// would keep them.
+    #[tokio::test]
+    async fn a_replicated_append_that_does_not_fit_records_no_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = open_replica(dir.path(), 3);
+        part.become_follower(1, 3, vec![1, 2, 3], vec![1, 2, 3], vec![])
+            .await
+            .unwrap();
+        let mut first = one_record(b"a");
+        stamp_epoch(&mut first, 2);
+        part.append_replicated(first, 3).await.unwrap();
+        part.become_follower(1, 4, vec![1, 2, 3], vec![1, 2, 3], vec![])
+            .await
+            .unwrap();
+        // The new leader's batch at offset 0 (it never had ours), sent to a log ending at 1.
+        let mut other = one_record(b"b");
+        stamp_epoch(&mut other, 4);
+        let err = part.append_replicated(other, 4).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BrokerError::Storage(cascade_log::LogError::NonContiguous {
+                    expected: 1,
+                    got: 0
+                })
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            part.epochs().entries(),
+            &[(2, 0)],
+            "epoch 4 must not be recorded over the epoch-2 batch"
+        );
+    }
+
     /// A fetcher cancelled by a leader change may still deliver its last response: once the
     /// replica follows a newer epoch, that append must be refused, or it could land after the
     /// new fetcher checked for a divergent suffix and stay as a batch no leader has.
