@@ -58,6 +58,11 @@ pub enum FaultKind {
     KillLeader,
     /// Stop a partition leader with SIGSTOP, later resume it (SIGCONT).
     PauseLeader,
+    /// Stop a partition leader gracefully (SIGTERM, as Kubernetes and `docker stop` do: it
+    /// hands its leaderships over, closes its logs and exits, leaving the clean-shutdown
+    /// marker), later start it again: one step of a rolling restart. The clean restart is the
+    /// one that keeps a replica's in-sync standing, so it gets its own turn.
+    StopLeader,
     /// Disconnect a partition leader from the network, later reconnect it.
     IsolateLeader,
     /// Disconnect a minority (including a leader), later reconnect it.
@@ -109,6 +114,7 @@ impl FaultKind {
         match self {
             Self::KillLeader => "kill_leader",
             Self::PauseLeader => "pause_leader",
+            Self::StopLeader => "stop_leader",
             Self::IsolateLeader => "isolate_leader",
             Self::IsolateMinority => "isolate_minority",
             Self::FullRestart => "full_restart",
@@ -128,7 +134,12 @@ impl FaultKind {
     /// cluster is just unavailability (the host is cut off too), and isolating "a minority" of
     /// three is isolating one node, already on the list.
     pub fn menu(nodes: u32, clocks: bool) -> Vec<FaultKind> {
-        let mut m = vec![Self::KillLeader, Self::PauseLeader, Self::FullRestart];
+        let mut m = vec![
+            Self::KillLeader,
+            Self::PauseLeader,
+            Self::StopLeader,
+            Self::FullRestart,
+        ];
         m.extend([Self::FailingDisk, Self::FullDisk, Self::SlowDisk]);
         if clocks {
             m.push(Self::ClockJump);
@@ -739,6 +750,15 @@ async fn inject(
         }
         FaultKind::PauseLeader => {
             cluster.pause(id).await?;
+            None
+        }
+        FaultKind::StopLeader => {
+            // A controlled shutdown that needs the SIGKILL at the end of the grace period is
+            // a hang, not a stop: the run fails.
+            anyhow::ensure!(
+                cluster.stop_graceful(id).await?,
+                "node {id} did not stop within its grace period after SIGTERM"
+            );
             None
         }
         FaultKind::IsolateLeader | FaultKind::IsolateMinority => {
