@@ -193,14 +193,19 @@ impl EpochCache {
     /// the leader role at `epoch` once led at it on the retry with the epoch never saved).
     pub fn assign(&mut self, epoch: i32, start: u64) -> Result<()> {
         let mut next = self.entries.clone();
-        match next.last() {
-            Some(&(e, _)) if e >= epoch => return Ok(()),
-            Some(&(_, s)) if s > start => {
-                // A newer epoch cannot start before an older one; the older entry named
-                // batches that are gone.
-                next.retain(|&(_, s)| s < start);
-            }
-            _ => {}
+        // Entries starting at or past `start` name no batch below it, and `start` is where
+        // the next batch goes (the log end): they are epochs led or followed without a batch
+        // written, or whose batches are gone. Kept, such an entry would claim the batches
+        // about to be written (an epoch-3 batch appended after an empty epoch-4 entry at the
+        // same offset would be taken for epoch 4, and a follower of epoch 3 told it diverges
+        // on every fetch). The same epoch taken again keeps the start it first had.
+        if next.last().is_some_and(|&(e, s)| e == epoch && s <= start) {
+            return Ok(());
+        }
+        next.retain(|&(_, s)| s < start);
+        if next.last().is_some_and(|&(e, _)| e >= epoch) {
+            // An older epoch after a newer one's batches: not a history any leader writes.
+            return Ok(());
         }
         next.push((epoch, start));
         save_entries(self.fs.as_ref(), &self.path, &next)?;
@@ -313,6 +318,33 @@ mod tests {
                 .unwrap()
                 .entries(),
             &[(1, 0), (2, 5)]
+        );
+    }
+
+    /// An epoch led without a batch written leaves an entry at the log end; the batches
+    /// then written there, of an older epoch (a follower copying its new leader's history),
+    /// must be recorded as that epoch's, not left under the empty one (found in review: a
+    /// follower of this replica would then be told its log diverges on every fetch).
+    #[test]
+    fn an_epoch_without_batches_gives_way_to_the_batches_written_at_its_start() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("0");
+        let mut c = EpochCache::empty(&dir);
+        c.assign(2, 0).unwrap();
+        c.assign(4, 90).unwrap(); // led epoch 4 at 90, wrote nothing
+        c.assign(3, 90).unwrap(); // then copied the epoch-3 batches from 90 on
+        assert_eq!(c.entries(), &[(2, 0), (3, 90)]);
+        c.assign(5, 100).unwrap();
+        c.assign(5, 120).unwrap(); // taken again later: keeps its first start
+        assert_eq!(c.entries(), &[(2, 0), (3, 90), (5, 100)]);
+        c.assign(6, 100).unwrap(); // epoch 5 had no batch: epoch 6 takes its place
+        assert_eq!(c.entries(), &[(2, 0), (3, 90), (6, 100)]);
+        assert_eq!(
+            EpochCache::load(Arc::new(cascade_log::fs::StdFs), &dir, 200)
+                .unwrap()
+                .entries(),
+            &[(2, 0), (3, 90), (6, 100)],
+            "what is on disk"
         );
     }
 
@@ -464,11 +496,14 @@ mod tests {
             );
         }
         std::fs::write(&path, &good).unwrap();
-        // An empty epoch in the middle: 2 started at 6 and wrote nothing before 3 did.
-        let mut c = EpochCache::empty(&dir);
-        for (e, s) in [(1, 0), (2, 6), (3, 6), (4, 12)] {
-            c.assign(e, s).unwrap();
-        }
+        // An empty epoch in the middle: 2 started at 6 and wrote nothing before 3 did (as
+        // files written before `assign` dropped such entries hold it).
+        save_entries(
+            &cascade_log::fs::StdFs,
+            &file_of(&dir),
+            &[(1, 0), (2, 6), (3, 6), (4, 12)],
+        )
+        .unwrap();
         assert_eq!(
             EpochCache::load_checked(Arc::new(cascade_log::fs::StdFs), &dir, &r)
                 .unwrap()

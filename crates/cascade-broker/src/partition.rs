@@ -135,6 +135,12 @@ pub struct ReplState {
     /// any and the in-sync set is below the minimum, the high watermark stands still (see
     /// [`ReplState::compute_hw`]).
     pub elr: Vec<u32>,
+    /// The leader epoch this replica stepped down from on its own
+    /// ([`Partition::stop_leading_appends`]: damage found, storage failed) before the
+    /// metadata's new role reached it. `role` still says it leads that epoch, but its log may
+    /// be cut at any moment: it answers no follower as that epoch's leader (a follower told
+    /// where the epoch ends in a cut log would cut acknowledged events too).
+    pub stepped_down: Option<i32>,
 }
 
 impl ReplState {
@@ -328,6 +334,7 @@ impl Partition {
             epoch_start: 0,
             min_insync: config.min_insync_replicas,
             elr: Vec::new(),
+            stepped_down: None,
         }));
         let (tx, rx) = mpsc::channel(QUEUE);
         let name = format!("p-{topic}-{index}");
@@ -763,6 +770,7 @@ impl Partition {
             r.elr = elr;
             r.isr_change_pending = false;
             r.pending_isr_add = None;
+            r.stepped_down = None;
         }
         self.role_tx.send_replace(Role::Leader { epoch });
         self.update_hw();
@@ -779,10 +787,25 @@ impl Partition {
         let Role::Leader { epoch } = self.role() else {
             return Ok(());
         };
+        // Followers stop being served first (see `ReplState::stepped_down`), before any cut
+        // can be queued behind the actor's fence.
+        {
+            let mut r = self.lock_repl();
+            if r.role == (Role::Leader { epoch }) {
+                r.stepped_down = Some(epoch);
+            }
+        }
         // Only the leader epoch is fenced: if the reconciler's `BecomeFollower` got to the
         // actor first, this must not undo the follower epoch it set.
         self.call(|reply| Command::StopLeading { epoch, reply })
             .await
+    }
+
+    /// True if this replica leads `epoch` and has not stepped down from it on its own (see
+    /// [`ReplState::stepped_down`]): what a follower of `epoch` may be answered by.
+    pub fn serves_followers_of(&self, epoch: i32) -> bool {
+        let r = self.lock_repl();
+        r.role == (Role::Leader { epoch }) && r.stepped_down != Some(epoch)
     }
 
     /// Takes the follower role (appends as leader are refused from now on).
@@ -814,6 +837,7 @@ impl Partition {
             r.elr = elr;
             r.followers.clear();
             r.pending_isr_add = None;
+            r.stepped_down = None;
         }
         self.role_tx.send_replace(role);
         Ok(())
@@ -970,6 +994,32 @@ mod tests {
             headers: &[],
         });
         b.finish()
+    }
+
+    /// A leader that stepped down on its own (damage found, storage failed) still has the
+    /// leader role until the metadata's change reaches it, but its log may be cut: it must
+    /// not answer followers as that epoch's leader meanwhile (one told where the epoch ends
+    /// in the cut log would cut acknowledged events too; found in review).
+    #[tokio::test]
+    async fn a_leader_that_stepped_down_serves_no_follower_until_its_next_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = open_replica(dir.path(), 1);
+        part.become_leader(3, vec![1, 2], vec![1, 2], vec![])
+            .await
+            .unwrap();
+        assert!(part.serves_followers_of(3));
+        assert!(!part.serves_followers_of(2), "another epoch");
+        part.stop_leading_appends().await.unwrap();
+        assert_eq!(
+            part.role(),
+            Role::Leader { epoch: 3 },
+            "the role is the reconciler's"
+        );
+        assert!(!part.serves_followers_of(3));
+        part.become_leader(4, vec![1, 2], vec![1, 2], vec![])
+            .await
+            .unwrap();
+        assert!(part.serves_followers_of(4), "a new role clears it");
     }
 
     /// The leader of epoch E holds no batch of a newer epoch: batches stamped newer come from
@@ -1324,6 +1374,7 @@ mod tests {
             epoch_start: 0,
             min_insync: 1,
             elr: Vec::new(),
+            stepped_down: None,
         }
     }
 

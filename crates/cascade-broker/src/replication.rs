@@ -361,7 +361,7 @@ impl Broker {
     fn leading(&self, topic: &str, partition: u32, epoch: i32) -> Result<Arc<Partition>> {
         let part = self.local_partition(topic, partition)?;
         match part.role() {
-            Role::Leader { epoch: e } if e == epoch => Ok(part),
+            Role::Leader { epoch: e } if e == epoch && part.serves_followers_of(epoch) => Ok(part),
             Role::Leader { epoch: e } if epoch < e => Err(BrokerError::FencedLeaderEpoch {
                 topic: topic.to_string(),
                 partition,
