@@ -1081,7 +1081,17 @@ impl Metadata {
                     producer,
                 })
             }
-            Err(s) => Err(BrokerError::from_remote(&s)),
+            // A controller that is stopping (it keeps serving until it has left Raft) refuses
+            // proposals: another will be elected, so this is retried like no controller.
+            Err(s) => match BrokerError::from_remote(&s) {
+                BrokerError::Remote {
+                    code: cascade_proto::v1::ErrorCode::ShuttingDown,
+                    ..
+                } => Err(BrokerError::NoController(format!(
+                    "controller {controller} is stopping"
+                ))),
+                e => Err(e),
+            },
         }
     }
 
