@@ -984,6 +984,17 @@ mod tests {
         .unwrap()
     }
 
+    /// `err` is the refusal of an append read under epoch `got` by a replica at `current`.
+    fn assert_fenced(err: &BrokerError, got: i32, current: i32) {
+        assert!(
+            matches!(
+                err,
+                BrokerError::FencedLeaderEpoch { got: g, current: c, .. } if *g == got && *c == current
+            ),
+            "{err}"
+        );
+    }
+
     /// A batch of one record holding `value`.
     fn one_record(value: &[u8]) -> Vec<u8> {
         let mut b = cascade_record::BatchBuilder::new();
@@ -1035,17 +1046,7 @@ mod tests {
         let mut batch = one_record(b"x");
         stamp_epoch(&mut batch, 5);
         let err = part.append_replicated(batch.clone(), 4).await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                BrokerError::FencedLeaderEpoch {
-                    got: 4,
-                    current: 5,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert_fenced(&err, 4, 5);
         assert_eq!(part.reader().end_offset(), 0, "nothing was written");
         assert!(part.epochs().entries().is_empty(), "no epoch was recorded");
         stamp_epoch(&mut batch, 4);
@@ -1107,17 +1108,7 @@ mod tests {
         let mut batch = one_record(b"x");
         stamp_epoch(&mut batch, 4);
         let err = part.append_replicated(batch.clone(), 4).await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                BrokerError::FencedLeaderEpoch {
-                    got: 4,
-                    current: 5,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert_fenced(&err, 4, 5);
         assert!(err.to_string().contains("t/0"), "{err}");
         assert_eq!(part.reader().end_offset(), 0, "nothing was written");
         stamp_epoch(&mut batch, 5);
