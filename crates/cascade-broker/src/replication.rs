@@ -34,7 +34,7 @@
 //! controller as compare-and-set updates on the partition epoch.
 
 use crate::broker::Broker;
-use crate::epochs::{Divergence, find_divergence};
+use crate::epochs::{Divergence, diverges, find_divergence, last_batch_epoch};
 use crate::error::{BrokerError, Result};
 use crate::metadata::{MetadataCommand, PartitionUpdate};
 use crate::partition::{FollowerProgress, Partition, Role};
@@ -682,45 +682,6 @@ impl Broker {
     }
 }
 
-/// The leader epoch of the batch just below `end` in a log with these epoch entries: the
-/// latest entry starting below it (entries at or past the end name epochs with no batches
-/// here yet); `None` for an empty log.
-fn last_batch_epoch(entries: &[(i32, u64)], end: u64) -> Option<i32> {
-    entries
-        .iter()
-        .rev()
-        .find(|&&(_, start)| start < end)
-        .map(|&(e, _)| e)
-}
-
-/// Whether a follower whose last batch has leader epoch `last` and whose log ends at
-/// `fetch_offset` diverges from a leader with these epochs and log range `[start, end)`: the
-/// leader's batch at `fetch_offset - 1` is not of epoch `last` (the leader never had that
-/// epoch, or its epoch `last` ends before `fetch_offset` or starts after that batch), so the
-/// follower holds batches below `fetch_offset` that the leader does not (KIP-279's check,
-/// done on every fetch as Kafka does with a fetch's last fetched epoch). A follower at the
-/// leader's log start is never diverging: nothing below it can be compared.
-fn diverges(
-    epochs: &crate::epochs::EpochCache,
-    last: i32,
-    fetch_offset: u64,
-    start: u64,
-    end: u64,
-) -> bool {
-    if fetch_offset <= start {
-        return false;
-    }
-    let entries = epochs.entries();
-    // The leader's latest epoch at or before `last`; none: every epoch here is newer, so the
-    // follower's last batch is of an epoch this log never had, at an offset it holds.
-    let Some(i) = entries.iter().rposition(|&(e, _)| e <= last) else {
-        return true;
-    };
-    let (epoch, epoch_start) = entries[i];
-    let epoch_end = entries.get(i + 1).map_or(end, |&(_, s)| s);
-    epoch != last || epoch_start >= fetch_offset || epoch_end < fetch_offset
-}
-
 /// The internal `Replication` gRPC service.
 #[derive(Debug, Clone)]
 pub struct ReplicationService {
@@ -963,86 +924,5 @@ impl Broker {
                 tracing::warn!(topic = %part.topic, partition = part.index, error = %e, "scrub failed")
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::diverges;
-    use crate::epochs::EpochCache;
-
-    /// Epochs 1@0, 3@10, 4@20 (2 never existed here), log [0, 30).
-    fn leader() -> (tempfile::TempDir, EpochCache) {
-        let root = tempfile::tempdir().unwrap();
-        let mut c = EpochCache::empty(&root.path().join("0"));
-        for (e, s) in [(1, 0), (3, 10), (4, 20)] {
-            c.assign(e, s).unwrap();
-        }
-        (root, c)
-    }
-
-    #[test]
-    fn a_follower_that_agrees_with_the_leader_is_not_diverging() {
-        let (_root, c) = leader();
-        for (last, at) in [(1, 10), (1, 5), (3, 20), (3, 11), (4, 30), (4, 21)] {
-            assert!(
-                !diverges(&c, last, at, 0, 30),
-                "epoch {last} ending at {at}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_follower_with_batches_the_leader_does_not_have_is_diverging() {
-        let (_root, c) = leader();
-        for (last, at, why) in [
-            (1, 11, "epoch 1 ends at 10 here"),
-            (2, 12, "epoch 2 never existed here"),
-            (3, 21, "epoch 3 ends at 20 here"),
-            (3, 10, "epoch 3 starts at 10: the batch at 9 is epoch 1"),
-            (5, 30, "a newer epoch than any here"),
-            (0, 5, "an epoch older than any here"),
-        ] {
-            assert!(diverges(&c, last, at, 0, 30), "{why}");
-        }
-    }
-
-    /// A replica that led an epoch without writing in it keeps that epoch's entry at its
-    /// end; its last batch is of the epoch before, and that is the one it names (naming the
-    /// empty one had a follower answered `diverging` on every fetch, truncating to the same
-    /// place each time, found by the StatefulSet rolling-restart run).
-    #[test]
-    fn the_last_batchs_epoch_skips_epochs_without_batches() {
-        use super::last_batch_epoch;
-        let entries = [(1, 0), (3, 10), (4, 20)];
-        assert_eq!(
-            last_batch_epoch(&entries, 20),
-            Some(3),
-            "epoch 4 has no batch yet"
-        );
-        assert_eq!(last_batch_epoch(&entries, 21), Some(4));
-        assert_eq!(last_batch_epoch(&entries, 10), Some(1));
-        assert_eq!(last_batch_epoch(&entries, 0), None, "an empty log");
-        assert_eq!(last_batch_epoch(&[], 5), None);
-        let (_root, c) = leader();
-        // A follower that led epoch 5 (its entry at its end, 30) without writing, fetching
-        // from a leader that never had epoch 5: it names 4, which agrees.
-        assert!(!diverges(
-            &c,
-            last_batch_epoch(&[(1, 0), (3, 10), (4, 20), (5, 30)], 30).unwrap(),
-            30,
-            0,
-            30
-        ));
-    }
-
-    #[test]
-    fn nothing_below_the_leaders_log_start_is_judged() {
-        let (_root, c) = leader();
-        assert!(
-            !diverges(&c, 0, 15, 15, 30),
-            "a follower restarting at the log start"
-        );
-        assert!(!diverges(&c, 7, 0, 0, 30), "an empty follower");
     }
 }
