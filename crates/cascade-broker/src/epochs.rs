@@ -4,7 +4,7 @@
 //! the batch CRC). The cache records the first offset of each epoch so a replica can answer
 //! "where does epoch E end in your log?" (KIP-279): a follower whose last epoch is E asks the
 //! leader, and cuts its log at the answer, dropping a suffix the leader never had. Every fetch
-//! is checked against the same history ([`diverges`], [`last_batch_epoch`]): a follower names
+//! is checked against the same history (`diverges`, `last_batch_epoch`): a follower names
 //! the epoch of its last batch and a leader whose log disagrees refuses to count the fetch.
 //!
 //! Invariants:
